@@ -1,0 +1,267 @@
+"""The zoo's compressed checkpoint: a folder with `model.safetensors` and `config.json`.
+
+    folder/
+      model.safetensors   the encoded tensors (see zoo.compress.formats); the per-tensor metas as JSON
+                          under the header metadata key "zoo.tensor_metas"
+      config.json         {"format": "zoo-compressed", "format_version": 1, "name", "base_model",
+                          "arch", "model_kwargs", "recipe", <caller's extra keys>,
+                          "files": {"model.safetensors": {"sha256", "bytes"}}}
+
+Saving is atomic: the folder is written beside the target and renamed into place, so an interrupted
+save leaves the previous checkpoint intact and never a partial one. Loading checks the format name and
+version and every file's SHA-256 before decoding. Only safetensors and JSON are read: never pickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from zoo.compress.formats import (
+    TensorMeta,
+    compress_state_dict,
+    decompress_state_dict,
+    metas_from_json,
+    metas_to_json,
+    unshared,
+)
+from zoo.errors import ChecksumError, CheckpointError, InvalidArgumentError
+
+FORMAT_NAME = "zoo-compressed"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METAS_KEY = "zoo.tensor_metas"
+REQUIRED_CONFIG_KEYS = ("name", "base_model", "arch", "model_kwargs", "recipe")
+RESERVED_CONFIG_KEYS = ("format", "format_version", "files")
+QUANT_BUFFER_SUFFIXES = ("weight_scale", "input_scale", "input_zero_point")
+_CHUNK = 1 << 20
+
+
+def save_checkpoint(
+    folder: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor], *, config: dict[str, Any],
+) -> Path:
+    """Writes `state_dict` compressed, with `config` (name, base_model, arch, model_kwargs, recipe and
+    any extra JSON metadata), into `folder`, atomically replacing a checkpoint already there."""
+    folder = Path(folder)
+    body = _checked_config(config)
+    stored, metas = compress_state_dict(state_dict)
+    _check_replaceable(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        weights = tmp / WEIGHTS_FILE
+        save_file(stored, str(weights), metadata={"format": "pt", METAS_KEY: metas_to_json(metas)})
+        _fsync(weights)
+        files = {WEIGHTS_FILE: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
+        header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **body, "files": files}
+        (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
+        _fsync(tmp / CONFIG_FILE)
+        _swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(folder.parent)
+    return folder
+
+
+def load_checkpoint(
+    folder: str | os.PathLike[str], *, verify: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Reads a checkpoint folder: (the original state dict, config.json as a dict).
+
+    With `verify`, every file listed in config.json is hashed and a mismatch raises ChecksumError;
+    without it only the file sizes are compared (CheckpointError on a difference).
+    """
+    folder = Path(folder)
+    config = read_config(folder)
+    for fname, entry in config["files"].items():
+        path = folder / fname
+        if not path.is_file():
+            raise CheckpointError(f"{path}: listed in {CONFIG_FILE} but missing")
+        size = path.stat().st_size
+        if verify:
+            actual = sha256_file(path)
+            if actual != entry["sha256"]:
+                raise ChecksumError(
+                    f"{path}: SHA-256 {actual} does not match {entry['sha256']} recorded in {CONFIG_FILE} "
+                    f"({size} bytes on disk, {entry['bytes']} recorded): the file is truncated or altered"
+                )
+        elif size != entry["bytes"]:
+            raise CheckpointError(f"{path}: {size} bytes on disk, {entry['bytes']} recorded in {CONFIG_FILE}")
+    tensors, metas = _read_weights(folder / WEIGHTS_FILE)
+    return decompress_state_dict(tensors, metas), config
+
+
+def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """config.json of a checkpoint, checked: format name and version known, files listed."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {folder} is not a zoo checkpoint")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    if config.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format')!r}; supported: {FORMAT_NAME!r}")
+    if config.get("format_version") not in SUPPORTED_VERSIONS:
+        raise CheckpointError(
+            f"{path}: {FORMAT_NAME} version {config.get('format_version')!r} is not supported; "
+            f"supported versions: {', '.join(map(str, SUPPORTED_VERSIONS))}"
+        )
+    files = config.get("files")
+    if not isinstance(files, dict) or WEIGHTS_FILE not in files:
+        raise CheckpointError(f"{path}: 'files' must list {WEIGHTS_FILE!r} with its sha256 and bytes")
+    for fname, entry in files.items():
+        if not isinstance(fname, str) or fname != Path(fname).name or fname in ("", ".", ".."):
+            raise CheckpointError(f"{path}: file name {fname!r} must be a plain name inside the checkpoint folder")
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int):
+            raise CheckpointError(f"{path}: entry of {fname!r} must be {{'sha256': str, 'bytes': int}}, got {entry!r}")
+    return config
+
+
+def export_dense(
+    folder_or_state_dict: str | os.PathLike[str] | Mapping[str, torch.Tensor],
+    out_file: str | os.PathLike[str],
+    *,
+    drop_suffixes: tuple[str, ...] = QUANT_BUFFER_SUFFIXES,
+) -> Path:
+    """Writes a plain dense safetensors state dict (quant buffers dropped, weights dequantized) that
+    timm and `torch.nn.Module.load_state_dict` read unchanged; the write is atomic."""
+    if isinstance(folder_or_state_dict, (str, os.PathLike)):
+        state_dict, _ = load_checkpoint(folder_or_state_dict)
+    elif isinstance(folder_or_state_dict, Mapping):
+        state_dict = dict(folder_or_state_dict)
+    else:
+        raise InvalidArgumentError(
+            f"export_dense takes a checkpoint folder or a state dict, got {type(folder_or_state_dict).__name__}"
+        )
+    dense = {
+        name: tensor.detach().cpu().contiguous()
+        for name, tensor in state_dict.items()
+        if name.rsplit(".", 1)[-1] not in drop_suffixes
+    }
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        save_file(unshared(dense), str(tmp), metadata={"format": "pt"})
+        _fsync(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def checkpoint_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes on disk of a checkpoint: its weight files plus config.json."""
+    folder = Path(folder)
+    config = read_config(folder)
+    total = (folder / CONFIG_FILE).stat().st_size
+    for fname in config["files"]:
+        path = folder / fname
+        if not path.is_file():
+            raise CheckpointError(f"{path}: listed in {CONFIG_FILE} but missing")
+        total += path.stat().st_size
+    return total
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise InvalidArgumentError(f"config must be a dict, got {type(config).__name__}")
+    missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config]
+    if missing:
+        raise InvalidArgumentError(f"checkpoint config lacks {missing}; required: {list(REQUIRED_CONFIG_KEYS)}")
+    reserved = [k for k in RESERVED_CONFIG_KEYS if k in config]
+    if reserved:
+        raise InvalidArgumentError(f"checkpoint config keys {reserved} are written by save_checkpoint, not the caller")
+    checks = {
+        "name": isinstance(config["name"], str) and bool(config["name"]),
+        "base_model": config["base_model"] is None or isinstance(config["base_model"], str),
+        "arch": isinstance(config["arch"], str) and bool(config["arch"]),
+        "model_kwargs": isinstance(config["model_kwargs"], dict),
+        "recipe": config["recipe"] is None
+        or (isinstance(config["recipe"], list) and all(isinstance(s, dict) for s in config["recipe"])),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise InvalidArgumentError(
+            f"checkpoint config has invalid {bad}: name and arch are non-empty strings, base_model a string "
+            "or None, model_kwargs a dict, recipe a list of dicts or None"
+        )
+    try:
+        json.dumps(config, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise InvalidArgumentError(f"checkpoint config must be plain JSON: {err}") from None
+    return dict(config)
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Only an empty folder or an earlier checkpoint may be replaced: never delete unrelated files."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise InvalidArgumentError(f"{folder} exists and is not a folder")
+    if any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file():
+        raise InvalidArgumentError(f"{folder} is a non-empty folder without {CONFIG_FILE}; refusing to replace it")
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Renames `tmp` to `folder`; an existing `folder` is moved aside first and restored on failure."""
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return
+    old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:12]}"
+    os.replace(folder, old)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, TensorMeta]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except SafetensorError as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
+    if METAS_KEY not in metadata:
+        raise CheckpointError(f"{path}: header metadata lacks {METAS_KEY!r}; not a {FORMAT_NAME} weight file")
+    return tensors, metas_from_json(metadata[METAS_KEY])
+
+
+def _fsync(path: Path) -> None:
+    """Flushes a file or folder to disk, so a crash after the rename cannot leave empty files."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

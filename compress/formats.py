@@ -1,0 +1,327 @@
+"""Tensor encodings of a compressed checkpoint: a state dict becomes a smaller state dict and back.
+
+Every tensor is stored in one of four encodings (compressed-tensors style):
+
+- ``dense``: the tensor as is, under its own name.
+- ``bitmask``: ``name.bitmask`` (uint8, one bit per element, packed in little bit order) and
+  ``name.values`` (the non-zero elements, 1-D, original dtype). Chosen for a floating tensor when it is
+  smaller than dense, i.e. below a density of about 31/32 for float32.
+- ``int8``: ``name.values`` (int8, original shape) for a weight whose values lie exactly on the int8
+  grid of its sibling ``name + "_scale"`` tensor (``X.weight`` -> ``X.weight_scale``):
+  ``weight == q.float() * scale.view(-1, 1, ...)`` with q in [-127, 127].
+- ``bitmask-int8``: both: ``name.bitmask`` plus the non-zero int8 values in ``name.values``.
+
+Signed zeros: the bitmask keeps the elements that compare unequal to zero, so -0.0 is stored as a zero
+and decodes as +0.0 (pruning by ``w * mask`` makes -0.0 for every negative pruned weight; keeping them
+would make those tensors dense); likewise an int8 index of 0 decodes as +0.0. Dense tensors keep -0.0.
+Decoding is otherwise bit for bit: same dtype, shape and bits, NaNs and infinities included.
+
+Decoding is on the hot path of loading a model, so it uses only vectorized numpy/torch operations
+(ResNet-50's 25.6M parameters at 90% sparsity decode in a few tens of milliseconds).
+"""
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from zoo.errors import CheckpointError
+from zoo.registry import Registry
+
+VALUES_SUFFIX = ".values"
+BITMASK_SUFFIX = ".bitmask"
+SCALE_SUFFIX = "_scale"  # `X.weight` -> `X.weight_scale`
+INT8_MAX = 127
+
+# Each extra stored tensor costs about this many bytes of safetensors header (name, dtype, shape,
+# offsets) and meta JSON; a bitmask must beat dense by more than that to be worth a second tensor.
+TENSOR_OVERHEAD_BYTES = 96
+
+# dtypes a checkpoint may hold, by the name written in TensorMeta.dtype (the torch name less "torch.").
+_DTYPE_NAMES = (
+    "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
+    "float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2",
+)
+DTYPES: dict[str, torch.dtype] = {n: getattr(torch, n) for n in _DTYPE_NAMES if hasattr(torch, n)}
+_BITS_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+class Encoding(str, enum.Enum):
+    """How one tensor is stored."""
+
+    DENSE = "dense"
+    BITMASK = "bitmask"
+    INT8 = "int8"
+    BITMASK_INT8 = "bitmask-int8"
+
+
+@dataclass(frozen=True)
+class Codec:
+    """What an encoding does: keep only non-zeros behind a bitmask, store int8 grid indices, or both."""
+
+    encoding: Encoding
+    sparse: bool
+    quantized: bool
+
+
+ENCODINGS: Registry[Codec] = Registry("tensor encoding")
+for _codec in (
+    Codec(Encoding.DENSE, sparse=False, quantized=False),
+    Codec(Encoding.BITMASK, sparse=True, quantized=False),
+    Codec(Encoding.INT8, sparse=False, quantized=True),
+    Codec(Encoding.BITMASK_INT8, sparse=True, quantized=True),
+):
+    ENCODINGS.register(_codec.encoding.value, _codec)
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """The encoding of one tensor and what it decodes to (shape and dtype name, e.g. "float32")."""
+
+    encoding: Encoding
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def codec(self) -> Codec:
+        return ENCODINGS.get(self.encoding.value)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def to_json(self) -> dict[str, Any]:
+        return {"encoding": self.encoding.value, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, name: str, data: Any) -> TensorMeta:
+        """Rebuilds a meta read from a checkpoint; an unknown encoding raises UnknownNameError."""
+        if not isinstance(data, dict) or set(data) != {"encoding", "shape", "dtype"}:
+            raise CheckpointError(f"tensor {name!r}: meta must have encoding, shape and dtype, got {data!r}")
+        encoding = ENCODINGS.get(str(data["encoding"])).encoding
+        shape = data["shape"]
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise CheckpointError(f"tensor {name!r}: shape must be a list of sizes, got {shape!r}")
+        if data["dtype"] not in DTYPES:
+            raise CheckpointError(f"tensor {name!r}: unsupported dtype {data['dtype']!r}; supported: {sorted(DTYPES)}")
+        return cls(encoding, tuple(shape), data["dtype"])
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise CheckpointError(f"dtype {name} cannot be stored; supported: {sorted(DTYPES)}")
+    return name
+
+
+def metas_to_json(metas: Mapping[str, TensorMeta]) -> str:
+    return json.dumps({name: meta.to_json() for name, meta in metas.items()}, separators=(",", ":"))
+
+
+def metas_from_json(text: str) -> dict[str, TensorMeta]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"tensor metas are not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError("tensor metas must be a JSON object mapping names to metas")
+    return {name: TensorMeta.from_json(name, meta) for name, meta in data.items()}
+
+
+# Compression -------------------------------------------------------------------------------------
+
+def compress_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, TensorMeta]]:
+    """Encodes every tensor in its smallest exact encoding; returns (stored tensors, metas by name).
+
+    A weight with a ``*_scale`` sibling must lie exactly on its int8 grid, else CheckpointError.
+    """
+    stored: dict[str, torch.Tensor] = {}
+    metas: dict[str, TensorMeta] = {}
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{name!r} is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().cpu()
+        scale = state_dict.get(name + SCALE_SUFFIX) if _is_weight(name) else None
+        payload = tensor if scale is None else quantize_exact(name, tensor, scale.detach().cpu())
+        sparse = _bitmask_pays(payload) if (payload.is_floating_point() or scale is not None) else False
+        encoding = {
+            (False, False): Encoding.DENSE, (True, False): Encoding.BITMASK,
+            (False, True): Encoding.INT8, (True, True): Encoding.BITMASK_INT8,
+        }[(sparse, scale is not None)]
+        parts = _pack_bitmask(name, payload) if sparse else {name if scale is None else name + VALUES_SUFFIX: payload}
+        for key, part in parts.items():
+            if key in stored or (key != name and key in state_dict):
+                raise CheckpointError(f"cannot store {name!r}: its part {key!r} collides with another tensor's name")
+            stored[key] = part.contiguous()
+        metas[name] = TensorMeta(encoding, tuple(tensor.shape), dtype_name(tensor.dtype))
+    return unshared(stored), metas
+
+
+def quantize_exact(name: str, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The int8 grid indices q of `weight`, checked to dequantize back to exactly `weight`."""
+    if not weight.is_floating_point():
+        raise CheckpointError(
+            f"{name!r} has a scale sibling {name + SCALE_SUFFIX!r} but is {weight.dtype}, not floating"
+        )
+    if not scale.is_floating_point():
+        raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be floating, got {scale.dtype}")
+    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+        # a negative scale would decode the zeros of q as -0.0: scales are absmax / 127 >= 0
+        raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be finite and >= 0")
+    scale_b = _broadcast_scale(name, scale, tuple(weight.shape))
+    q = torch.where(scale_b == 0, 0.0, torch.round(weight.to(scale.dtype) / scale_b))
+    if not bool(torch.isfinite(q).all()) or bool((q.abs() > INT8_MAX).any()):
+        raise CheckpointError(
+            f"{name!r} is not on the int8 grid of {name + SCALE_SUFFIX!r}: indices outside [-127, 127]"
+        )
+    q = q.to(torch.int8)
+    if not torch.equal(dequantize(q, scale_b, weight.dtype), weight):
+        raise CheckpointError(
+            f"{name!r} is not exactly on the int8 grid of {name + SCALE_SUFFIX!r} "
+            "(weight != q * scale); quantize it with the zoo's quantization before saving"
+        )
+    return q
+
+
+def dequantize(q: torch.Tensor, scale_b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """q * scale computed in the scale's dtype (the convention `q.float() * scale.view(-1, 1, ...)`)."""
+    out = torch.mul(q, scale_b)  # int8 * float promotes to the float dtype without an extra copy of q
+    return out if out.dtype == dtype else out.to(dtype)
+
+
+def _is_weight(name: str) -> bool:
+    """Only `X.weight` (or a top-level `weight`) is quantized, with its scale in `X.weight_scale`."""
+    return name.rsplit(".", 1)[-1] == "weight"
+
+
+def _broadcast_scale(name: str, scale: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A per-output-channel scale [out] viewed as [out, 1, 1, ...]; a one-element scale as a scalar."""
+    if scale.numel() == 1:
+        return scale.reshape(())
+    if len(shape) >= 1 and scale.dim() == 1 and scale.numel() == shape[0]:
+        return scale.view(-1, *([1] * (len(shape) - 1)))
+    raise CheckpointError(
+        f"{name + SCALE_SUFFIX!r} has shape {list(scale.shape)}; expected [{shape[0] if shape else 1}] "
+        f"(one scale per output channel of {name!r}, shape {list(shape)})"
+    )
+
+
+def _bitmask_pays(payload: torch.Tensor) -> bool:
+    n = payload.numel()
+    if n == 0:
+        return False
+    nnz = int(torch.count_nonzero(payload))
+    item = payload.element_size()
+    return (n + 7) // 8 + nnz * item + TENSOR_OVERHEAD_BYTES < n * item
+
+
+def _pack_bitmask(name: str, payload: torch.Tensor) -> dict[str, torch.Tensor]:
+    flat = payload.reshape(-1)
+    mask = flat != 0
+    bits = np.packbits(mask.numpy(), bitorder="little")
+    return {name + BITMASK_SUFFIX: torch.from_numpy(bits), name + VALUES_SUFFIX: flat[mask]}
+
+
+def unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors, each with its own memory: safetensors refuses tensors that share memory (tied
+    weights, views of one buffer), so a tensor whose storage was seen before is copied."""
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        ptr = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone() if tensor.numel() and ptr in seen else tensor
+        seen.add(ptr)
+    return out
+
+
+# Decompression -----------------------------------------------------------------------------------
+
+def decompress_state_dict(
+    tensors: Mapping[str, torch.Tensor], metas: Mapping[str, TensorMeta],
+) -> dict[str, torch.Tensor]:
+    """Restores the original state dict (same names, order, dtypes, shapes and bits; -0.0 -> +0.0)."""
+    used: set[str] = set()
+    decoded: dict[str, torch.Tensor] = {}
+    quantized = {name: meta for name, meta in metas.items() if meta.codec.quantized}
+    for name, meta in metas.items():
+        if name not in quantized:
+            decoded[name] = _decode_payload(name, meta, meta.torch_dtype, tensors, used)
+    for name, meta in quantized.items():
+        if not _is_weight(name) or not meta.torch_dtype.is_floating_point:
+            raise CheckpointError(
+                f"{name!r} ({meta.dtype}) is {meta.encoding.value}, but only a floating '*.weight' can be quantized"
+            )
+        scale = decoded.get(name + SCALE_SUFFIX)
+        if scale is None:
+            raise CheckpointError(f"{name!r} is {meta.encoding.value} but its scale {name + SCALE_SUFFIX!r} is missing")
+        if not scale.is_floating_point():
+            raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be floating, got {scale.dtype}")
+        q = _decode_payload(name, meta, torch.int8, tensors, used)
+        decoded[name] = dequantize(q, _broadcast_scale(name, scale, meta.shape), meta.torch_dtype)
+    extra = set(tensors) - used
+    if extra:
+        raise CheckpointError(f"stored tensors without a meta: {sorted(extra)[:10]}")
+    return {name: decoded[name] for name in metas}
+
+
+def _decode_payload(
+    name: str, meta: TensorMeta, dtype: torch.dtype, tensors: Mapping[str, torch.Tensor], used: set[str],
+) -> torch.Tensor:
+    """The dense payload of one tensor: the tensor itself, or its int8 indices for quantized ones."""
+    codec = meta.codec
+    values_key = name + VALUES_SUFFIX if (codec.sparse or codec.quantized) else name
+    values = _take(tensors, values_key, used)
+    _check_dtype(values_key, values, dtype)
+    if not codec.sparse:
+        if tuple(values.shape) != meta.shape:
+            raise CheckpointError(f"{values_key!r} has shape {list(values.shape)}, meta says {list(meta.shape)}")
+        return values
+    bitmask_key = name + BITMASK_SUFFIX
+    packed = _take(tensors, bitmask_key, used)
+    _check_dtype(bitmask_key, packed, torch.uint8)
+    n = meta.numel
+    if packed.dim() != 1 or packed.numel() != (n + 7) // 8 or values.dim() != 1:
+        raise CheckpointError(
+            f"{name!r}: bitmask of {packed.numel()} bytes and values of shape {list(values.shape)} "
+            f"do not fit {n} elements"
+        )
+    mask = np.unpackbits(packed.numpy(), count=n, bitorder="little").view(np.bool_)
+    index = np.flatnonzero(mask)  # numpy's fancy-index put beats torch's boolean index_put by ~2x here
+    if index.size != values.numel():
+        raise CheckpointError(f"{name!r}: bitmask marks {index.size} non-zeros, {values.numel()} stored")
+    out = torch.zeros(n, dtype=dtype)
+    _bits(out)[index] = _bits(values)
+    return out.view(meta.shape)
+
+
+def _bits(tensor: torch.Tensor) -> np.ndarray:
+    """A zero-copy numpy view of a tensor's raw bits (numpy has no bfloat16 or float8)."""
+    return tensor.view(_BITS_DTYPES[tensor.element_size()]).numpy()
+
+
+def _take(tensors: Mapping[str, torch.Tensor], key: str, used: set[str]) -> torch.Tensor:
+    try:
+        tensor = tensors[key]
+    except KeyError:
+        raise CheckpointError(f"stored tensor {key!r} is missing") from None
+    used.add(key)
+    return tensor
+
+
+def _check_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> None:
+    if tensor.dtype != dtype:
+        raise CheckpointError(f"stored tensor {key!r} is {tensor.dtype}, expected {dtype}")

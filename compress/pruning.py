@@ -1,0 +1,241 @@
+"""Magnitude pruning: one-shot (per layer or with one global threshold) and gradual (Zhu & Gupta's
+cubic schedule, fine-tuning between pruning steps). Each method has a functional form
+(`apply_magnitude_pruning`, `apply_gradual_magnitude_pruning`) and a config form handled by a recipe.
+
+A pruned model stays a plain `nn.Module`: pruned weights are exact zeros, nothing else changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoo.compress.config import (
+    CompressionConfig, check_choice, check_fraction, check_patterns, check_positive, register_config,
+)
+from zoo.compress.recipe import RecipeContext, handles
+from zoo.errors import InvalidArgumentError, RecipeError
+from zoo.training import steps_per_epoch, train
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding)
+SCOPES = ("global", "layer")
+
+Masks = dict[str, torch.Tensor]
+
+
+def prunable_weights(model: nn.Module, keep_dense: tuple[str, ...] = ()) -> dict[str, nn.Parameter]:
+    """Weights of conv, linear and embedding modules, keyed by module name; biases and norms are never
+    pruned. Modules whose name fully matches one of the `keep_dense` regular expressions are left out."""
+    patterns = [re.compile(p) for p in keep_dense]
+    return {
+        name: module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, PRUNABLE_TYPES) and not any(p.fullmatch(name) for p in patterns)
+    }
+
+
+_SAMPLE = 1 << 18
+
+
+def _kth_smallest(values: torch.Tensor, k: int) -> tuple[float, int]:
+    """The k-th smallest (1-based) of a flat float tensor, exactly, and how many values lie below it.
+
+    Large inputs are bracketed first: the quantile of an evenly strided sample gives [lo, hi] that holds the
+    answer unless the layout is adversarial, two counting passes check that it does, and only the few
+    values inside are selected exactly (a full np.partition of 25M values is 3-6x slower here). If the
+    bracket misses, the exact full selection runs instead, so the result is exact either way.
+    """
+    n = values.numel()
+    if n > 4 * _SAMPLE:
+        sample, _ = values[:: n // _SAMPLE][:_SAMPLE].sort()
+        q, margin = k / n, 6.0 * math.sqrt(k / n * (1 - k / n) / _SAMPLE) + 2.0 / _SAMPLE
+        lo = float(sample[max(0, math.floor((q - margin) * _SAMPLE))])
+        hi = float(sample[min(_SAMPLE - 1, math.ceil((q + margin) * _SAMPLE))])
+        n_below_lo = int(torch.count_nonzero(values < lo))
+        n_upto_hi = int(torch.count_nonzero(values <= hi))
+        if n_below_lo < k <= n_upto_hi:
+            if lo == hi:
+                return lo, n_below_lo
+            inside = values[(values >= lo) & (values <= hi)]
+            kth = float(inside.kthvalue(k - n_below_lo).values)
+            return kth, n_below_lo + int(torch.count_nonzero(inside < kth))
+    kth = float(np.partition(values.numpy(), k - 1)[k - 1])
+    return kth, int(torch.count_nonzero(values < kth))
+
+
+def _masks_for_threshold(weights: dict[str, torch.Tensor], threshold: float, n_prune: int, below: int) -> Masks:
+    """Keep |w| > threshold; prune |w| < threshold (`below` of them); ties at the threshold are pruned
+    in order until exactly `n_prune` weights are pruned."""
+    masks: Masks = {}
+    ties_to_prune = n_prune - below
+    for name, w in weights.items():
+        magnitude = w.detach().abs()
+        mask = magnitude > threshold
+        if ties_to_prune > 0:
+            ties = (magnitude == threshold).reshape(-1).nonzero().squeeze(1)
+            mask.view(-1)[ties[ties_to_prune:]] = True
+            ties_to_prune -= min(ties_to_prune, ties.numel())
+        else:
+            mask |= magnitude == threshold
+        masks[name] = mask
+    return masks
+
+
+def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str = "global") -> Masks:
+    """Boolean keep-masks pruning exactly floor(sparsity * n) weights by magnitude, over all weights
+    at once (`global`) or in each tensor separately (`layer`, uniform sparsity as in Gale et al.)."""
+    check_choice("scope", scope, SCOPES)
+    if not 0.0 <= sparsity < 1.0:
+        raise InvalidArgumentError(f"sparsity must be in [0, 1), got {sparsity}")
+    if scope == "layer":
+        masks: Masks = {}
+        for name, w in weights.items():
+            masks.update(magnitude_masks({name: w}, sparsity, "global"))
+        return masks
+    total = sum(w.numel() for w in weights.values())
+    n_prune = math.floor(sparsity * total)
+    if n_prune == 0:
+        return {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
+    with torch.no_grad():
+        flat = torch.cat([w.detach().reshape(-1) for w in weights.values()]).abs_()
+        threshold, below = _kth_smallest(flat, n_prune)
+        del flat
+        return _masks_for_threshold(weights, threshold, n_prune, below)
+
+
+def apply_masks(weights: dict[str, torch.Tensor], masks: Masks) -> None:
+    """Zeroes the pruned entries in place."""
+    with torch.no_grad():
+        for name, w in weights.items():
+            w.mul_(masks[name])
+
+
+def apply_magnitude_pruning(
+    model: nn.Module, sparsity: float, *, scope: str = "global", keep_dense: tuple[str, ...] = ()
+) -> Masks:
+    """One-shot magnitude pruning of `model` in place; returns the keep-masks."""
+    weights = prunable_weights(model, keep_dense)
+    masks = magnitude_masks(weights, sparsity, scope)
+    apply_masks(weights, masks)
+    return masks
+
+
+def cubic_sparsity(step: int, *, initial: float, final: float, begin: int, end: int, exponent: float = 3.0) -> float:
+    """Zhu & Gupta's schedule: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t_end - t0))^exponent, held at
+    s_i before t0 and at s_f after t_end."""
+    if step <= begin:
+        return initial
+    if step >= end:
+        return final
+    return final + (initial - final) * (1.0 - (step - begin) / (end - begin)) ** exponent
+
+
+def apply_gradual_magnitude_pruning(
+    model: nn.Module,
+    context: RecipeContext,
+    *,
+    final_sparsity: float,
+    epochs: int,
+    lr: float,
+    initial_sparsity: float = 0.0,
+    begin_fraction: float = 0.0,
+    end_fraction: float = 0.7,
+    frequency: int = 10,
+    exponent: float = 3.0,
+    scope: str = "layer",
+    keep_dense: tuple[str, ...] = (),
+    weight_decay: float = 5e-4,
+) -> Masks:
+    """Fine-tunes `model` for `epochs` while pruning it every `frequency` steps along the cubic schedule,
+    from `initial_sparsity` at `begin_fraction` of training to `final_sparsity` at `end_fraction`;
+    the last part of training recovers at the final sparsity. Returns the final keep-masks."""
+    context.require("train_batches", "loss_fn", step="gradual magnitude pruning")
+    weights = prunable_weights(model, keep_dense)
+    total = steps_per_epoch(context.train_batches) * epochs
+    begin, end = int(begin_fraction * total), max(int(begin_fraction * total) + 1, int(end_fraction * total))
+    masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
+
+    def prune_on_schedule(step: int) -> None:
+        nonlocal masks
+        at_schedule_point = begin <= step <= end and (step - begin) % frequency == 0
+        if at_schedule_point or step == end:
+            target = cubic_sparsity(step, initial=initial_sparsity, final=final_sparsity, begin=begin,
+                                    end=end, exponent=exponent)
+            masks = magnitude_masks(weights, target, scope)
+        apply_masks(weights, masks)
+
+    train(model, context.train_batches, context.loss_fn, epochs=epochs, lr=lr, weight_decay=weight_decay,
+          after_step=prune_on_schedule, progress=context.progress, desc=f"GMP to {final_sparsity:.0%}")
+    masks = magnitude_masks(weights, final_sparsity, scope)
+    apply_masks(weights, masks)
+    return masks
+
+
+@register_config
+@dataclasses.dataclass(frozen=True)
+class MagnitudePruningConfig(CompressionConfig):
+    """One-shot magnitude pruning to `sparsity`, one global threshold or per layer."""
+
+    VERSION = 1
+    sparsity: float
+    scope: str = "global"
+    keep_dense: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_fraction("sparsity", self.sparsity)
+        check_choice("scope", self.scope, SCOPES)
+        check_patterns("keep_dense", self.keep_dense)
+
+
+@register_config
+@dataclasses.dataclass(frozen=True)
+class GradualMagnitudePruningConfig(CompressionConfig):
+    """Gradual magnitude pruning with fine-tuning (Zhu & Gupta 2017; Gale et al. 2019 scope).
+    Schedule points are fractions of the fine-tuning steps, so a recipe fits any data set size."""
+
+    VERSION = 1
+    final_sparsity: float
+    epochs: int = 10
+    lr: float = 0.02
+    initial_sparsity: float = 0.0
+    begin_fraction: float = 0.0
+    end_fraction: float = 0.7
+    frequency: int = 10
+    exponent: float = 3.0
+    scope: str = "layer"
+    keep_dense: tuple[str, ...] = ()
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        check_fraction("final_sparsity", self.final_sparsity)
+        check_fraction("initial_sparsity", self.initial_sparsity)
+        if self.initial_sparsity > self.final_sparsity:
+            raise RecipeError("initial_sparsity must not exceed final_sparsity")
+        check_fraction("begin_fraction", self.begin_fraction)
+        check_fraction("end_fraction", self.end_fraction, upper_open=False)
+        if self.end_fraction <= self.begin_fraction:
+            raise RecipeError("end_fraction must be greater than begin_fraction")
+        check_positive("epochs", self.epochs)
+        check_positive("lr", self.lr)
+        check_positive("frequency", self.frequency)
+        check_positive("exponent", self.exponent)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_choice("scope", self.scope, SCOPES)
+        check_patterns("keep_dense", self.keep_dense)
+
+
+@handles(MagnitudePruningConfig)
+def _one_shot(model: nn.Module, config: MagnitudePruningConfig, context: RecipeContext) -> nn.Module:
+    apply_magnitude_pruning(model, config.sparsity, scope=config.scope, keep_dense=config.keep_dense)
+    return model
+
+
+@handles(GradualMagnitudePruningConfig)
+def _gradual(model: nn.Module, config: GradualMagnitudePruningConfig, context: RecipeContext) -> nn.Module:
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    apply_gradual_magnitude_pruning(model, context, **fields)
+    return model

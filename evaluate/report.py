@@ -1,0 +1,57 @@
+"""What the evaluator measures for one variant: a dataclass kept as such from measurement to card."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LayerFlops:
+    """FLOPs of one module for one example: dense, and counting only non-zero weights."""
+
+    name: str
+    op: str
+    dense: int
+    sparse: int
+
+
+@dataclass
+class VariantReport:
+    """Measurements of one model variant on its task. FLOPs are 2 x multiply-accumulates, per example
+    at batch 1 (torch's FlopCounterMode convention); metrics are fractions in [0, 1]."""
+
+    name: str
+    base_model: str
+    task: str
+    dataset: str
+    split: str
+    metrics: dict[str, float]
+    metric_average: str
+    flops_dense: int
+    flops_sparse: int
+    params_total: int
+    params_nonzero: int
+    bytes_on_disk: int
+    latency_ms: float
+    sparsity: float = 0.0
+    quant: str | None = None
+    recipe: list[dict[str, Any]] | None = None
+    layers: list[LayerFlops] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantReport:
+        data = dict(data)
+        data["layers"] = [LayerFlops(**layer) for layer in data.get("layers", [])]
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> VariantReport:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,29 @@
+"""The zoo's hub layer: moves folders of files between a local Hub-cache-shaped hub and a Hugging Face Hub.
+
+`LocalHub` is the embedded default hub (readable offline by an unmodified huggingface_hub);
+`download`/`pull`/`upload` talk to a real Hub endpoint. No model logic lives here.
+"""
+from zoo.hub.errors import (
+    HubConnectionError,
+    RepoFileNotFoundError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+    UnknownRepoError,
+)
+from zoo.hub.local import LocalHub, default_hub_root, folder_files, validate_repo_id
+from zoo.hub.remote import download, pull, upload
+
+__all__ = [
+    "HubConnectionError",
+    "LocalHub",
+    "RepoFileNotFoundError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
+    "UnknownRepoError",
+    "default_hub_root",
+    "download",
+    "folder_files",
+    "pull",
+    "upload",
+    "validate_repo_id",
+]

@@ -1,0 +1,394 @@
+"""Hugging Face model cards for zoo variants: YAML front matter with a model-index of the measured
+results (so the Hub shows them and they parse back exactly), and a Markdown body with the recipe, the
+metrics, the table of the whole family and the accuracy-vs-FLOPs plot."""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from zoo.errors import InvalidArgumentError, UnknownNameError
+from zoo.evaluate.report import VariantReport
+from zoo.registry import Registry
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How a metric key of `VariantReport.metrics` is published: Hub metric id and a readable label."""
+
+    key: str
+    hub_type: str
+    label: str
+
+    def name(self, average: str) -> str:
+        """The model-index `name`, e.g. "top-1 accuracy (average=micro)"; states how it was averaged."""
+        return f"{self.label} (average={average})"
+
+
+CARD_METRICS: Registry[MetricSpec] = Registry("card metric")
+for _spec in (MetricSpec("top1", "accuracy", "top-1 accuracy"), MetricSpec("top5", "accuracy", "top-5 accuracy")):
+    CARD_METRICS.register(_spec.key, _spec)
+
+TOP_K = re.compile(r"^top(?P<k>[1-9][0-9]*)$")
+
+
+def metric_spec(key: str) -> MetricSpec:
+    """The registered spec of a metric key; any other `top{k}` key (as `zoo.evaluate.metrics` names
+    top-k accuracies) is a top-k accuracy; anything else raises `UnknownNameError`."""
+    if key not in CARD_METRICS and (match := TOP_K.match(key)):
+        return MetricSpec(key, "accuracy", f"top-{match['k']} accuracy")
+    return CARD_METRICS.get(key)
+
+
+# What each torchmetrics average means, for the card's readers (zoo.evaluate.metrics.AVERAGES).
+AVERAGE_MEANINGS = {
+    "micro": "over all examples",
+    "macro": "unweighted mean over classes",
+    "weighted": "mean over classes weighted by their number of examples",
+}
+
+
+def _average_meaning(average: str) -> str:
+    if average not in AVERAGE_MEANINGS:
+        raise UnknownNameError("metric average", average, AVERAGE_MEANINGS)
+    return AVERAGE_MEANINGS[average]
+
+
+def is_base(report: VariantReport) -> bool:
+    """A base model is the one no recipe was applied to (the evaluator stores `recipe=None` for it)."""
+    return report.recipe is None
+
+
+def variant_kind(report: VariantReport) -> str:
+    """"dense", "sparse", "quantized" or "sparse + quantized": what the plot's markers distinguish."""
+    sparse, quantized = report.sparsity > 0, report.quant is not None
+    if sparse and quantized:
+        return "sparse + quantized"
+    return "sparse" if sparse else "quantized" if quantized else "dense"
+
+
+def short_label(report: VariantReport) -> str:
+    """The part of the name after the base's (`resnet18.zoo_digits_sp90` -> `sp90`); `base` for it."""
+    own_base = report.name == report.base_model
+    if report.base_model and not own_base and report.name.startswith(report.base_model):
+        rest = report.name[len(report.base_model):].lstrip("_-.")
+        if rest:
+            return rest
+    return "base" if own_base or is_base(report) else report.name
+
+
+def card_tags(report: VariantReport) -> list[str]:
+    """Hub tags: always `zoo` and the task; `sparse`/`pruned` and `quantized`/<scheme> as they apply."""
+    tags = ["zoo", report.task]
+    if report.sparsity > 0:
+        tags += ["sparse", "pruned"]
+    if report.quant is not None:
+        tags += ["quantized", report.quant]
+    return tags
+
+
+def eval_results(report: VariantReport) -> list[EvalResult]:
+    """One `EvalResult` per metric, its value the measured fraction as is (never rounded) so that the
+    YAML written holds the exact float (PyYAML writes `repr`, which round-trips)."""
+    if not report.metrics:
+        raise InvalidArgumentError(f"report {report.name!r} has no metrics to put in a model card")
+    results = []
+    for key, value in report.metrics.items():
+        spec = metric_spec(key)
+        number = _fraction(report.name, key, value)
+        results.append(
+            EvalResult(
+                task_type=report.task,
+                dataset_type=report.dataset,
+                dataset_name=report.dataset,
+                dataset_split=report.split,
+                metric_type=spec.hub_type,
+                metric_name=spec.name(report.metric_average),
+                metric_value=number,
+                metric_args={"average": report.metric_average},
+            )
+        )
+    return results
+
+
+def _fraction(name: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"report {name!r}: metric {key!r} is not a number: {value!r}")
+    number = float(value)  # numpy scalars become plain floats, exactly, so YAML can hold them
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise InvalidArgumentError(f"report {name!r}: metric {key!r} = {value!r} is not a fraction in [0, 1]")
+    return number
+
+
+def card_data(report: VariantReport, *, license: str, library_name: str) -> ModelCardData:
+    """The front matter; `base_model` only when it names another model (not for the base itself)."""
+    base_model = report.base_model if report.base_model and report.base_model != report.name else None
+    return ModelCardData(
+        model_name=report.name,
+        eval_results=eval_results(report),
+        base_model=base_model,
+        library_name=library_name,
+        license=license,
+        pipeline_tag=report.task,
+        tags=card_tags(report),
+        metrics=sorted({metric_spec(key).hub_type for key in report.metrics}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Human-readable numbers (rounded here only; the YAML keeps the exact values)
+
+
+def _significant(value: float, digits: int = 3) -> str:
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:,.{decimals}f}"
+
+
+def _mflops(flops: int) -> str:
+    return f"{_significant(flops / 1e6)} M"
+
+
+def _bytes(size: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size} B"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f} %"
+
+
+def _describe(report: VariantReport) -> str:
+    if is_base(report):
+        return "the dense, unquantized base model of its family"
+    parts = []
+    if report.sparsity > 0:
+        parts.append(f"pruned to {100 * report.sparsity:.4g} % sparsity")
+    if report.quant is not None:
+        parts.append(f"quantized ({report.quant})")
+    how = " and ".join(parts) if parts else "compressed"
+    return f"a variant of `{report.base_model}`, {how}"
+
+
+def _recipe_json(report: VariantReport) -> str | None:
+    if report.recipe is None:
+        return None
+    try:
+        return json.dumps(report.recipe, indent=2)
+    except TypeError as error:
+        raise InvalidArgumentError(f"report {report.name!r}: recipe is not JSON-serializable: {error}") from None
+
+
+def _metric_keys(family: Sequence[VariantReport]) -> list[str]:
+    keys: list[str] = []
+    for report in family:
+        keys += [key for key in report.metrics if key not in keys]
+    return keys
+
+
+def _metric_rows(report: VariantReport) -> list[tuple[str, str]]:
+    rows = [
+        (metric_spec(key).name(report.metric_average), _percent(_fraction(report.name, key, value)))
+        for key, value in report.metrics.items()
+    ]
+    nonzero = report.params_nonzero / report.params_total if report.params_total else 0.0
+    return rows + [
+        ("FLOPs per example, dense", f"{_mflops(report.flops_dense)} ({report.flops_dense:,})"),
+        ("FLOPs per example, non-zero weights only", f"{_mflops(report.flops_sparse)} ({report.flops_sparse:,})"),
+        ("parameters, total", f"{report.params_total:,}"),
+        ("parameters, non-zero", f"{report.params_nonzero:,} ({_percent(nonzero)})"),
+        ("size on disk", f"{_bytes(report.bytes_on_disk)} ({report.bytes_on_disk:,} bytes)"),
+        ("latency, batch 1", f"{report.latency_ms:.2f} ms"),
+    ]
+
+
+def _family_table(family: Sequence[VariantReport], current: str | None) -> dict[str, Any]:
+    """Header and pre-formatted rows of the family table; the current variant's name is in bold."""
+    keys = _metric_keys(family)
+    base = next((r for r in family if is_base(r)), None)
+    header = ["variant", "kind", *(metric_spec(k).label for k in keys), "non-zero FLOPs",
+              "vs dense base", "non-zero params", "size", "latency (ms)"]
+    rows = []
+    for report in family:
+        name = f"`{report.name}`"
+        cells = [f"**{name}**" if report.name == current else name, variant_kind(report)]
+        cells += [_percent(report.metrics[k]) if k in report.metrics else "n/a" for k in keys]
+        ratio = report.flops_sparse / base.flops_dense if base and base.flops_dense else None
+        cells += [_mflops(report.flops_sparse), f"{ratio:.2f}x" if ratio is not None else "n/a",
+                  f"{report.params_nonzero:,}", _bytes(report.bytes_on_disk), f"{report.latency_ms:.2f}"]
+        rows.append(cells)
+    return {"header": header, "rows": rows}
+
+
+def _family_order(family: Sequence[VariantReport]) -> list[VariantReport]:
+    return sorted(family, key=lambda r: (not is_base(r), r.quant or "", r.sparsity, r.name))
+
+
+def check_family(family: Sequence[VariantReport]) -> None:
+    """A family table compares like with like: unique names, one task, dataset, split and average."""
+    names = [r.name for r in family]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidArgumentError(f"family lists variants more than once: {', '.join(duplicates)}")
+    for field_name in ("task", "dataset", "split", "metric_average"):
+        values = {getattr(r, field_name) for r in family}
+        if len(values) > 1:
+            raise InvalidArgumentError(f"family mixes {field_name}s: {sorted(values)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Templates
+
+_METRICS_SECTION = """\
+Measured on split `{{ split }}` of `{{ dataset }}`; accuracies are averaged `{{ average }}` \
+({{ average_meaning }}). FLOPs are 2 x multiply-accumulates for one example; the non-zero count skips the \
+multiplications by weights that are exactly zero, as sparse kernels would.
+
+| measure | value |
+|---|---|
+{% for label, value in metric_rows -%}
+| {{ label }} | {{ value }} |
+{% endfor %}"""
+
+_FAMILY_SECTION = """\
+{% if plot_filename %}![{{ plot_alt }}]({{ plot_filename }})
+
+{% endif -%}
+| {{ family.header | join(" | ") }} |
+|{% for _ in family.header %}---|{% endfor %}
+{% for row in family.rows -%}
+| {{ row | join(" | ") }} |
+{% endfor %}"""
+
+_USAGE_SECTION = """\
+```python
+import zoo
+
+model = zoo.load("{{ name }}")
+```"""
+
+VARIANT_TEMPLATE = f"""\
+---
+{{{{ card_data }}}}
+---
+
+# {{{{ name }}}}
+
+`{{{{ name }}}}` is {{{{ description }}}}. Task: {{{{ task }}}}.
+
+## Dataset
+
+{{{{ dataset_description }}}}
+
+## How it was made
+
+{{% if recipe_json %}}The compression recipe applied to `{{{{ base_model_name }}}}`, in order:
+
+```json
+{{{{ recipe_json }}}}
+```
+{{% else %}}This is the base model: no compression recipe was applied.
+{{% endif %}}
+## Results
+
+{_METRICS_SECTION}
+## The family
+
+All variants of `{{{{ family_base }}}}`, measured the same way:
+
+{_FAMILY_SECTION}
+## How to use
+
+{_USAGE_SECTION}
+""" + "\n"  # Jinja drops a template's final newline: this keeps one at the end of the README
+
+BASE_TEMPLATE = f"""\
+---
+{{{{ card_data }}}}
+---
+
+# {{{{ name }}}}
+
+`{{{{ name }}}}` is the dense base model of a family of compressed variants (pruned and/or \
+quantized). Task: {{{{ task }}}}.
+
+## Accuracy vs FLOPs of the family
+
+{_FAMILY_SECTION}
+## Dataset
+
+{{{{ dataset_description }}}}
+
+## Results of the base model
+
+{_METRICS_SECTION}
+## How to use
+
+{_USAGE_SECTION}
+
+Each variant loads the same way under its own name (first column of the table above).
+""" + "\n"
+
+
+def _render(template: str, report: VariantReport, family: Sequence[VariantReport], *, family_base: str,
+            plot_filename: str | None, license: str, dataset_description: str, library_name: str) -> ModelCard:
+    data = card_data(report, license=license, library_name=library_name)
+    return ModelCard.from_template(
+        data,
+        template_str=template,
+        name=report.name,
+        description=_describe(report),
+        task=report.task,
+        dataset=report.dataset,
+        split=report.split,
+        average=report.metric_average,
+        average_meaning=_average_meaning(report.metric_average),
+        dataset_description=dataset_description.strip(),
+        recipe_json=_recipe_json(report),
+        base_model_name=report.base_model,
+        metric_rows=_metric_rows(report),
+        family=_family_table(_family_order(family), report.name),
+        family_base=family_base,
+        plot_filename=plot_filename,
+        plot_alt=f"accuracy vs non-zero FLOPs of the {family_base} family",
+    )
+
+
+def variant_card(report: VariantReport, *, family_reports: list[VariantReport], plot_filename: str | None,
+                 license: str, dataset_description: str, library_name: str = "zoo") -> ModelCard:
+    """The card of one variant; `family_reports` (which must include `report`) fill the family table."""
+    if report.name not in {r.name for r in family_reports}:
+        raise InvalidArgumentError(f"family_reports does not include the variant {report.name!r} itself")
+    check_family(family_reports)
+    base = next((r for r in family_reports if is_base(r)), None)
+    family_base = base.name if base is not None else report.base_model
+    return _render(VARIANT_TEMPLATE, report, family_reports, family_base=family_base,
+                   plot_filename=plot_filename, license=license, dataset_description=dataset_description,
+                   library_name=library_name)
+
+
+def base_card(base_report: VariantReport, variant_reports: list[VariantReport], *, plot_filename: str | None,
+              license: str, dataset_description: str, library_name: str = "zoo") -> ModelCard:
+    """The card of a base model: its own results, and the family overview (table + plot) up front.
+    `variant_reports` may or may not include the base; each variant must derive from it."""
+    if not is_base(base_report):
+        raise InvalidArgumentError(f"{base_report.name!r} has a recipe: it is a variant, not a base model")
+    variants = [r for r in variant_reports if r.name != base_report.name]
+    own_ids = {base_report.name, base_report.base_model}
+    strangers = [r.name for r in variants if r.base_model not in own_ids]
+    if strangers:
+        raise InvalidArgumentError(f"variants not derived from {base_report.name!r}: {', '.join(strangers)}")
+    family = [base_report, *variants]
+    check_family(family)
+    return _render(BASE_TEMPLATE, base_report, family, family_base=base_report.name,
+                   plot_filename=plot_filename, license=license, dataset_description=dataset_description,
+                   library_name=library_name)

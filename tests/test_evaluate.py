@@ -1,0 +1,263 @@
+"""Tests of the evaluator's measuring functions: FLOPs, parameters, latency, accuracy, Pareto front."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.errors import InvalidArgumentError
+from zoo.evaluate import (
+    count_flops,
+    count_parameters,
+    evaluate_classifier,
+    measure_latency,
+    pareto_front,
+)
+
+
+def _zero_first(weight: torch.Tensor, k: int) -> None:
+    """Set the first k elements of `weight` (flattened) to zero; make sure no other element is zero."""
+    with torch.no_grad():
+        weight[weight == 0] = 0.5
+        weight.view(-1)[:k] = 0
+
+
+# FLOPs -------------------------------------------------------------------------------------------
+
+def test_conv_counts_two_flops_per_mac_and_drops_the_macs_of_zeroed_weights():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, kernel_size=3)  # no padding: each weight does exactly 8 x 8 MACs on 10 x 10
+    _zero_first(conv.weight, 0)
+    report = count_flops(conv, torch.randn(1, 3, 10, 10))
+    macs = 4 * 3 * 3 * 3 * 8 * 8
+    assert report.dense == report.sparse == 2 * macs
+    _zero_first(conv.weight, 5)
+    report = count_flops(conv, torch.randn(1, 3, 10, 10))
+    assert report.dense == 2 * macs
+    assert report.sparse == 2 * (macs - 5 * 8 * 8)
+    assert [(layer.name, layer.op) for layer in report.layers] == [("", "aten.convolution")]
+
+
+def test_depthwise_conv():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, kernel_size=3, groups=8, bias=False)
+    _zero_first(conv.weight, 9)  # the whole filter of channel 0
+    report = count_flops(conv, torch.randn(1, 8, 10, 10))
+    macs = 8 * 3 * 3 * 8 * 8
+    assert report.dense == 2 * macs
+    assert report.sparse == 2 * (macs - 9 * 8 * 8)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(4, 5), (4, 6, 5)])
+def test_linear_is_counted_at_batch_one(bias, shape):
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 7, bias=bias)
+    _zero_first(linear.weight, 3)
+    report = count_flops(linear, torch.randn(*shape))  # batch 4: counted for its first example only
+    rows = 1 if len(shape) == 2 else shape[1]
+    assert report.dense == 2 * rows * 5 * 7
+    assert report.sparse == 2 * rows * (5 * 7 - 3)
+
+
+def test_zeros_in_activations_are_not_sparsity():
+    class SelfProduct(nn.Module):
+        def forward(self, x):
+            y = torch.relu(x)  # about half zeros
+            return torch.bmm(y, y.transpose(1, 2))
+
+    report = count_flops(SelfProduct(), torch.randn(1, 6, 4))
+    assert report.dense == report.sparse == 2 * 6 * 6 * 4
+
+
+def test_a_parameter_in_a_matrix_product_counts_its_zeros():
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1, 4, 3))
+
+        def forward(self, x):
+            return torch.bmm(x, self.w)
+
+    mixer = Mixer()
+    with torch.no_grad():
+        mixer.w[0, 0, :] = 0  # one row: each of its 3 entries did 6 MACs
+    report = count_flops(mixer, torch.randn(1, 6, 4))
+    assert report.dense == 2 * 6 * 4 * 3
+    assert report.sparse == 2 * (6 * 4 * 3 - 3 * 6)
+
+
+def test_attention_with_a_learned_query():
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query = nn.Parameter(torch.ones(1, 1, 2, 8))
+
+        def forward(self, x):
+            return F.scaled_dot_product_attention(self.query, x, x)
+
+    pool = Pool()
+    with torch.no_grad():
+        pool.query[0, 0, 0, :3] = 0  # 3 query entries, each met all 5 keys
+    report = count_flops(pool, torch.randn(1, 1, 5, 8))
+    assert report.dense == 2 * (2 * 5 * 8) * 2
+    assert report.sparse == report.dense - 2 * 3 * 5
+    free = count_flops(pool, torch.randn(1, 1, 5, 8) * 0)  # zero keys/values are activations
+    assert free.sparse == report.sparse
+
+
+def test_timm_resnet_per_layer_breakdown():
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            _zero_first(module.weight, 0)
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    report = count_flops(model, x)
+    assert model.training  # restored
+    assert report.sparse == report.dense > 0
+    assert sum(layer.dense for layer in report.layers) == report.dense
+    assert sum(layer.sparse for layer in report.layers) == report.sparse
+    leaves = {name for name, m in model.named_modules() if not list(m.children())}
+    assert {layer.name for layer in report.layers} <= leaves
+    with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        model.eval()(x[:1])
+    assert report.dense == counter.get_total_flops()
+
+    conv = model.layer1[0].conv1
+    half = conv.weight.numel() // 2
+    _zero_first(conv.weight, half)
+    sparse = count_flops(model, x)
+    (layer,) = [layer for layer in sparse.layers if layer.name == "layer1.0.conv1"]
+    assert layer.sparse * conv.weight.numel() == layer.dense * (conv.weight.numel() - half)
+    assert sparse.dense - sparse.sparse == layer.dense - layer.sparse > 0
+
+
+def test_ops_of_a_parent_module_are_credited_to_it():
+    model = timm.create_model("test_vit", pretrained=False)
+    report = count_flops(model, torch.randn(1, *model.pretrained_cfg["input_size"]))
+    assert sum(layer.dense for layer in report.layers) == report.dense
+    attention = [layer for layer in report.layers if layer.name == "blocks.0.attn"]
+    assert len(attention) == 1 and "scaled_dot_product" in attention[0].op
+
+
+def test_weights_computed_in_forward_are_refused():
+    linear = nn.Linear(4, 4)
+    torch.nn.utils.prune.l1_unstructured(linear, "weight", amount=0.5)
+    with pytest.raises(InvalidArgumentError, match="prune.remove"):
+        count_flops(nn.Sequential(linear), torch.randn(1, 4))
+
+
+# Parameters --------------------------------------------------------------------------------------
+
+def test_count_parameters_skips_buffers():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].weight[0, :2] = 0
+        model[0].bias.zero_()
+    count = count_parameters(model)
+    assert count.total == 3 * 2 + 2 + 2 + 2
+    assert count.nonzero == count.total - 2 - 2 - 2  # two weights, the bias, the batch-norm bias
+    assert count.sparsity == pytest.approx(6 / 12)
+
+
+# Latency -----------------------------------------------------------------------------------------
+
+def test_measure_latency_in_eval_and_inference_mode():
+    seen = []
+
+    class Probe(nn.Linear):
+        def forward(self, x):
+            seen.append((self.training, torch.is_inference_mode_enabled()))
+            return super().forward(x)
+
+    model = Probe(8, 8).train()
+    report = measure_latency(model, torch.randn(1, 8), min_run_time=0.05)
+    assert model.training
+    assert set(seen) == {(False, True)}
+    assert report.runs >= 1 and len(seen) >= report.runs + 2
+    assert report.median_ms > 0 and report.iqr_ms >= 0
+
+
+def test_measure_latency_refuses_a_non_positive_time():
+    with pytest.raises(InvalidArgumentError):
+        measure_latency(nn.Linear(2, 2), torch.randn(1, 2), min_run_time=0)
+
+
+# Accuracy ----------------------------------------------------------------------------------------
+
+# Rows of logits over 4 classes; the fake model returns the rows whose indices it is given.
+LOGITS = torch.tensor([
+    [0.9, 0.1, 0.0, 0.0],  # top-1: 0, top-2: {0, 1}
+    [0.1, 0.8, 0.3, 0.0],  # top-1: 1, top-2: {1, 2}
+    [0.5, 0.0, 0.4, 0.1],  # top-1: 0, top-2: {0, 2}
+    [0.0, 0.2, 0.1, 0.7],  # top-1: 3, top-2: {3, 1}
+    [0.3, 0.6, 0.1, 0.0],  # top-1: 1, top-2: {1, 0}
+])
+LABELS = torch.tensor([0, 2, 2, 3, 0])  # top-1 right: rows 0, 3; top-2 right: all five
+
+
+class FixedLogits(nn.Module):
+    def forward(self, index):
+        return LOGITS[index]
+
+
+def _batches():
+    return [(torch.tensor([0, 1]), LABELS[:2]), (torch.tensor([2, 3, 4]), LABELS[2:])]
+
+
+def test_accuracy_matches_a_hand_count():
+    result = evaluate_classifier(FixedLogits(), _batches(), num_classes=4, top_k=(1, 2, 5), progress=False)
+    assert result.metrics == {"top1": pytest.approx(2 / 5), "top2": pytest.approx(5 / 5)}  # top5 > 4 classes
+    assert result.num_examples == 5 and result.average == "micro"
+
+
+def test_macro_accuracy_averages_per_class():
+    result = evaluate_classifier(FixedLogits(), _batches(), num_classes=4, top_k=(1,), average="macro",
+                                 progress=False)
+    # Per class top-1 recall: class 0 -> 1/2 (rows 0, 4), class 2 -> 0/2, class 3 -> 1/1, and class 1,
+    # never a label but predicted twice, 0 (torchmetrics leaves out only classes never labelled nor predicted).
+    assert result.metrics["top1"] == pytest.approx((1 / 2 + 0 + 0 + 1) / 4)
+
+
+@pytest.mark.parametrize("kwargs", [{"average": "none"}, {"average": "mean"}, {"top_k": (0,)},
+                                    {"top_k": (7,)}, {"num_classes": 1}])
+def test_accuracy_refuses_bad_arguments(kwargs):
+    arguments = {"num_classes": 4, "top_k": (1,), "average": "micro", **kwargs}
+    with pytest.raises(InvalidArgumentError):
+        evaluate_classifier(FixedLogits(), _batches(), progress=False, **arguments)
+
+
+def test_accuracy_refuses_wrong_logits_and_no_data():
+    with pytest.raises(InvalidArgumentError, match="logits"):
+        evaluate_classifier(FixedLogits(), _batches(), num_classes=5, top_k=(1,), progress=False)
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        evaluate_classifier(FixedLogits(), [], num_classes=4, top_k=(1,), progress=False)
+
+
+# Pareto front ------------------------------------------------------------------------------------
+
+def test_pareto_front():
+    points = [
+        (4.0, 0.70),  # 0: dominated by 2 (cheaper, as accurate)
+        (1.0, 0.50),  # 1: front
+        (3.0, 0.70),  # 2: front
+        (2.0, 0.40),  # 3: dominated by 1
+        (5.0, 0.90),  # 4: front
+        (3.0, 0.70),  # 5: equal to 2: only the first is kept
+        (1.0, 0.45),  # 6: same cost as 1, less accurate
+        (np.float64(6.0), np.int64(1)),  # 7: front (NumPy scalars)
+    ]
+    assert pareto_front(points) == [1, 2, 4, 7]
+    assert pareto_front([]) == []
+
+
+@pytest.mark.parametrize("bad", [[(1.0, float("nan"))], [(1.0,)], [(1.0, 2.0, 3.0)], [("a", 1.0)], [3.0]])
+def test_pareto_front_refuses_bad_points(bad):
+    with pytest.raises(InvalidArgumentError):
+        pareto_front(bad)

@@ -1,0 +1,226 @@
+"""Model cards: built from synthetic reports, written, loaded back through huggingface_hub, their
+model-index equal to the measured floats; validation catches corrupted cards; the plot is a PNG."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
+from matplotlib.image import imread
+
+from zoo.errors import CardValidationError, InvalidArgumentError, UnknownNameError
+from zoo.evaluate.report import VariantReport
+from zoo.model_cards import base_card, plot_accuracy_vs_flops, validate_card, variant_card, write_card
+from zoo.model_cards.card import short_label, variant_kind
+
+BASE = "resnet18.zoo_digits"
+DENSE_FLOPS = 71_234_560
+PARAMS = 11_181_642
+CARD_ARGS = {"license": "apache-2.0", "dataset_description": "Handwritten digits, 8x8 upscaled."}
+
+
+def _report(suffix: str, *, sparsity: float = 0.0, quant: str | None = None, top1: float,
+            top5: float) -> VariantReport:
+    name = BASE + suffix
+    recipe = None if not suffix else [{"type": "magnitude_prune", "sparsity": sparsity, "quant": quant}]
+    return VariantReport(
+        name=name, base_model=BASE, task="image-classification", dataset="digits", split="test",
+        metrics={"top1": top1, "top5": top5}, metric_average="micro", flops_dense=DENSE_FLOPS,
+        flops_sparse=round(DENSE_FLOPS * (1 - sparsity)), params_total=PARAMS,
+        params_nonzero=round(PARAMS * (1 - sparsity)), bytes_on_disk=44_800_000 if quant is None else 11_300_000,
+        latency_ms=1.37, sparsity=sparsity, quant=quant, recipe=recipe,
+    )
+
+
+@pytest.fixture
+def reports() -> list[VariantReport]:
+    # Metrics with long binary expansions: the YAML must hold them exactly, not rounded.
+    return [
+        _report("", top1=350 / 360, top5=359 / 360),
+        _report("_sp50", sparsity=0.5, top1=349 / 360, top5=0.1 + 0.2 + 0.69),
+        _report("_sp90", sparsity=0.9, top1=338 / 360, top5=1.0),
+        _report("_int8", quant="int8", top1=float(np.float64(347 / 360)), top5=359 / 360),
+        _report("_sp90_int8", sparsity=0.9, quant="int8", top1=np.float64(331 / 360), top5=np.float32(0.75)),
+    ]
+
+
+def _variant(reports: list[VariantReport], index: int, plot: str | None = "accuracy_vs_flops.png") -> ModelCard:
+    return variant_card(reports[index], family_reports=reports, plot_filename=plot, **CARD_ARGS)
+
+
+def _by_name(card: ModelCard) -> dict[str, float]:
+    return {result.metric_name: result.metric_value for result in card.data.eval_results}
+
+
+def test_variant_cards_load_back_with_exact_metrics(reports, tmp_path):
+    for index, report in enumerate(reports[1:], start=1):
+        path = write_card(_variant(reports, index), tmp_path / report.name)
+        assert path.name == "README.md" and path.read_text().endswith("```\n")
+        loaded = ModelCard.load(path)
+        assert loaded.data.model_name == report.name
+        assert _by_name(loaded) == {
+            "top-1 accuracy (average=micro)": report.metrics["top1"],
+            "top-5 accuracy (average=micro)": report.metrics["top5"],
+        }
+        result = loaded.data.eval_results[0]
+        assert (result.task_type, result.dataset_type, result.dataset_split, result.metric_type) == (
+            "image-classification", "digits", "test", "accuracy")
+        assert loaded.data.base_model == BASE
+        assert loaded.data.library_name == "zoo" and loaded.data.license == "apache-2.0"
+        validate_card(loaded, report)
+        validate_card(path.read_text(), report)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["README.md"] * 4  # no temp files left
+
+
+def test_tags_follow_the_compression(reports):
+    tags = [set(_variant(reports, i).data.tags) for i in range(len(reports))]
+    assert tags[0] == {"zoo", "image-classification"}
+    assert tags[2] == {"zoo", "image-classification", "sparse", "pruned"}
+    assert tags[3] == {"zoo", "image-classification", "quantized", "int8"}
+    assert tags[4] == {"zoo", "image-classification", "sparse", "pruned", "quantized", "int8"}
+    assert [variant_kind(r) for r in reports] == ["dense", "sparse", "sparse", "quantized", "sparse + quantized"]
+    assert [short_label(r) for r in reports] == ["base", "sp50", "sp90", "int8", "sp90_int8"]
+
+
+def test_variant_card_body(reports):
+    text = str(_variant(reports, 2))
+    body = text[REGEX_YAML_BLOCK.search(text).end():]
+    assert '"type": "magnitude_prune"' in body and "```json" in body
+    assert "| top-1 accuracy (average=micro) | 93.89 % |" in body
+    assert "| top-5 accuracy (average=micro) | 100.00 % |" in body
+    assert "| FLOPs per example, dense | 71.2 M (71,234,560) |" in body
+    assert "| parameters, non-zero | 1,118,164 (10.00 %) |" in body
+    assert "| latency, batch 1 | 1.37 ms |" in body
+    assert "![accuracy vs non-zero FLOPs of the resnet18.zoo_digits family](accuracy_vs_flops.png)" in body
+    assert 'zoo.load("resnet18.zoo_digits_sp90")' in body
+    assert "Handwritten digits" in body
+    assert "averaged `micro` (over all examples)" in body
+    for report in reports:  # one family row per variant, the card's own in bold
+        assert body.count(f"| `{report.name}` |") + body.count(f"| **`{report.name}`** |") == 1
+    assert "| **`resnet18.zoo_digits_sp90`** | sparse | 93.89 % |" in body
+    assert "![" not in str(_variant(reports, 2, plot=None))
+
+
+def test_base_card(reports, tmp_path):
+    card = base_card(reports[0], reports[1:], plot_filename="accuracy_vs_flops.png", **CARD_ARGS)
+    loaded = ModelCard.load(write_card(card, tmp_path))
+    assert loaded.data.get("base_model") is None
+    assert _by_name(loaded)["top-1 accuracy (average=micro)"] == 350 / 360
+    validate_card(loaded, reports[0])
+    body = loaded.text
+    assert body.index("accuracy_vs_flops.png") < body.index("## Results of the base model")
+    assert all(f"`{r.name}`" in body for r in reports)
+    assert "no compression recipe" not in body and 'zoo.load("resnet18.zoo_digits")' in body
+    # The base may be passed among the variants too: same card.
+    assert str(base_card(reports[0], reports, plot_filename="accuracy_vs_flops.png", **CARD_ARGS)) == str(card)
+
+
+def test_card_inputs_are_checked(reports):
+    with pytest.raises(UnknownNameError, match="f1"):
+        _with_metrics(reports, {"f1": 0.9})
+    top3 = _with_metrics(reports, {"top3": 0.9})  # any top-k accuracy, as zoo.evaluate names them
+    assert _by_name(top3) == {"top-3 accuracy (average=micro)": 0.9}
+    with pytest.raises(InvalidArgumentError, match="fraction"):
+        _with_metrics(reports, {"top1": 97.2})
+    odd = _report("_sp50", sparsity=0.5, top1=0.9, top5=0.9)
+    odd.metric_average = "samples"
+    with pytest.raises(UnknownNameError, match="metric average"):
+        variant_card(odd, family_reports=[odd], plot_filename=None, **CARD_ARGS)
+    with pytest.raises(InvalidArgumentError, match="fraction"):
+        _with_metrics(reports, {"top1": float("nan")})
+    with pytest.raises(InvalidArgumentError, match="does not include"):
+        variant_card(reports[2], family_reports=reports[:2], plot_filename=None, **CARD_ARGS)
+    other = _report("_sp50", sparsity=0.5, top1=0.9, top5=0.9)
+    other.dataset = "cifar10"
+    with pytest.raises(InvalidArgumentError, match="mixes datasets"):
+        variant_card(reports[0], family_reports=[reports[0], other], plot_filename=None, **CARD_ARGS)
+    with pytest.raises(InvalidArgumentError, match="more than once"):
+        variant_card(reports[0], family_reports=[reports[0], reports[0]], plot_filename=None, **CARD_ARGS)
+    stranger = _report("_sp50", sparsity=0.5, top1=0.9, top5=0.9)
+    stranger.base_model = "vit_tiny.zoo_digits"
+    with pytest.raises(InvalidArgumentError, match="not derived"):
+        base_card(reports[0], [stranger], plot_filename=None, **CARD_ARGS)
+    with pytest.raises(InvalidArgumentError, match="not a base"):
+        base_card(reports[1], reports, plot_filename=None, **CARD_ARGS)
+
+
+def _with_metrics(reports: list[VariantReport], metrics: dict[str, float]) -> ModelCard:
+    report = _report("_sp50", sparsity=0.5, top1=0.0, top5=0.0)
+    report.metrics = metrics
+    return variant_card(report, family_reports=[reports[0], report], plot_filename=None, **CARD_ARGS)
+
+
+def _without_model_index(text: str) -> str:
+    match = REGEX_YAML_BLOCK.search(text)
+    meta = yaml.safe_load(match.group(2))
+    del meta["model-index"]
+    return f"---\n{yaml.safe_dump(meta)}---\n{text[match.end():]}"
+
+
+def test_validation_catches_corrupted_cards(reports, tmp_path):
+    report = reports[2]
+    text = str(_variant(reports, 2))
+    validate_card(text, report)
+    written = repr(report.metrics["top1"])
+    assert f"value: {written}\n" in text  # the exact float, not a rounded one
+
+    edited = text.replace(f"value: {written}", "value: 0.9389")
+    validate_card(edited, None)  # well-formed...
+    with pytest.raises(CardValidationError, match="top-1 accuracy"):
+        validate_card(edited, report)  # ...but not what was measured
+    with pytest.raises(CardValidationError, match="expected"):
+        validate_card(text, reports[1])  # another variant's card
+    with pytest.raises(CardValidationError, match="no model-index"):
+        validate_card(_without_model_index(text))
+    with pytest.raises(CardValidationError, match="front matter"):
+        validate_card(text[REGEX_YAML_BLOCK.search(text).end():])
+    with pytest.raises(CardValidationError, match="cannot be parsed"):
+        validate_card(text.replace(f"      value: {written}\n", ""))  # a metric without a value
+    with pytest.raises(CardValidationError, match="not a number"):
+        validate_card(text.replace(f"value: {written}", "value: high"))
+    with pytest.raises(CardValidationError, match="dataset_type"):
+        validate_card(text.replace("type: digits", "type: ''"))
+    with pytest.raises(CardValidationError, match="cannot be parsed"):
+        validate_card(text.replace("model-index:\n", "model-index: [\n", 1))
+
+    with pytest.raises(CardValidationError):
+        write_card(_without_model_index(text), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # a refused card leaves nothing behind
+
+
+def _png(path) -> np.ndarray:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return imread(path)
+
+
+def test_plot_is_a_png_with_the_front(reports, tmp_path):
+    with_front = plot_accuracy_vs_flops(reports, tmp_path / "front.png", pareto=[0, 1, 2])
+    without = plot_accuracy_vs_flops(reports, tmp_path / "none.png", pareto=[])
+    image, plain = _png(with_front), _png(without)
+    assert image.shape == plain.shape == (576, 900, 4)  # 7.5 x 4.8 in at 120 dpi
+    assert not np.array_equal(image, plain)  # the front (step line, rings, legend entry) is drawn
+    top5 = plot_accuracy_vs_flops(reports, tmp_path / "sub" / "top5.png", metric="top5", pareto=[0])
+    assert top5.exists()
+
+    with pytest.raises(InvalidArgumentError, match="out of range"):
+        plot_accuracy_vs_flops(reports, tmp_path / "bad.png", pareto=[7])
+    with pytest.raises(InvalidArgumentError, match=r"\.png"):
+        plot_accuracy_vs_flops(reports, tmp_path / "plot.svg", pareto=[0])
+    with pytest.raises(UnknownNameError):
+        plot_accuracy_vs_flops(reports, tmp_path / "x.png", metric="f1", pareto=[0])
+    with pytest.raises(InvalidArgumentError, match="no reports"):
+        plot_accuracy_vs_flops([], tmp_path / "x.png", pareto=[])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("zoo.evaluate.pareto") is None,
+                    reason="zoo.evaluate.pareto not written yet")
+def test_plot_computes_the_front_when_not_given(reports, tmp_path):
+    from zoo.evaluate.pareto import pareto_front
+
+    points = [(r.flops_sparse / 1e6, 100 * float(r.metrics["top1"])) for r in reports]
+    computed = plot_accuracy_vs_flops(reports, tmp_path / "computed.png")
+    given = plot_accuracy_vs_flops(reports, tmp_path / "given.png", pareto=pareto_front(points))
+    assert np.array_equal(_png(computed), _png(given))

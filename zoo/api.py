@@ -1,0 +1,240 @@
+"""`zoo.load`: a ready model for a name and a compression request.
+
+Order of resolution, as a user of timm and the Hub expects:
+1. the local hub has the variant's repo published -> load it;
+2. the variant cache has it (derived earlier from the same base weights by the same recipe) -> load it;
+3. otherwise derive it now: get the base (local hub, an upstream Hub download, or for zoo-native
+   entries training it by its TrainSpec), apply the variant's recipe, measure it, cache it atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from zoo.compress.checkpoint import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from zoo.compress.quantization import quantized_layer_names, swap_to_quant_modules
+from zoo.compress.recipe import Recipe, RecipeContext
+from zoo.entry import ModelEntry
+from zoo.errors import CheckpointError, InvalidArgumentError, UnknownNameError
+from zoo.evaluate import VariantReport
+from zoo.evaluation import measure_variant
+from zoo.hub import download
+from zoo.models import MODELS, build_model, get_entry
+from zoo.native import train_base_model
+from zoo.store import REPORT_FILE, Store, write_json
+from zoo.tasks import task_of
+from zoo.variants import VariantSpec, parse_variant_name
+
+
+@dataclass(frozen=True)
+class LoadedVariant:
+    """Attached to every model `zoo.load` returns, as `model.zoo`."""
+
+    name: str
+    base_model: str
+    sparsity: float
+    quant: str | None
+    recipe: Recipe | None
+    source: str  # "hub", "cache", "derived", "trained" or "upstream"
+    path: Path
+    report: VariantReport | None
+
+
+def resolve(
+    name: str, *, sparsity: float = 0.0, quant: str | None = None, method: str | None = None,
+    recipe: Recipe | None = None,
+) -> VariantSpec:
+    """The VariantSpec for a base name plus arguments, or for a variant name such as
+    `resnet18.zoo_digits_gmp90_int8` (then no further compression arguments are accepted)."""
+    if name in MODELS or "_" not in name.rpartition(".")[2]:
+        entry, parsed = get_entry(name), {}
+    else:
+        base_name, parsed = parse_variant_name(name)
+        if not parsed:
+            get_entry(name)  # raises UnknownNameError listing close names
+        entry = get_entry(base_name)
+    if parsed and (sparsity or quant or recipe is not None or method):
+        raise InvalidArgumentError(f"{name!r} already names a variant; pass its base name with arguments instead")
+    if parsed:
+        return VariantSpec(entry, **parsed)
+    return VariantSpec(entry, sparsity=sparsity, quant=quant, method=method or default_method(entry),
+                       custom_recipe=recipe)
+
+
+def default_method(entry: ModelEntry) -> str:
+    """Gradual pruning with fine-tuning where the zoo has the entry's training data, else one-shot."""
+    return "gmp" if entry.train is not None else "oneshot"
+
+
+def load(
+    name: str,
+    *,
+    sparsity: float = 0.0,
+    quant: str | None = None,
+    method: str | None = None,
+    recipe: Recipe | None = None,
+    revision: str = "main",
+    store: Store | None = None,
+    endpoint: str | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """A model in eval mode for `name` (`arch.tag`), optionally compressed; `model.zoo` says what it is.
+
+    `sparsity` in [0, 1), `quant` None or "int8", `method` "gmp" or "oneshot" (default: gmp where the
+    zoo can fine-tune, else oneshot), `recipe` a custom Recipe instead of the default one.
+    """
+    spec = name if isinstance(name, VariantSpec) else resolve(
+        name, sparsity=sparsity, quant=quant, method=method, recipe=recipe)
+    store = store or Store()
+    published = _load_published(spec, store, revision)
+    if published is not None:
+        return published
+    if revision != "main":
+        raise InvalidArgumentError(f"revision {revision!r} of {spec.repo_id} is not in the local hub {store.hub.root}")
+    if spec.is_base:
+        return _base(spec, store, endpoint=endpoint, progress=progress)
+    return _derived(spec, store, endpoint=endpoint, progress=progress)
+
+
+# Sources ------------------------------------------------------------------------------------------
+
+def _load_published(spec: VariantSpec, store: Store, revision: str) -> nn.Module | None:
+    if not store.hub.has(spec.repo_id, revision):
+        return None
+    folder = store.hub.snapshot(spec.repo_id, revision)
+    if _is_zoo_checkpoint(folder):
+        return _from_checkpoint(spec.base, folder, source="hub")
+    return _from_plain_safetensors(spec.base, folder, source="hub")
+
+
+def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bool) -> nn.Module:
+    entry = spec.base
+    if entry.source == "upstream":
+        folder = download(entry.repo_id, revision=entry.revision, endpoint=endpoint)
+        return _from_plain_safetensors(entry, folder, source="upstream")
+    folder = store.cache_dir(entry.name, "trained-" + _digest(json.dumps(entry.to_dict(), sort_keys=True, default=str)))
+    if _is_zoo_checkpoint(folder):
+        return _from_checkpoint(entry, folder, source="cache")
+    model = train_base_model(entry, progress=progress)
+    return _save_and_measure(model, spec, folder, recipe=None, source="trained", progress=progress)
+
+
+def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bool) -> nn.Module:
+    base = load(VariantSpec(spec.base), store=store, endpoint=endpoint, progress=progress)
+    recipe = spec.recipe()
+    key = _digest(recipe.to_json() + _fingerprint(base.zoo.path))
+    folder = store.cache_dir(spec.name, key)
+    if _is_zoo_checkpoint(folder):
+        return _from_checkpoint(spec.base, folder, source="cache")
+    torch.manual_seed(spec.base.train.seed if spec.base.train else 0)
+    model = recipe.apply(base.train(False), _recipe_context(spec.base, progress))
+    return _save_and_measure(model.eval(), spec, folder, recipe=recipe, source="derived", progress=progress)
+
+
+def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
+    """Fine-tuning and calibration data of an entry: its training split (never the evaluation split)."""
+    task = task_of(entry)
+    if entry.train is None:
+        calibration = task.batches(entry, entry.eval_data, batch_size=32, shuffle=False)
+        return RecipeContext(calibration_batches=calibration.inputs, progress=progress)
+    spec = entry.train
+    batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
+    return RecipeContext(
+        train_batches=batches.epoch,
+        loss_fn=lambda model, batch: task.loss(model, batch, label_smoothing=spec.label_smoothing),
+        calibration_batches=batches.inputs, progress=progress, seed=spec.seed,
+    )
+
+
+def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, *, recipe: Recipe | None,
+                      source: str, progress: bool) -> nn.Module:
+    config = {
+        "name": spec.name, "base_model": spec.base.name, "arch": spec.base.arch,
+        "model_kwargs": spec.base.model_kwargs, "recipe": recipe.to_list() if recipe else None,
+        "sparsity": spec.sparsity, "quant": spec.quant,
+    }
+    save_checkpoint(folder, model.state_dict(), config=config)
+    report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
+                             quant=spec.quant, recipe=recipe, progress=progress)
+    write_json(folder / REPORT_FILE, report.to_dict())
+    model.zoo = LoadedVariant(spec.name, spec.base.name, spec.sparsity, spec.quant, recipe, source, folder, report)
+    return model
+
+
+# Building models from files -----------------------------------------------------------------------
+
+def instantiate(entry: ModelEntry, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """The entry's architecture holding exactly `state_dict`: built on the meta device (no random
+    init to throw away), int8 layers restored where the state dict has scales, weights assigned."""
+    with torch.device("meta"):
+        model = build_model(entry)
+    swap_to_quant_modules(model, quantized_layer_names(state_dict))
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"weights do not fit {entry.name}: {str(err).splitlines()[0]}") from None
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"{entry.name}: no weights for {', '.join(left[:5])}")
+    return model.eval()
+
+
+def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Module:
+    state_dict, config = load_checkpoint(folder)
+    if config["base_model"] != entry.name:
+        raise CheckpointError(f"{folder} holds a variant of {config['base_model']}, not of {entry.name}")
+    model = instantiate(entry, state_dict)
+    recipe = Recipe.from_list(config["recipe"]) if config.get("recipe") else None
+    report_path = folder / REPORT_FILE
+    report = VariantReport.load(report_path) if report_path.is_file() else None
+    model.zoo = LoadedVariant(config["name"], entry.name, config.get("sparsity", 0.0), config.get("quant"),
+                              recipe, source, folder, report)
+    return model
+
+
+def _from_plain_safetensors(entry: ModelEntry, folder: Path, *, source: str) -> nn.Module:
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}")
+    model = instantiate(entry, load_file(str(path)))
+    model.zoo = LoadedVariant(entry.name, entry.name, 0.0, None, None, source, folder, None)
+    return model
+
+
+def _is_zoo_checkpoint(folder: Path) -> bool:
+    config = folder / CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("format") == FORMAT_NAME
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{config} is not valid JSON") from None
+
+
+def _fingerprint(folder: Path) -> str:
+    """Identity of a base's weights: the recorded SHA-256 of a zoo checkpoint, else the folder."""
+    config = folder / CONFIG_FILE
+    if _is_zoo_checkpoint(folder):
+        return json.loads(config.read_text())["files"][WEIGHTS_FILE]["sha256"]
+    return str(folder.resolve())
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def info(name: str) -> dict:
+    """What the zoo knows of a name: its registry entry (for a variant, the base's) and the variant."""
+    try:
+        spec = resolve(name)
+    except UnknownNameError:
+        raise
+    return {"name": spec.name, "repo_id": spec.repo_id, "entry": spec.base.to_dict(),
+            "sparsity": spec.sparsity, "quant": spec.quant,
+            "recipe": spec.recipe().to_list() if not spec.is_base else None}

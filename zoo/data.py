@@ -1,0 +1,111 @@
+"""Data sets the zoo trains and evaluates on, registered by name.
+
+`digits` is scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): real data that
+ships with a dependency, so the zoo-native models train and evaluate offline. `imagefolder` is the real
+loader for ImageNet-style folders (class sub-folders of images), used for upstream checkpoints; its root
+comes from the `ZOO_IMAGEFOLDER_<SPLIT>` environment variable or an explicit path.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from zoo.entry import DataSpec, InputSpec
+from zoo.errors import InvalidArgumentError
+from zoo.registry import Registry
+
+DatasetFactory = Callable[[str, InputSpec], Dataset]
+DATASETS: Registry[DatasetFactory] = Registry("dataset")
+
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+SPLITS = ("train", "test")
+
+
+@lru_cache(maxsize=8)
+def _digits_tensors(split: str, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in SPLITS:
+        raise InvalidArgumentError(f"digits has splits {SPLITS}, not {split!r}")
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    train_idx, test_idx = train_test_split(
+        torch.arange(len(labels)).numpy(), test_size=DIGITS_TEST_FRACTION,
+        random_state=DIGITS_SPLIT_SEED, stratify=labels.numpy(),
+    )
+    index = torch.as_tensor(train_idx if split == "train" else test_idx)
+    images = F.interpolate(images[index], size=size, mode="bilinear", align_corners=False)
+    images = (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return images, labels[index]
+
+
+@DATASETS.decorator("digits")
+def digits(split: str, spec: InputSpec) -> Dataset:
+    """scikit-learn digits, stratified 80/20 split (seed 0), upsampled to the model's input size."""
+    if spec.channels != 1:
+        raise InvalidArgumentError(f"digits is grey (1 channel); the model wants {spec.channels}")
+    return TensorDataset(*_digits_tensors(split, tuple(spec.size), tuple(spec.mean), tuple(spec.std)))
+
+
+def imagefolder_root(split: str) -> Path:
+    variable = f"ZOO_IMAGEFOLDER_{split.upper()}"
+    root = os.environ.get(variable)
+    if not root:
+        raise InvalidArgumentError(f"set {variable} to an ImageNet-style folder (one sub-folder per class)")
+    if not Path(root).is_dir():
+        raise InvalidArgumentError(f"{variable}={root} is not a folder")
+    return Path(root)
+
+
+@DATASETS.decorator("imagefolder")
+def imagefolder(split: str, spec: InputSpec) -> Dataset:
+    """Class-per-folder images (ImageNet validation layout), resized and center-cropped as timm does."""
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    transform = create_transform(
+        input_size=(spec.channels, *spec.size), interpolation="bicubic", mean=spec.mean, std=spec.std,
+        crop_pct=0.875, is_training=False,
+    )
+    return ImageFolder(str(imagefolder_root(split)), transform=transform)
+
+
+def dataset(spec: DataSpec, input_spec: InputSpec) -> Dataset:
+    return DATASETS.get(spec.name)(spec.split, input_spec)
+
+
+@dataclass(frozen=True)
+class Batches:
+    """Re-iterable, deterministic batches of a dataset: epoch `e` is shuffled with seed `seed + e`."""
+
+    data: Dataset
+    batch_size: int
+    shuffle: bool = False
+    seed: int = 0
+
+    def epoch(self, epoch: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return DataLoader(self.data, batch_size=self.batch_size, shuffle=self.shuffle, generator=generator)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.epoch(0))
+
+    def __len__(self) -> int:
+        return len(self.epoch(0))
+
+    def inputs(self, limit: int | None = None) -> Iterable[torch.Tensor]:
+        """Only the model inputs (for calibration), at most `limit` batches."""
+        for i, (x, _) in enumerate(self.epoch(0)):
+            if limit is not None and i >= limit:
+                return
+            yield x

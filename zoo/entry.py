@@ -1,0 +1,92 @@
+"""The dataclasses that describe a registered checkpoint: what it is, where its weights live, how it
+is evaluated and (for zoo-native entries) how it is trained. Kept as dataclasses end to end."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from zoo.errors import InvalidArgumentError
+
+NAME_RE = re.compile(r"^(?P<arch>[a-z0-9_]+)\.(?P<tag>[a-z0-9_]+)$")
+
+Source = Literal["upstream", "zoo"]
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """`resnet18.zoo_digits` -> (`resnet18`, `zoo_digits`); the one grammar every entry follows."""
+    match = NAME_RE.match(name)
+    if not match:
+        raise InvalidArgumentError(f"{name!r} is not of the form 'arch.tag' (lower case, digits, '_')")
+    return match["arch"], match["tag"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model eats: channels, height/width, and the normalization applied before it."""
+
+    channels: int
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def example_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        return (batch, self.channels, *self.size)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A dataset registered in `zoo.data` by name, and the split to use."""
+
+    name: str
+    split: str = "test"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How a zoo-native base model is trained, reproducibly (seeded, deterministic data order)."""
+
+    data: DataSpec
+    epochs: int
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered checkpoint, `arch.tag` as in timm; `tag` says whose weights and how made."""
+
+    name: str
+    family: str
+    task: str
+    repo_id: str
+    source: Source
+    input: InputSpec
+    num_classes: int
+    label_set: str
+    eval_data: DataSpec
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    revision: str = "main"
+    train: TrainSpec | None = None
+    keep_dense: tuple[str, ...] = ()
+    description: str = ""
+    license: str = "apache-2.0"
+
+    def __post_init__(self) -> None:
+        split_name(self.name)
+        if self.source == "zoo" and self.train is None:
+            raise InvalidArgumentError(f"zoo-native entry {self.name!r} needs a TrainSpec")
+
+    @property
+    def arch(self) -> str:
+        return split_name(self.name)[0]
+
+    @property
+    def tag(self) -> str:
+        return split_name(self.name)[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,49 @@
+"""Typed errors of the zoo. The CLI turns each into one line; Python callers catch them by type."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ZooError(Exception):
+    """Base class of every error the zoo raises on purpose."""
+
+
+class UnknownNameError(ZooError, LookupError):
+    """A name (model, recipe config, dataset, format...) is not registered; lists the closest ones."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        self.kind, self.name = kind, name
+        self.known = sorted(known)
+        self.suggestions = difflib.get_close_matches(name, self.known, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
+        listing = "" if self.suggestions or len(self.known) > 12 else f" (known: {', '.join(self.known)})"
+        super().__init__(f"unknown {kind} {name!r}{hint}{listing}")
+
+
+class DuplicateNameError(ZooError, ValueError):
+    """A registry refuses a second entry under a name it already holds."""
+
+
+class InvalidArgumentError(ZooError, ValueError):
+    """An argument is outside what the zoo accepts (sparsity 1.5, an unknown quant scheme...)."""
+
+
+class RecipeError(ZooError, ValueError):
+    """A recipe or one of its configs is invalid, of an unsupported version, or has an unknown type."""
+
+
+class CheckpointError(ZooError):
+    """A checkpoint cannot be read: missing file, unknown format or version, inconsistent tensors."""
+
+
+class ChecksumError(CheckpointError):
+    """A weight file's SHA-256 differs from the one its config records (truncated or altered file)."""
+
+
+class HubError(ZooError):
+    """A hub operation failed: unknown repo or revision, refused upload, unreachable endpoint."""
+
+
+class CardValidationError(ZooError, ValueError):
+    """A model card is malformed or its results do not parse back to the measured numbers."""

@@ -1,0 +1,55 @@
+"""The evaluator: measures one loaded variant (task metric, FLOPs, parameters, bytes, latency)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from torch import nn
+
+from zoo.compress.checkpoint import checkpoint_bytes
+from zoo.compress.recipe import Recipe
+from zoo.entry import ModelEntry
+from zoo.errors import InvalidArgumentError
+from zoo.evaluate import VariantReport, count_flops, count_parameters, measure_latency
+from zoo.tasks import task_of
+
+EVAL_BATCH_SIZE = 256
+
+
+def measure_variant(
+    model: nn.Module,
+    entry: ModelEntry,
+    *,
+    name: str,
+    checkpoint_dir: Path,
+    sparsity: float,
+    quant: str | None,
+    recipe: Recipe | None,
+    progress: bool = True,
+    latency_seconds: float = 0.5,
+) -> VariantReport:
+    """Every number a card shows for `model`, a variant of `entry` saved at `checkpoint_dir`.
+
+    The task metric needs the entry's evaluation data; where it is not available here (an upstream
+    ImageNet checkpoint without ZOO_IMAGEFOLDER_VAL) the report says so with empty metrics and a warning.
+    """
+    task = task_of(entry)
+    example = task.example_input(entry)
+    try:
+        batches = task.batches(entry, entry.eval_data, batch_size=EVAL_BATCH_SIZE, shuffle=False)
+        result = task.evaluate(model, batches, entry, progress=progress)
+        metrics, average = result.metrics, result.average
+    except InvalidArgumentError as err:
+        warnings.warn(f"{name}: task metric not measured: {err}", stacklevel=2)
+        metrics, average = {}, task.average
+    flops = count_flops(model, example)
+    params = count_parameters(model)
+    latency = measure_latency(model, example, min_run_time=latency_seconds)
+    return VariantReport(
+        name=name, base_model=entry.name, task=entry.task, dataset=entry.eval_data.name,
+        split=entry.eval_data.split, metrics=metrics, metric_average=average,
+        flops_dense=flops.dense, flops_sparse=flops.sparse, params_total=params.total,
+        params_nonzero=params.nonzero, bytes_on_disk=checkpoint_bytes(checkpoint_dir),
+        latency_ms=latency.median_ms, sparsity=sparsity, quant=quant,
+        recipe=recipe.to_list() if recipe is not None and recipe.steps else None, layers=flops.layers,
+    )

@@ -1,0 +1,63 @@
+"""Image classifiers through timm: ResNet, MobileNet and EfficientNet.
+
+Two kinds of entries: upstream timm checkpoints on the Hugging Face Hub (`resnet50.a1_in1k`...), and
+zoo-native models trained here on scikit-learn's digits (`resnet18.zoo_digits`...), so that the whole
+zoo runs offline. `test_*` entries are timm's tiny test architectures: real, fast, used by the tests.
+"""
+from __future__ import annotations
+
+import timm
+from torch import nn
+
+from zoo.entry import DataSpec, InputSpec, ModelEntry, TrainSpec
+from zoo.models import FAMILIES, register_entry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DIGITS_INPUT = InputSpec(channels=1, size=(32, 32), mean=(0.305,), std=(0.375,))
+IMAGENET_EVAL = DataSpec("imagefolder", "val")
+
+
+def build_timm(entry: ModelEntry) -> nn.Module:
+    """A timm architecture with the entry's kwargs (classes, channels), randomly initialized."""
+    return timm.create_model(entry.arch, pretrained=False, **entry.model_kwargs)
+
+
+for family in ("resnet", "mobilenet", "efficientnet"):
+    FAMILIES.register(family, build_timm)
+
+RESNET_KEEP_DENSE = (r"conv1(\..*)?", "fc")
+MOBILE_KEEP_DENSE = ("conv_stem", "classifier")
+
+
+def _upstream(name: str, family: str, size: int, keep_dense: tuple[str, ...], crop_note: str) -> ModelEntry:
+    return register_entry(ModelEntry(
+        name=name, family=family, task="image-classification", repo_id=f"timm/{name}", source="upstream",
+        input=InputSpec(channels=3, size=(size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        num_classes=1000, label_set="imagenet-1k", eval_data=IMAGENET_EVAL, keep_dense=keep_dense,
+        description=f"timm's {name} ImageNet-1k checkpoint ({crop_note}).",
+    ))
+
+
+_upstream("resnet50.a1_in1k", "resnet", 224, RESNET_KEEP_DENSE, "ResNet strikes back A1 recipe")
+_upstream("mobilenetv2_100.ra_in1k", "mobilenet", 224, MOBILE_KEEP_DENSE, "RandAugment recipe")
+_upstream("efficientnet_b0.ra_in1k", "efficientnet", 224, MOBILE_KEEP_DENSE, "RandAugment recipe")
+_upstream("test_resnet.r160_in1k", "resnet", 160, RESNET_KEEP_DENSE, "timm's tiny test model")
+_upstream("test_efficientnet.r160_in1k", "efficientnet", 160, MOBILE_KEEP_DENSE, "timm's tiny test model")
+
+
+def _digits(arch: str, family: str, epochs: int, keep_dense: tuple[str, ...], lr: float, what: str) -> ModelEntry:
+    return register_entry(ModelEntry(
+        name=f"{arch}.zoo_digits", family=family, task="image-classification", repo_id=f"zoo/{arch}.zoo_digits",
+        source="zoo", input=DIGITS_INPUT, num_classes=10, label_set="digits",
+        eval_data=DataSpec("digits", "test"), model_kwargs={"num_classes": 10, "in_chans": 1},
+        train=TrainSpec(data=DataSpec("digits", "train"), epochs=epochs, lr=lr), keep_dense=keep_dense,
+        description=f"{what} trained by the zoo on scikit-learn's digits (8x8 upsampled to 32x32, grey).",
+    ))
+
+
+_digits("resnet18", "resnet", 12, RESNET_KEEP_DENSE, 0.05, "timm's ResNet-18")
+_digits("mobilenetv2_050", "mobilenet", 20, MOBILE_KEEP_DENSE, 0.05, "timm's MobileNetV2 at width 0.5")
+_digits("efficientnet_b0", "efficientnet", 15, MOBILE_KEEP_DENSE, 0.05, "timm's EfficientNet-B0")
+_digits("test_resnet", "resnet", 10, RESNET_KEEP_DENSE, 0.05, "timm's tiny test ResNet")
+_digits("test_efficientnet", "efficientnet", 10, MOBILE_KEEP_DENSE, 0.05, "timm's tiny test EfficientNet")

@@ -1,0 +1,28 @@
+"""Training of the zoo-native base models: seeded, deterministic data order, with a progress bar."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from zoo.entry import ModelEntry
+from zoo.errors import InvalidArgumentError
+from zoo.models import build_model
+from zoo.tasks import task_of
+from zoo.training import train
+
+
+def train_base_model(entry: ModelEntry, *, progress: bool = True, epochs: int | None = None) -> nn.Module:
+    """Trains `entry` from scratch by its TrainSpec; same seed, same data order, same weights."""
+    spec = entry.train
+    if spec is None:
+        raise InvalidArgumentError(f"{entry.name} is an upstream checkpoint: it is downloaded, not trained here")
+    torch.manual_seed(spec.seed)
+    model = build_model(entry)
+    task = task_of(entry)
+    batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
+    train(
+        model, batches.epoch, lambda m, b: task.loss(m, b, label_smoothing=spec.label_smoothing),
+        epochs=epochs or spec.epochs, lr=spec.lr, weight_decay=spec.weight_decay, progress=progress,
+        desc=f"train {entry.name}",
+    )
+    return model.eval()

@@ -1,0 +1,52 @@
+"""Where the zoo keeps things: the local hub (published repos) and the cache of derived variants.
+
+Defaults: `$ZOO_HUB` or `~/.cache/zoo/hub`, and `$ZOO_CACHE` or `~/.cache/zoo/variants`.
+A cache entry is a checkpoint folder written atomically (zoo.compress.checkpoint) plus `report.json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zoo.hub import LocalHub
+
+REPORT_FILE = "report.json"
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("ZOO_CACHE") or "~/.cache/zoo/variants").expanduser()
+
+
+@dataclass
+class Store:
+    """The local hub and the variant cache a `zoo.load` call reads and writes."""
+
+    hub: LocalHub = field(default_factory=LocalHub)
+    cache_root: Path = field(default_factory=default_cache_root)
+
+    def cache_dir(self, name: str, key: str) -> Path:
+        return self.cache_root / name / key
+
+    def cached_entries(self, name: str) -> list[Path]:
+        folder = self.cache_root / name
+        return sorted(p for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes `path` so that a reader sees the old content or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: object) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

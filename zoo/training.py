@@ -1,0 +1,80 @@
+"""The one training loop of the zoo: SGD with Nesterov momentum and a warm-up + cosine schedule.
+
+Used to train zoo-native base models and to fine-tune while a recipe prunes. `after_step(step)` runs
+after every optimizer step (this is where pruning masks are re-applied or updated).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sized
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+BatchesFn = Callable[[int], Iterable[Any]]
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+def steps_per_epoch(batches: BatchesFn) -> int:
+    first = batches(0)
+    return len(first) if isinstance(first, Sized) else sum(1 for _ in first)
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(
+    model: nn.Module,
+    batches: BatchesFn,
+    loss_fn: LossFn,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 5e-4,
+    momentum: float = 0.9,
+    warmup_fraction: float = 0.05,
+    after_step: Callable[[int], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> list[float]:
+    """Trains `model` in place for `epochs`; returns the mean loss of each epoch."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, momentum=momentum, nesterov=momentum > 0,
+    )
+    per_epoch = steps_per_epoch(batches)
+    total = per_epoch * epochs
+    warmup = max(1, int(total * warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
+    model.train()
+    history: list[float] = []
+    step = 0
+    with tqdm(total=total, desc=desc, disable=not progress, unit="step", leave=False) as bar:
+        for epoch in range(epochs):
+            running = 0.0
+            for batch in batches(epoch):
+                loss = loss_fn(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                if after_step is not None:
+                    after_step(step)
+                running += loss.item()
+                step += 1
+                bar.update(1)
+            history.append(running / per_epoch)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
+    model.eval()
+    return history

@@ -1,0 +1,121 @@
+"""Variants of a base model: the name grammar and the default recipe that derives each.
+
+A variant's name is its base's `arch.tag` with the compression appended to the tag:
+`resnet18.zoo_digits_gmp90` (gradual magnitude pruning to 90%, fine-tuned), `..._os90` (one-shot
+magnitude pruning, no fine-tuning), `..._int8` (post-training int8), `..._gmp90_int8` (both), and
+`..._r<hash>` for a custom recipe. Sparsities that are not whole percents use `p`: `_gmp97p5`.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from zoo.compress import GradualMagnitudePruningConfig, Int8PTQConfig, MagnitudePruningConfig, Recipe
+from zoo.compress.quantization import QUANT_SCHEMES
+from zoo.entry import ModelEntry
+from zoo.errors import InvalidArgumentError
+
+METHODS = ("gmp", "oneshot")
+_METHOD_CODES = {"gmp": "gmp", "oneshot": "os"}
+_SUFFIX_RE = re.compile(
+    r"^(?P<base>[a-z0-9_]+\.[a-z0-9_]+?)"
+    r"(?:_(?P<method>gmp|os)(?P<pct>\d+(?:p\d+)?))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?$"
+)
+GMP_FINETUNE_EPOCH_FRACTION = 0.5
+
+
+def check_sparsity(sparsity: float) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+        raise InvalidArgumentError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    return float(sparsity)
+
+
+def check_quant(quant: str | None) -> str | None:
+    if quant is not None and quant not in QUANT_SCHEMES:
+        raise InvalidArgumentError(f"unknown quant scheme {quant!r}; supported: None, {', '.join(QUANT_SCHEMES)}")
+    return quant
+
+
+def _percent(sparsity: float) -> str:
+    text = f"{sparsity * 100:.4f}".rstrip("0").rstrip(".")
+    return text.replace(".", "p")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What to load: a base entry and the compression applied to it (none for the base itself)."""
+
+    base: ModelEntry
+    sparsity: float = 0.0
+    quant: str | None = None
+    method: str = "gmp"
+    custom_recipe: Recipe | None = None
+
+    def __post_init__(self) -> None:
+        check_sparsity(self.sparsity)
+        check_quant(self.quant)
+        if self.method not in METHODS:
+            raise InvalidArgumentError(f"unknown pruning method {self.method!r}; supported: {', '.join(METHODS)}")
+        if self.method == "gmp" and self.sparsity > 0 and self.base.train is None:
+            raise InvalidArgumentError(
+                f"{self.base.name} has no training data here, so it cannot be fine-tuned while pruning; "
+                "use method='oneshot'"
+            )
+
+    @property
+    def is_base(self) -> bool:
+        return self.sparsity == 0.0 and self.quant is None and self.custom_recipe is None
+
+    @property
+    def name(self) -> str:
+        parts = [self.base.name]
+        if self.sparsity > 0:
+            parts.append(f"{_METHOD_CODES[self.method]}{_percent(self.sparsity)}")
+        if self.quant:
+            parts.append(self.quant)
+        if self.custom_recipe is not None:
+            parts.append("r" + hashlib.sha256(self.custom_recipe.to_json().encode()).hexdigest()[:8])
+        return "_".join(parts)
+
+    @property
+    def repo_id(self) -> str:
+        return self.base.repo_id if self.is_base else f"zoo/{self.name}"
+
+    def recipe(self) -> Recipe:
+        """The recipe that derives this variant from its base: the custom one, else the default."""
+        if self.custom_recipe is not None:
+            return self.custom_recipe
+        return default_recipe(self.base, self.sparsity, self.quant, self.method)
+
+
+def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method: str) -> Recipe:
+    """The zoo's default: gradual magnitude pruning (per layer, cubic schedule, first conv and classifier
+    dense) fine-tuned for half the base's epochs, or one-shot global magnitude pruning; then int8 PTQ."""
+    steps = []
+    if sparsity > 0 and method == "gmp":
+        assert entry.train is not None  # VariantSpec refuses gmp without training data
+        steps.append(GradualMagnitudePruningConfig(
+            final_sparsity=sparsity, epochs=max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION)),
+            lr=entry.train.lr * 0.4, keep_dense=entry.keep_dense, scope="layer",
+        ))
+    elif sparsity > 0:
+        steps.append(MagnitudePruningConfig(sparsity=sparsity, scope="global", keep_dense=entry.keep_dense))
+    if quant == "int8":
+        steps.append(Int8PTQConfig(calibration_batches=8, keep_fp=()))
+    return Recipe(tuple(steps))
+
+
+def parse_variant_name(name: str) -> tuple[str, dict]:
+    """`resnet18.zoo_digits_gmp90_int8` -> ("resnet18.zoo_digits", {sparsity: 0.9, quant: "int8",
+    method: "gmp"}). Custom-recipe names (`_r<hash>`) cannot be derived again from their name alone."""
+    match = _SUFFIX_RE.match(name)
+    if not match or match["hash"]:
+        return name, {}
+    kwargs: dict = {}
+    if match["method"]:
+        kwargs["method"] = {v: k for k, v in _METHOD_CODES.items()}[match["method"]]
+        kwargs["sparsity"] = float(match["pct"].replace("p", ".")) / 100
+    if match["quant"]:
+        kwargs["quant"] = match["quant"]
+    return match["base"], kwargs
