@@ -3,6 +3,7 @@ and serialized to JSON through an allowlist (only registered config types are ev
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, ClassVar, TypeVar
 
@@ -35,6 +36,8 @@ class CompressionConfig:
             raise RecipeError(
                 f"{data['type']} version {data['version']} is not supported (this zoo reads version {cls.VERSION})"
             )
+        if not isinstance(data["config"], dict):
+            raise RecipeError(f"{data['type']}: 'config' must be a mapping of fields, got {data['config']!r}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(data["config"]) - set(fields)
         if unknown:
@@ -83,9 +86,13 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
         raise RecipeError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
-        raise RecipeError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+def check_positive(name: str, value: float, *, allow_zero: bool = False, integer: bool = False) -> None:
+    """A finite number > 0 (>= 0 with `allow_zero`); with `integer`, an int (epochs, steps, batches)."""
+    kinds = (int,) if integer else (int, float)
+    if (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < 0
+            or (value == 0 and not allow_zero)):
+        what = f"{'an integer' if integer else 'a finite number'} {'>= 0' if allow_zero else '> 0'}"
+        raise RecipeError(f"{name} must be {what}, got {value!r}")
 
 
 def check_patterns(name: str, patterns: tuple[str, ...]) -> None:

@@ -303,9 +303,10 @@ def _decode_payload(
     index = np.flatnonzero(mask)  # numpy's fancy-index put beats torch's boolean index_put by ~2x here
     if index.size != values.numel():
         raise CheckpointError(f"{name!r}: bitmask marks {index.size} non-zeros, {values.numel()} stored")
-    out = torch.zeros(n, dtype=dtype)
-    _bits(out)[index] = _bits(values)
-    return out.view(meta.shape)
+    bits = _bits(values)
+    out = np.zeros(n, dtype=bits.dtype)  # calloc: the kernel hands out zeroed pages, no memset pass
+    out[index] = bits
+    return torch.from_numpy(out).view(dtype).view(meta.shape)
 
 
 def _bits(tensor: torch.Tensor) -> np.ndarray:

@@ -53,8 +53,10 @@ def _kth_smallest(values: torch.Tensor, k: int) -> tuple[float, int]:
     if n > 4 * _SAMPLE:
         sample, _ = values[:: n // _SAMPLE][:_SAMPLE].sort()
         q, margin = k / n, 6.0 * math.sqrt(k / n * (1 - k / n) / _SAMPLE) + 2.0 / _SAMPLE
-        lo = float(sample[max(0, math.floor((q - margin) * _SAMPLE))])
-        hi = float(sample[min(_SAMPLE - 1, math.ceil((q + margin) * _SAMPLE))])
+        lo_index, hi_index = math.floor((q - margin) * _SAMPLE), math.ceil((q + margin) * _SAMPLE)
+        # past the sample's ends the bracket is open: the sample's extremes are rarely the tensor's
+        lo = float(sample[lo_index]) if lo_index > 0 else -math.inf
+        hi = float(sample[hi_index]) if hi_index < _SAMPLE - 1 else math.inf
         n_below_lo = int(torch.count_nonzero(values < lo))
         n_upto_hi = int(torch.count_nonzero(values <= hi))
         if n_below_lo < k <= n_upto_hi:
@@ -219,9 +221,9 @@ class GradualMagnitudePruningConfig(CompressionConfig):
         check_fraction("end_fraction", self.end_fraction, upper_open=False)
         if self.end_fraction <= self.begin_fraction:
             raise RecipeError("end_fraction must be greater than begin_fraction")
-        check_positive("epochs", self.epochs)
+        check_positive("epochs", self.epochs, integer=True)
         check_positive("lr", self.lr)
-        check_positive("frequency", self.frequency)
+        check_positive("frequency", self.frequency, integer=True)
         check_positive("exponent", self.exponent)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_choice("scope", self.scope, SCOPES)

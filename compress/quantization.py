@@ -9,6 +9,7 @@ weights as int8 + scales (see zoo.compress.formats). Latency is that of fp32 ker
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Iterable
 
@@ -201,9 +202,10 @@ class Int8PTQConfig(CompressionConfig):
     keep_fp: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        check_positive("calibration_batches", self.calibration_batches)
+        check_positive("calibration_batches", self.calibration_batches, integer=True)
         check_choice("observer", self.observer, OBSERVERS)
-        if not 50.0 < self.percentile <= 100.0:
+        p = self.percentile
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 50.0 < p <= 100.0:
             raise RecipeError(f"percentile must be in (50, 100], got {self.percentile}")
         check_patterns("keep_fp", self.keep_fp)
 
@@ -211,6 +213,6 @@ class Int8PTQConfig(CompressionConfig):
 @handles(Int8PTQConfig)
 def _int8_ptq(model: nn.Module, config: Int8PTQConfig, context: RecipeContext) -> nn.Module:
     context.require("calibration_batches", step="int8 post-training quantization")
-    batches = (b for i, b in enumerate(context.calibration_batches()) if i < config.calibration_batches)
+    batches = itertools.islice(context.calibration_batches(), config.calibration_batches)  # stop early
     return apply_int8_ptq(model, batches, keep_fp=config.keep_fp, observer=config.observer,
                           percentile=config.percentile, progress=context.progress)

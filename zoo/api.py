@@ -126,15 +126,19 @@ def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bo
 
 
 def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bool) -> nn.Module:
-    base = load(VariantSpec(spec.base), store=store, endpoint=endpoint, progress=progress)
+    """Derives `spec` from its base, or from its sparse parent when that saves re-running steps."""
+    parent_spec = spec.sparse_parent or VariantSpec(spec.base)
+    parent = load(parent_spec, store=store, endpoint=endpoint, progress=progress)
+    base_fingerprint = _base_fingerprint(parent.zoo.path)
     recipe = spec.recipe()
-    key = _digest(recipe.to_json() + _fingerprint(base.zoo.path))
-    folder = store.cache_dir(spec.name, key)
+    folder = store.cache_dir(spec.name, _digest(recipe.to_json() + base_fingerprint))
     if _is_zoo_checkpoint(folder):
         return _from_checkpoint(spec.base, folder, source="cache")
+    done = len(parent_spec.recipe().steps) if not parent_spec.is_base else 0
     torch.manual_seed(spec.base.train.seed if spec.base.train else 0)
-    model = recipe.apply(base.train(False), _recipe_context(spec.base, progress))
-    return _save_and_measure(model.eval(), spec, folder, recipe=recipe, source="derived", progress=progress)
+    model = Recipe(recipe.steps[done:]).apply(parent.train(False), _recipe_context(spec.base, progress))
+    return _save_and_measure(model.eval(), spec, folder, recipe=recipe, source="derived", progress=progress,
+                             extra={"base_fingerprint": base_fingerprint})
 
 
 def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
@@ -153,11 +157,11 @@ def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
 
 
 def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, *, recipe: Recipe | None,
-                      source: str, progress: bool) -> nn.Module:
+                      source: str, progress: bool, extra: dict | None = None) -> nn.Module:
     config = {
         "name": spec.name, "base_model": spec.base.name, "arch": spec.base.arch,
         "model_kwargs": spec.base.model_kwargs, "recipe": recipe.to_list() if recipe else None,
-        "sparsity": spec.sparsity, "quant": spec.quant,
+        "sparsity": spec.sparsity, "quant": spec.quant, **(extra or {}),
     }
     save_checkpoint(folder, model.state_dict(), config=config)
     report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
@@ -217,12 +221,14 @@ def _is_zoo_checkpoint(folder: Path) -> bool:
         raise CheckpointError(f"{config} is not valid JSON") from None
 
 
-def _fingerprint(folder: Path) -> str:
-    """Identity of a base's weights: the recorded SHA-256 of a zoo checkpoint, else the folder."""
-    config = folder / CONFIG_FILE
-    if _is_zoo_checkpoint(folder):
-        return json.loads(config.read_text())["files"][WEIGHTS_FILE]["sha256"]
-    return str(folder.resolve())
+def _base_fingerprint(folder: Path) -> str:
+    """Identity of the base weights behind a checkpoint folder: a derived variant records it in its
+    config; for a base it is the SHA-256 of its zoo checkpoint, or the (content-addressed) snapshot
+    folder of an upstream download."""
+    if not _is_zoo_checkpoint(folder):
+        return str(folder.resolve())
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    return config.get("base_fingerprint") or config["files"][WEIGHTS_FILE]["sha256"]
 
 
 def _digest(text: str) -> str:

@@ -8,14 +8,14 @@ from typing import Any, Literal
 
 from zoo.errors import InvalidArgumentError
 
-NAME_RE = re.compile(r"^(?P<arch>[a-z0-9_]+)\.(?P<tag>[a-z0-9_]+)$")
+NAME_RE = re.compile(r"(?P<arch>[a-z0-9_]+)\.(?P<tag>[a-z0-9_]+)")
 
 Source = Literal["upstream", "zoo"]
 
 
 def split_name(name: str) -> tuple[str, str]:
     """`resnet18.zoo_digits` -> (`resnet18`, `zoo_digits`); the one grammar every entry follows."""
-    match = NAME_RE.match(name)
+    match = NAME_RE.fullmatch(name) if isinstance(name, str) else None
     if not match:
         raise InvalidArgumentError(f"{name!r} is not of the form 'arch.tag' (lower case, digits, '_')")
     return match["arch"], match["tag"]

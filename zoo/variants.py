@@ -19,10 +19,11 @@ from zoo.errors import InvalidArgumentError
 METHODS = ("gmp", "oneshot")
 _METHOD_CODES = {"gmp": "gmp", "oneshot": "os"}
 _SUFFIX_RE = re.compile(
-    r"^(?P<base>[a-z0-9_]+\.[a-z0-9_]+?)"
-    r"(?:_(?P<method>gmp|os)(?P<pct>\d+(?:p\d+)?))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?$"
+    r"(?P<base>[a-z0-9_]+\.[a-z0-9_]+?)"
+    r"(?:_(?P<method>gmp|os)(?P<pct>\d+(?:p\d+)?))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
 )
 GMP_FINETUNE_EPOCH_FRACTION = 0.5
+GMP_LR_FACTOR = 0.4
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -79,6 +80,15 @@ class VariantSpec:
         return "_".join(parts)
 
     @property
+    def sparse_parent(self) -> VariantSpec | None:
+        """For a default sparse + quantized variant, the sparse-only variant it is quantized from; the
+        default recipe's steps are deterministic, so starting from the cached parent gives the same
+        weights as running the whole recipe, without pruning and fine-tuning a second time."""
+        if self.custom_recipe is None and self.sparsity > 0 and self.quant is not None:
+            return VariantSpec(self.base, sparsity=self.sparsity, method=self.method)
+        return None
+
+    @property
     def repo_id(self) -> str:
         return self.base.repo_id if self.is_base else f"zoo/{self.name}"
 
@@ -97,7 +107,7 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
         assert entry.train is not None  # VariantSpec refuses gmp without training data
         steps.append(GradualMagnitudePruningConfig(
             final_sparsity=sparsity, epochs=max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION)),
-            lr=entry.train.lr * 0.4, keep_dense=entry.keep_dense, scope="layer",
+            lr=round(entry.train.lr * GMP_LR_FACTOR, 6), keep_dense=entry.keep_dense, scope="layer",
         ))
     elif sparsity > 0:
         steps.append(MagnitudePruningConfig(sparsity=sparsity, scope="global", keep_dense=entry.keep_dense))
@@ -109,7 +119,7 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
 def parse_variant_name(name: str) -> tuple[str, dict]:
     """`resnet18.zoo_digits_gmp90_int8` -> ("resnet18.zoo_digits", {sparsity: 0.9, quant: "int8",
     method: "gmp"}). Custom-recipe names (`_r<hash>`) cannot be derived again from their name alone."""
-    match = _SUFFIX_RE.match(name)
+    match = _SUFFIX_RE.fullmatch(name)
     if not match or match["hash"]:
         return name, {}
     kwargs: dict = {}

@@ -1,0 +1,132 @@
+"""The model registry: every entry builds and runs, upstream entries agree with timm's pretrained cfg,
+names follow `arch.tag`, misses list close names, and the generic Registry refuses duplicates."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import timm
+import torch
+
+import zoo
+from zoo.entry import DataSpec, InputSpec, ModelEntry, TrainSpec, split_name
+from zoo.errors import DuplicateNameError, InvalidArgumentError, UnknownNameError
+from zoo.models import FAMILIES, build_model, list_entries, register_entry
+from zoo.registry import Registry
+from zoo.tasks import task_of
+
+ENTRIES = list_entries()
+UPSTREAM = [e for e in ENTRIES if e.source == "upstream"]
+
+
+def test_the_registry_holds_both_kinds_of_entries() -> None:
+    assert {e.source for e in ENTRIES} == {"upstream", "zoo"}
+    assert len({e.name for e in ENTRIES}) == len(ENTRIES)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_every_entry_builds_and_runs_forward(entry: ModelEntry) -> None:
+    model = build_model(entry)
+    assert not model.training, "build_model returns the model in eval mode"
+    example = task_of(entry).example_input(entry)
+    assert tuple(example.shape) == entry.input.example_shape(1)
+    with torch.no_grad():
+        logits = model(example)
+    assert tuple(logits.shape) == (1, entry.num_classes)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("entry", UPSTREAM, ids=lambda e: e.name)
+def test_upstream_entries_match_timm_pretrained_cfg(entry: ModelEntry) -> None:
+    cfg = timm.models.get_pretrained_cfg(entry.name)
+    assert cfg is not None, f"timm has no pretrained cfg {entry.name}"
+    assert (entry.input.channels, *entry.input.size) == tuple(cfg.input_size)
+    assert entry.input.mean == pytest.approx(tuple(cfg.mean))
+    assert entry.input.std == pytest.approx(tuple(cfg.std))
+    assert entry.num_classes == cfg.num_classes
+    assert entry.repo_id == cfg.hf_hub_id
+    model = FAMILIES.get(entry.family)(entry)
+    assert model.num_classes == cfg.num_classes
+    assert model.get_classifier().out_features == cfg.num_classes
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.source == "zoo"], ids=lambda e: e.name)
+def test_zoo_native_entries_are_trainable_here(entry: ModelEntry) -> None:
+    assert entry.train is not None and entry.train.epochs > 0
+    assert entry.train.data.split != entry.eval_data.split, "training must not see the evaluation split"
+    assert entry.model_kwargs["num_classes"] == entry.num_classes
+    assert entry.model_kwargs["in_chans"] == entry.input.channels
+
+
+def test_list_entries_filters() -> None:
+    resnets = list_entries(family="resnet")
+    assert resnets and all(e.family == "resnet" for e in resnets)
+    assert {e.name for e in list_entries(source="zoo")} | {e.name for e in UPSTREAM} == {e.name for e in ENTRIES}
+    assert list_entries(task="no-such-task") == []
+
+
+def test_unknown_name_lists_close_names() -> None:
+    with pytest.raises(UnknownNameError) as info:
+        zoo.get_entry("resnet18.zoo_digit")
+    assert "resnet18.zoo_digits" in info.value.suggestions
+    assert "resnet18.zoo_digits" in str(info.value)
+    assert info.value.kind == "model"
+
+
+def test_unknown_family_is_an_unknown_name() -> None:
+    entry = dataclasses.replace(zoo.get_entry("test_resnet.zoo_digits"), family="resnett")
+    with pytest.raises(UnknownNameError, match="resnet"):
+        build_model(entry)
+
+
+def test_registering_an_entry_twice_is_refused() -> None:
+    with pytest.raises(DuplicateNameError):
+        register_entry(zoo.get_entry("test_resnet.zoo_digits"))
+
+
+def test_generic_registry_refuses_duplicates_and_suggests() -> None:
+    registry: Registry[int] = Registry("widget")
+    registry.register("alpha", 1)
+    registry.decorator("beta")(2)
+    with pytest.raises(DuplicateNameError, match="widget 'alpha'"):
+        registry.register("alpha", 3)
+    assert registry.get("alpha") == 1, "a refused duplicate must not replace the first item"
+    with pytest.raises(UnknownNameError) as info:
+        registry.get("alpah")
+    assert info.value.suggestions == ["alpha"]
+    assert list(registry) == ["alpha", "beta"] and len(registry) == 2 and "beta" in registry
+
+
+@pytest.mark.parametrize("name, parts", [
+    ("resnet18.zoo_digits", ("resnet18", "zoo_digits")),
+    ("resnet50.a1_in1k", ("resnet50", "a1_in1k")),
+])
+def test_name_grammar_accepts_arch_dot_tag(name: str, parts: tuple[str, str]) -> None:
+    assert split_name(name) == parts
+
+
+@pytest.mark.parametrize("name", [
+    "resnet18", "ResNet18.zoo", "resnet18.zoo.digits", "resnet18.", ".zoo", "resnet-18.zoo", "resnet18.zoo digits",
+    "resnet18.zoo_digits\n",
+])
+def test_name_grammar_refuses_other_names(name: str) -> None:
+    with pytest.raises(InvalidArgumentError):
+        split_name(name)
+
+
+def _entry(**changes) -> ModelEntry:
+    fields = dict(
+        name="tiny.zoo_test", family="resnet", task="image-classification", repo_id="zoo/tiny.zoo_test",
+        source="zoo", input=InputSpec(1, (8, 8), (0.0,), (1.0,)), num_classes=2, label_set="x",
+        eval_data=DataSpec("digits"), train=TrainSpec(DataSpec("digits", "train"), epochs=1),
+    )
+    return ModelEntry(**{**fields, **changes})
+
+
+def test_model_entry_enforces_the_grammar_and_a_train_spec_for_zoo_entries() -> None:
+    assert _entry().arch == "tiny" and _entry().tag == "zoo_test"
+    with pytest.raises(InvalidArgumentError):
+        _entry(name="Tiny")
+    with pytest.raises(InvalidArgumentError, match="TrainSpec"):
+        _entry(train=None)
+    assert _entry(source="upstream", train=None).train is None

@@ -1,0 +1,77 @@
+"""What the zoo holds right now: registered entries plus the variants published in the local hub or
+cached, for `zoo list`, `zoo card` and `zoo push`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from zoo.api import load, resolve
+from zoo.errors import ZooError
+from zoo.models import list_entries
+from zoo.store import Store
+from zoo.variants import VariantSpec
+
+ZOO_ORG = "zoo/"
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    name: str
+    family: str
+    task: str
+    source: str
+    sparsity: float
+    quant: str | None
+    where: str
+
+
+def _variant_names(store: Store) -> dict[str, str]:
+    """Variant names found in the local hub ("hub") and the cache ("cache"); the hub wins."""
+    found: dict[str, str] = {}
+    if store.cache_root.is_dir():
+        for folder in sorted(store.cache_root.iterdir()):
+            if store.cached_entries(folder.name):
+                found[folder.name] = "cache"
+    for repo_id in store.hub.list_repos():
+        if repo_id.startswith(ZOO_ORG):
+            found[repo_id[len(ZOO_ORG):]] = "hub"
+    return found
+
+
+def _spec_or_none(name: str) -> VariantSpec | None:
+    try:
+        return resolve(name)
+    except ZooError:
+        return None  # e.g. a custom-recipe variant: listed in the hub, not derivable from its name
+
+
+def catalog(store: Store, *, family: str | None = None, task: str | None = None, source: str | None = None,
+            sparsity: float | None = None, quant: str | None = None) -> list[CatalogRow]:
+    """Rows for every entry and known variant, filtered; `quant="none"` keeps unquantized ones."""
+    rows = [CatalogRow(e.name, e.family, e.task, e.source, 0.0, None, "registry") for e in list_entries()]
+    for name, where in _variant_names(store).items():
+        spec = _spec_or_none(name)
+        if spec is not None and not spec.is_base:
+            base = spec.base
+            rows.append(CatalogRow(spec.name, base.family, base.task, base.source, spec.sparsity, spec.quant, where))
+    return [
+        row for row in rows
+        if (family is None or row.family == family)
+        and (task is None or row.task == task)
+        and (source is None or row.source == source)
+        and (sparsity is None or abs(row.sparsity - sparsity) < 1e-9)
+        and (quant is None or (row.quant or "none") == quant)
+    ]
+
+
+def family_models(base: str, store: Store) -> list[nn.Module]:
+    """The base model and every variant of it that the hub or cache holds, loaded (no derivation for
+    the variants: they are found, not made)."""
+    base_spec = resolve(base)
+    models = [load(base_spec, store=store, progress=False)]
+    for name in _variant_names(store):
+        spec = _spec_or_none(name)
+        if spec is not None and not spec.is_base and spec.base.name == base_spec.base.name:
+            models.append(load(spec, store=store, progress=False))
+    return models

@@ -1,0 +1,270 @@
+"""The `zoo` command line: list, info, compress, evaluate, card, push, pull, export and sweep.
+
+Every ZooError becomes one line on stderr and exit status 1; anything else is a bug and shows a trace.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from zoo.errors import ZooError
+
+# torch logs a CUDA_HOME warning when some dependency imports its C++ extension helper: noise on a CLI.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def _one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ZooError as err:
+            raise click.ClickException(f"{type(err).__name__}: {err}") from None
+    return wrapper
+
+
+def _store(hub: str | None, cache: str | None):
+    from zoo.hub import LocalHub
+    from zoo.store import Store, default_cache_root
+
+    return Store(hub=LocalHub(Path(hub) if hub else None), cache_root=Path(cache) if cache else default_cache_root())
+
+
+store_options = [
+    click.option("--hub", "hub_root", envvar="ZOO_HUB", type=click.Path(file_okay=False), default=None,
+                 help="Local hub folder [default: $ZOO_HUB or ~/.cache/zoo/hub]."),
+    click.option("--cache", "cache_root", envvar="ZOO_CACHE", type=click.Path(file_okay=False), default=None,
+                 help="Variant cache folder [default: $ZOO_CACHE or ~/.cache/zoo/variants]."),
+]
+variant_options = [
+    click.option("--sparsity", type=float, default=0.0, show_default=True, help="Fraction of weights pruned, in [0, 1)."),
+    click.option("--quant", type=click.Choice(["int8"]), default=None, help="Quantization scheme."),
+    click.option("--method", type=click.Choice(["gmp", "oneshot"]), default=None,
+                 help="Pruning method [default: gmp where the zoo can fine-tune, else oneshot]."),
+    click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="A recipe file (JSON or YAML) instead of the default recipe."),
+]
+
+
+def _apply(options):
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
+def _read_recipe(path: str | None):
+    if path is None:
+        return None
+    from zoo.compress import Recipe
+
+    text = Path(path).read_text()
+    return Recipe.from_yaml(text) if path.endswith((".yaml", ".yml")) else Recipe.from_json(text)
+
+
+def _load(name, sparsity, quant, method, recipe_file, hub_root, cache_root, progress=True):
+    import zoo
+
+    return zoo.load(name, sparsity=sparsity, quant=quant, method=method, recipe=_read_recipe(recipe_file),
+                    store=_store(hub_root, cache_root), progress=progress)
+
+
+@click.group()
+@click.version_option(package_name="the-zoo")
+def main() -> None:
+    """A compression-aware model zoo: dense, sparse and quantized checkpoints, measured and carded."""
+
+
+@main.command("list")
+@click.option("--family", default=None, help="resnet, mobilenet, efficientnet...")
+@click.option("--task", default=None, help="image-classification...")
+@click.option("--source", type=click.Choice(["upstream", "zoo"]), default=None)
+@click.option("--sparsity", type=float, default=None, help="Only variants at this sparsity.")
+@click.option("--quant", type=click.Choice(["int8", "none"]), default=None, help="Only variants with/without quantization.")
+@_apply(store_options)
+@_one_line_errors
+def list_cmd(family, task, source, sparsity, quant, hub_root, cache_root):
+    """Registered models and the variants published in the local hub or cached."""
+    from zoo.catalog import catalog
+
+    rows = catalog(_store(hub_root, cache_root), family=family, task=task, source=source, sparsity=sparsity,
+                   quant=quant)
+    click.echo(f"{'name':<44} {'family':<13} {'source':<9} {'sparsity':>8} {'quant':<6} where")
+    for row in rows:
+        click.echo(f"{row.name:<44} {row.family:<13} {row.source:<9} {row.sparsity:>8.2f} "
+                   f"{row.quant or '-':<6} {row.where}")
+
+
+@main.command()
+@click.argument("name")
+@_one_line_errors
+def info(name):
+    """What the zoo knows of NAME (a base `arch.tag` or a variant name)."""
+    import zoo
+
+    click.echo(json.dumps(zoo.info(name), indent=2, default=str))
+
+
+@main.command()
+@click.argument("name")
+@_apply(variant_options + store_options)
+@_one_line_errors
+def compress(name, sparsity, quant, method, recipe_file, hub_root, cache_root):
+    """Derive (or load if cached/published) a compressed variant of NAME and print its measurements."""
+    from zoo.publish import report_table
+
+    model = _load(name, sparsity, quant, method, recipe_file, hub_root, cache_root)
+    click.echo(f"{model.zoo.name}: {model.zoo.source} at {model.zoo.path}")
+    if model.zoo.report is not None:
+        click.echo(report_table([model.zoo.report]))
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the full reports as JSON.")
+@_apply(store_options)
+@_one_line_errors
+def evaluate(names, as_json, hub_root, cache_root):
+    """Measure variants (top-1/top-5, FLOPs, non-zero params, bytes, latency) and mark the Pareto front.
+
+    NAMES are base or variant names, e.g. resnet18.zoo_digits resnet18.zoo_digits_gmp90."""
+    from zoo.evaluate import pareto_front
+    from zoo.evaluation import measure_variant
+    from zoo.publish import report_json, report_table
+
+    reports = []
+    for name in names:
+        model = _load(name, 0.0, None, None, None, hub_root, cache_root)
+        reports.append(measure_variant(model, _entry(model.zoo.base_model), name=model.zoo.name,
+                                       checkpoint_dir=model.zoo.path, sparsity=model.zoo.sparsity,
+                                       quant=model.zoo.quant, recipe=model.zoo.recipe))
+    if as_json:
+        click.echo(report_json(reports))
+        return
+    measured = [r for r in reports if "top1" in r.metrics]
+    front_names = {measured[i].name for i in pareto_front([(r.flops_sparse, r.metrics["top1"]) for r in measured])} if measured else set()
+    click.echo(report_table(reports, [i for i, r in enumerate(reports) if r.name in front_names]))
+
+
+def _entry(name: str):
+    import zoo
+
+    return zoo.resolve(name).base
+
+
+@main.command()
+@click.argument("base")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="model_cards", show_default=True)
+@_apply(store_options)
+@_one_line_errors
+def card(base, out_dir, hub_root, cache_root):
+    """Write the cards (README.md + accuracy-vs-FLOPs plot) of BASE and every variant of it available."""
+    from zoo.catalog import family_models
+    from zoo.publish import family_cards, write_family_cards
+
+    models = family_models(base, _store(hub_root, cache_root))
+    family = family_cards(_entry(base), [m.zoo.report for m in models])
+    for path in write_family_cards(family, Path(out_dir)):
+        click.echo(path)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--to", "target", type=click.Choice(["local", "hf"]), default="local", show_default=True,
+              help="local: the local hub; hf: a Hugging Face Hub (HF_ENDPOINT / --endpoint, HF_TOKEN / --token).")
+@click.option("--repo-id", default=None, help="Target repo [default: zoo/<name>].")
+@click.option("--endpoint", default=None, help="Hub endpoint URL [default: HF_ENDPOINT or huggingface.co].")
+@click.option("--token", default=None, envvar="HF_TOKEN", help="Hub token [default: HF_TOKEN].")
+@_apply(store_options)
+@_one_line_errors
+def push(name, target, repo_id, endpoint, token, hub_root, cache_root):
+    """Publish variant NAME (with its card and its family's plot) in one commit."""
+    from zoo.catalog import family_models
+    from zoo.publish import family_cards, push_variant
+
+    store = _store(hub_root, cache_root)
+    spec = _spec(name)
+    models = family_models(spec.base.name, store)
+    family = family_cards(spec.base, [m.zoo.report for m in models])
+    model = next((m for m in models if m.zoo.name == spec.name), None)
+    if model is None:
+        raise click.ClickException(f"{spec.name} is neither cached nor published here; run `zoo compress` first")
+    revision = push_variant(model, family.cards[spec.name], family, repo_id=repo_id or spec.repo_id,
+                            hub=store.hub if target == "local" else None, endpoint=endpoint, token=token)
+    click.echo(f"pushed {spec.name} to {repo_id or spec.repo_id} ({target}) at {revision}")
+
+
+def _spec(name: str):
+    import zoo
+
+    return zoo.resolve(name)
+
+
+@main.command()
+@click.argument("repo_id")
+@click.option("--revision", default="main", show_default=True)
+@click.option("--endpoint", default=None, help="Hub endpoint URL [default: HF_ENDPOINT or huggingface.co].")
+@click.option("--token", default=None, envvar="HF_TOKEN")
+@_apply(store_options)
+@_one_line_errors
+def pull(repo_id, revision, endpoint, token, hub_root, cache_root):
+    """Download REPO_ID from a Hub into the local hub (then `zoo.load` finds it offline)."""
+    from zoo.hub import pull as pull_repo
+
+    store = _store(hub_root, cache_root)
+    local_revision = pull_repo(repo_id, store.hub, revision=revision, endpoint=endpoint, token=token)
+    click.echo(f"pulled {repo_id}@{revision} into {store.hub.root} as {local_revision}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True)
+@_apply(variant_options + store_options)
+@_one_line_errors
+def export(name, out_file, sparsity, quant, method, recipe_file, hub_root, cache_root):
+    """Write a variant as a plain dense safetensors state dict that timm loads unchanged."""
+    from zoo.compress.checkpoint import export_dense
+
+    model = _load(name, sparsity, quant, method, recipe_file, hub_root, cache_root)
+    path = export_dense(model.zoo.path, out_file)
+    entry = _entry(model.zoo.base_model)
+    click.echo(f"wrote {path}; load it with timm.create_model({entry.arch!r}, pretrained=True, "
+               f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={entry.num_classes}), "
+               f"**{entry.model_kwargs!r})")
+
+
+@main.command()
+@click.argument("base", default="resnet18.zoo_digits")
+@click.option("--sparsity", "sparsities", type=float, multiple=True, help="Repeatable [default: 0.5 0.8 0.9 0.95].")
+@click.option("--oneshot", "oneshot", type=float, multiple=True, help="One-shot sparsities [default: 0.9].")
+@click.option("--no-int8", is_flag=True, help="Skip the int8 variants.")
+@click.option("--cards", "cards_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write the cards here (the repo keeps the zoo-native ones under model_cards/).")
+@click.option("--no-publish", is_flag=True, help="Do not push to the local hub.")
+@_apply(store_options)
+@_one_line_errors
+def sweep(base, sparsities, oneshot, no_int8, cards_dir, no_publish, hub_root, cache_root):
+    """The main job: derive the 50/80/90/95% sparse and int8 variants of BASE, measure them, write their
+    cards with the accuracy-vs-FLOPs plot and publish them to the local hub."""
+    from zoo.publish import report_table
+    from zoo.sweep import DEFAULT_SPARSITIES, SweepPlan, run_sweep
+
+    plan = SweepPlan(base=base, sparsities=tuple(sparsities) or DEFAULT_SPARSITIES,
+                     oneshot=tuple(oneshot) or (0.9,), int8=not no_int8)
+    store = _store(hub_root, cache_root)
+    result = run_sweep(plan, store=store, cards_dir=Path(cards_dir) if cards_dir else None, publish=not no_publish)
+    click.echo(report_table(result.family.reports, result.family.front))
+    for name, revision in result.revisions.items():
+        click.echo(f"published {name} -> {store.hub.root} @ {revision[:12]}")
+    for path in result.cards_written:
+        click.echo(f"card: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

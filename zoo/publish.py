@@ -1,0 +1,122 @@
+"""Publishing a family of variants: one repo folder per variant (weights, config, recipe, report, card
+and the family's accuracy-vs-FLOPs plot), validated, then pushed in one commit to the local hub or to
+a Hugging Face Hub."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import ModelCard
+from torch import nn
+
+from zoo.compress.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from zoo.entry import ModelEntry
+from zoo.errors import InvalidArgumentError
+from zoo.evaluate import VariantReport, pareto_front
+from zoo.hub import LocalHub, upload
+from zoo.model_cards import base_card, plot_accuracy_vs_flops, validate_card, variant_card, write_card
+from zoo.store import REPORT_FILE
+
+PLOT_FILE = "accuracy_vs_flops.png"
+RECIPE_FILE = "recipe.json"
+DATASET_DESCRIPTIONS = {
+    "digits": "scikit-learn's bundled handwritten digits (1,797 8x8 grey images, 10 classes), stratified "
+              "80/20 train/test split with seed 0, upsampled to 32x32",
+    "imagefolder": "an ImageNet-style folder of class sub-folders (ImageNet-1k validation)",
+}
+
+
+@dataclass(frozen=True)
+class FamilyCards:
+    """The cards of a base model and its variants, with the family's Pareto front (indices into
+    `reports`, minimizing sparse-aware FLOPs and maximizing the primary metric)."""
+
+    reports: list[VariantReport]
+    cards: dict[str, ModelCard]
+    front: list[int]
+
+
+def family_cards(entry: ModelEntry, reports: Sequence[VariantReport], *, metric: str = "top1") -> FamilyCards:
+    """Builds and validates a card per report; the report whose name is the entry's is the base card."""
+    reports = list(reports)
+    missing = [r.name for r in reports if metric not in r.metrics]
+    if missing:
+        raise InvalidArgumentError(f"no {metric} measured for {', '.join(missing)}: a card needs the task metric")
+    base = next((r for r in reports if r.name == entry.name), None)
+    if base is None:
+        raise InvalidArgumentError(f"the family of {entry.name} needs the base model's own report")
+    common = dict(license=entry.license, dataset_description=DATASET_DESCRIPTIONS.get(entry.eval_data.name, entry.eval_data.name))
+    cards = {base.name: base_card(base, reports, plot_filename=PLOT_FILE, **common)}
+    for report in reports:
+        if report is not base:
+            cards[report.name] = variant_card(report, family_reports=reports, plot_filename=PLOT_FILE, **common)
+    for report in reports:
+        validate_card(cards[report.name], report)
+    front = pareto_front([(r.flops_sparse, r.metrics[metric]) for r in reports])
+    return FamilyCards(reports, cards, front)
+
+
+def write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
+    """`out_dir/<name>/README.md` and the family plot beside each (the layout of model_cards/)."""
+    written = []
+    plot = Path(tempfile.mkdtemp()) / PLOT_FILE
+    try:
+        plot_accuracy_vs_flops(family.reports, plot, pareto=family.front)
+        for name, card in family.cards.items():
+            folder = out_dir / name
+            written.append(write_card(card, folder))
+            shutil.copyfile(plot, folder / PLOT_FILE)
+    finally:
+        shutil.rmtree(plot.parent, ignore_errors=True)
+    return written
+
+
+def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards, folder: Path) -> Path:
+    """Assembles what a variant's repo holds: the checkpoint files, recipe, report, card and plot."""
+    source = model.zoo.path
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, REPORT_FILE):
+        if not (source / name).is_file():
+            raise InvalidArgumentError(f"{model.zoo.name}: {source} has no {name}; only zoo checkpoints publish")
+        shutil.copyfile(source / name, folder / name)
+    if model.zoo.recipe is not None:
+        (folder / RECIPE_FILE).write_text(model.zoo.recipe.to_json() + "\n")
+    write_card(card, folder)
+    plot_accuracy_vs_flops(family.reports, folder / PLOT_FILE, pareto=family.front)
+    return folder
+
+
+def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards, *, repo_id: str,
+                 hub: LocalHub | None = None, endpoint: str | None = None, token: str | None = None) -> str:
+    """Pushes one variant in one commit: to `hub` (local) or, with `hub=None`, to the Hub at `endpoint`.
+    The card is validated against the measured report before anything is sent."""
+    validate_card(card, model.zoo.report)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = repo_folder(model, card, family, Path(tmp) / "repo")
+        message = f"zoo: {model.zoo.name} ({model.zoo.recipe.describe() if model.zoo.recipe else 'base model'})"
+        if hub is not None:
+            return hub.push(repo_id, folder, message=message)
+        return upload(folder, repo_id, endpoint=endpoint, token=token, message=message)
+
+
+def report_table(reports: Sequence[VariantReport], front: Sequence[int] = (), metric: str = "top1") -> str:
+    """A plain-text table of reports for the terminal; Pareto-optimal rows are starred."""
+    header = f"{'variant':<40} {metric:>7} {'MFLOPs':>9} {'nz MFLOPs':>10} {'nz params':>10} {'bytes':>10} {'ms':>7}"
+    lines = [header, "-" * len(header)]
+    for i, r in enumerate(reports):
+        value = f"{100 * r.metrics[metric]:.2f}" if metric in r.metrics else "n/a"
+        lines.append(
+            f"{r.name:<40} {value:>7} {r.flops_dense / 1e6:>9.2f} {r.flops_sparse / 1e6:>10.2f} "
+            f"{r.params_nonzero:>10,} {r.bytes_on_disk:>10,} {r.latency_ms:>7.2f}" + (" *" if i in front else "")
+        )
+    if front:
+        lines.append("* on the accuracy-vs-FLOPs Pareto front")
+    return "\n".join(lines)
+
+
+def report_json(reports: Sequence[VariantReport]) -> str:
+    return json.dumps([r.to_dict() for r in reports], indent=2)

@@ -1,0 +1,69 @@
+"""The main job: derive a family of variants of a base model, measure them, write their cards with the
+accuracy-vs-FLOPs plot, and publish every one to the local hub."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from zoo.api import load, resolve
+from zoo.publish import FamilyCards, family_cards, push_variant, write_family_cards
+from zoo.store import Store
+from zoo.variants import VariantSpec
+
+DEFAULT_BASE = "resnet18.zoo_digits"
+DEFAULT_SPARSITIES = (0.5, 0.8, 0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Which variants of `base` to build: gradual pruning at each sparsity, one-shot pruning at the
+    `oneshot` sparsities (to show what fine-tuning buys), int8 alone and int8 on the `int8_sparsities`."""
+
+    base: str = DEFAULT_BASE
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
+    oneshot: tuple[float, ...] = (0.9,)
+    int8: bool = True
+    int8_sparsities: tuple[float, ...] = (0.9,)
+    specs: list[VariantSpec] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        specs = [resolve(self.base)]
+        specs += [resolve(self.base, sparsity=s, method="gmp") for s in self.sparsities]
+        specs += [resolve(self.base, sparsity=s, method="oneshot") for s in self.oneshot]
+        if self.int8:
+            specs.append(resolve(self.base, quant="int8"))
+            specs += [resolve(self.base, sparsity=s, quant="int8", method="gmp") for s in self.int8_sparsities]
+        self.specs.extend(specs)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    family: FamilyCards
+    revisions: dict[str, str]
+    cards_written: list[Path]
+
+
+def run_sweep(plan: SweepPlan, *, store: Store | None = None, cards_dir: Path | None = None,
+              publish: bool = True, progress: bool = True) -> SweepResult:
+    """Loads (deriving where needed) every variant of the plan, builds and validates the cards, writes
+    them under `cards_dir` if given, and pushes each variant to the local hub if `publish`."""
+    store = store or Store()
+    models: list[nn.Module] = []
+    for spec in tqdm(plan.specs, desc=f"variants of {plan.base}", disable=not progress, unit="variant"):
+        models.append(load(spec, store=store, progress=progress))
+    family = family_cards(plan.specs[0].base, [m.zoo.report for m in models])
+    written = write_family_cards(family, cards_dir) if cards_dir is not None else []
+    revisions: dict[str, str] = {}
+    if publish:
+        for spec, model in tqdm(list(zip(plan.specs, models)), desc="publish", disable=not progress, unit="repo"):
+            revisions[spec.name] = push_variant(model, family.cards[spec.name], family, repo_id=spec.repo_id,
+                                                hub=store.hub)
+    return SweepResult(family, revisions, written)
+
+
+def sweep_names(plan: SweepPlan) -> Sequence[str]:
+    return [spec.name for spec in plan.specs]
