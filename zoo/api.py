@@ -20,7 +20,8 @@ from torch import nn
 from zoo.compress.checkpoint import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from zoo.compress.quantization import quantized_layer_names, swap_to_quant_modules
 from zoo.compress.recipe import Recipe, RecipeContext
-from zoo.entry import ModelEntry
+from zoo.data import Batches
+from zoo.entry import DataSpec, ModelEntry
 from zoo.errors import CheckpointError, InvalidArgumentError, UnknownNameError
 from zoo.evaluate import VariantReport
 from zoo.evaluation import measure_variant
@@ -142,17 +143,24 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
 
 
 def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
-    """Fine-tuning and calibration data of an entry: its training split (never the evaluation split)."""
+    """Fine-tuning and calibration data of an entry: its training split, never the evaluation split.
+    Data is opened only when a step asks for it (one-shot pruning needs none)."""
     task = task_of(entry)
     if entry.train is None:
-        calibration = task.batches(entry, entry.eval_data, batch_size=32, shuffle=False)
-        return RecipeContext(calibration_batches=calibration.inputs, progress=progress)
+        calibration_split = DataSpec(entry.eval_data.name, "train")
+        return RecipeContext(
+            calibration_batches=lambda: task.batches(entry, calibration_split, batch_size=32, shuffle=False).inputs(),
+            progress=progress,
+        )
     spec = entry.train
-    batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
+
+    def batches() -> Batches:
+        return task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
+
     return RecipeContext(
-        train_batches=batches.epoch,
+        train_batches=lambda epoch: batches().epoch(epoch),
         loss_fn=lambda model, batch: task.loss(model, batch, label_smoothing=spec.label_smoothing),
-        calibration_batches=batches.inputs, progress=progress, seed=spec.seed,
+        calibration_batches=lambda: batches().inputs(), progress=progress, seed=spec.seed,
     )
 
 

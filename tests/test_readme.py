@@ -1,0 +1,53 @@
+"""The README's code runs (Composer style): its Python blocks are executed, its recipe YAML parses,
+and its two commands are the ones `.ci/run` and the quick start use."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import zoo.api
+import zoo.variants
+from zoo.compress import Recipe
+from zoo.hub import LocalHub
+from zoo.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+@pytest.fixture
+def quick_store(tmp_path, monkeypatch) -> Store:
+    """A private hub and cache, and training cut to one epoch, so the README's loads run in seconds."""
+    train = zoo.api.train_base_model
+    monkeypatch.setattr(zoo.api, "train_base_model", lambda entry, **kw: train(entry, **{**kw, "epochs": 1}))
+    monkeypatch.setattr(zoo.variants, "GMP_FINETUNE_EPOCH_FRACTION", 0.01)
+    monkeypatch.setenv("ZOO_HUB", str(tmp_path / "hub"))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    return Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_python_blocks_run(index: int, quick_store: Store) -> None:
+    exec(compile(blocks("python")[index], f"README.md python block {index}", "exec"), {})
+
+
+def test_recipe_yaml_block_parses() -> None:
+    (recipe_yaml,) = [b for b in blocks("yaml") if "recipe_version" in b]
+    recipe = Recipe.from_yaml(recipe_yaml)
+    assert [type(s).__name__ for s in recipe.steps] == ["GradualMagnitudePruningConfig", "Int8PTQConfig"]
+    assert Recipe.from_yaml(recipe.to_yaml()) == recipe
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    setup, tests = blocks("bash")[:2]
+    test_command = tests.strip().split("&&")[-1].strip()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command in ci.splitlines()
+    assert 'pip install -e ".[test]"' in setup and "zoo sweep" in setup
