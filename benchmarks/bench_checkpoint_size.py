@@ -7,11 +7,12 @@ globally by magnitude; those weights on a per-output-channel symmetric int8 grid
 `X.weight_scale` beside each weight); and both. Saves each with `save_checkpoint`, then prints a
 markdown table: bytes on disk (weights + config.json) as a ratio to dense, the time to decode the
 stored tensors (`decompress_state_dict`) and the time of a whole `load_checkpoint` (read, SHA-256,
-decode). Pruning and quantization are small local helpers so the benchmark measures the format only.
+decode). Pruning and quantization are the zoo's own (zoo.compress), so the bytes are those of real variants.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import sys
 import tempfile
@@ -26,37 +27,25 @@ from torch import nn
 
 from zoo.compress.checkpoint import WEIGHTS_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint
 from zoo.compress.formats import decompress_state_dict, metas_from_json
+from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
+from zoo.compress.quantization import dequantize_per_channel, quantize_per_channel
 
 TARGETS = {"dense fp32": None, "sparse fp32": 0.15, "int8": 0.27, "sparse + int8": 0.07}
 
 
-def prunable_weights(model: nn.Module) -> list[str]:
-    """State-dict names of every conv and linear weight."""
-    return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def sparse_state_dict(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+    """The zoo's one-shot global magnitude pruning, on a copy of `model`."""
+    pruned = copy.deepcopy(model)
+    apply_magnitude_pruning(pruned, sparsity, scope="global")
+    return {k: v.detach().clone() for k, v in pruned.state_dict().items()}
 
 
-def prune_global_magnitude(sd: dict[str, torch.Tensor], names: list[str], sparsity: float) -> dict[str, torch.Tensor]:
-    """Zeroes the `sparsity` fraction of smallest-magnitude weights across all `names` together."""
-    scores = torch.cat([sd[n].abs().reshape(-1) for n in names])
-    k = int(sparsity * scores.numel())
-    threshold = torch.kthvalue(scores, k).values if k > 0 else scores.new_tensor(-1.0)
+def int8_grid(sd: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    """The zoo's per-channel symmetric int8 weights (what Int8PTQConfig stores), `X.weight_scale` beside."""
     out = dict(sd)
-    for n in names:
-        out[n] = torch.where(sd[n].abs() > threshold, sd[n], torch.zeros((), dtype=sd[n].dtype))
-    return out
-
-
-def quantize_int8_grid(sd: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
-    """Puts each weight on its per-output-channel symmetric int8 grid and adds `X.weight_scale`."""
-    out: dict[str, torch.Tensor] = {}
-    for key, tensor in sd.items():
-        if key not in names:
-            out[key] = tensor
-            continue
-        scale = tensor.abs().amax(dim=tuple(range(1, tensor.dim()))) / 127
-        view = scale.view(-1, *([1] * (tensor.dim() - 1)))
-        q = torch.where(view == 0, 0.0, torch.round(tensor / view)).clamp(-127, 127).to(torch.int8)
-        out[key] = q.float() * view
+    for key in names:
+        q, scale = quantize_per_channel(sd[key])
+        out[key] = dequantize_per_channel(q, scale)
         out[key + "_scale"] = scale
     return out
 
@@ -92,13 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = timm.create_model(args.arch, pretrained=False)
     dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    names = prunable_weights(model)
-    sparse = prune_global_magnitude(dense, names, args.sparsity)
+    names = [f"{name}.weight" for name in prunable_weights(model)]
+    sparse = sparse_state_dict(model, args.sparsity)
     variants = {
         "dense fp32": dense,
         "sparse fp32": sparse,
-        "int8": quantize_int8_grid(dense, names),
-        "sparse + int8": quantize_int8_grid(sparse, names),
+        "int8": int8_grid(dense, names),
+        "sparse + int8": int8_grid(sparse, names),
     }
     n_params = sum(p.numel() for p in model.parameters())
     config = {
@@ -128,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
           f"weights pruned globally by magnitude to {args.sparsity:.0%} and/or put on a per-channel int8 grid.  ")
     print(f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, Python "
           f"{sys.version.split()[0]}, torch {torch.__version__}; times are the best of {args.repeats}.\n")
-    print("| variant | bytes on disk | ratio to dense | target | decode (s) | load_checkpoint (s) | round trip bit-exact |")
+    print("| variant | bytes on disk | ratio to dense | target | decode (s) | load_checkpoint (s) "
+          "| round trip bit-exact |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for label, size, decode_s, load_s, exact in rows:
         target = TARGETS[label]

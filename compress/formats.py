@@ -198,8 +198,15 @@ def quantize_exact(name: str, weight: torch.Tensor, scale: torch.Tensor) -> torc
 
 
 def dequantize(q: torch.Tensor, scale_b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """q * scale computed in the scale's dtype (the convention `q.float() * scale.view(-1, 1, ...)`)."""
-    out = torch.mul(q, scale_b)  # int8 * float promotes to the float dtype without an extra copy of q
+    """q * scale computed in the scale's dtype (the convention `q.float() * scale.view(-1, 1, ...)`).
+
+    numpy does the float32/float64 multiply: it is single-threaded, where each torch op on a large
+    tensor opens an OpenMP region that can wait a whole scheduler slice on a busy machine.
+    """
+    if scale_b.dtype in (torch.float32, torch.float64):
+        out = torch.from_numpy(np.multiply(q.numpy(), scale_b.numpy()))  # int8 * f32 -> f32, as in torch
+    else:
+        out = torch.mul(q, scale_b)
     return out if out.dtype == dtype else out.to(dtype)
 
 
@@ -259,37 +266,64 @@ def decompress_state_dict(
     quantized = {name: meta for name, meta in metas.items() if meta.codec.quantized}
     for name, meta in metas.items():
         if name not in quantized:
-            decoded[name] = _decode_payload(name, meta, meta.torch_dtype, tensors, used)
+            decoded[name] = _decode(name, meta, None, tensors, used)
     for name, meta in quantized.items():
-        if not _is_weight(name) or not meta.torch_dtype.is_floating_point:
-            raise CheckpointError(
-                f"{name!r} ({meta.dtype}) is {meta.encoding.value}, but only a floating '*.weight' can be quantized"
-            )
-        scale = decoded.get(name + SCALE_SUFFIX)
-        if scale is None:
-            raise CheckpointError(f"{name!r} is {meta.encoding.value} but its scale {name + SCALE_SUFFIX!r} is missing")
-        if not scale.is_floating_point():
-            raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be floating, got {scale.dtype}")
-        q = _decode_payload(name, meta, torch.int8, tensors, used)
-        decoded[name] = dequantize(q, _broadcast_scale(name, scale, meta.shape), meta.torch_dtype)
+        decoded[name] = _decode(name, meta, _stored_scale(name, meta, decoded), tensors, used)
     extra = set(tensors) - used
     if extra:
         raise CheckpointError(f"stored tensors without a meta: {sorted(extra)[:10]}")
     return {name: decoded[name] for name in metas}
 
 
-def _decode_payload(
-    name: str, meta: TensorMeta, dtype: torch.dtype, tensors: Mapping[str, torch.Tensor], used: set[str],
+def _stored_scale(name: str, meta: TensorMeta, decoded: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The decoded `*_scale` of a quantized weight, checked like at compression."""
+    if not _is_weight(name) or not meta.torch_dtype.is_floating_point:
+        raise CheckpointError(
+            f"{name!r} ({meta.dtype}) is {meta.encoding.value}, but only a floating '*.weight' can be quantized"
+        )
+    scale = decoded.get(name + SCALE_SUFFIX)
+    if scale is None:
+        raise CheckpointError(f"{name!r} is {meta.encoding.value} but {name + SCALE_SUFFIX!r} is missing")
+    if not scale.is_floating_point() or not bool((scale >= 0).all()):
+        raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be floating and >= 0")
+    _broadcast_scale(name, scale, meta.shape)  # checks the shape
+    return scale
+
+
+def _decode(
+    name: str, meta: TensorMeta, scale: torch.Tensor | None,
+    tensors: Mapping[str, torch.Tensor], used: set[str],
 ) -> torch.Tensor:
-    """The dense payload of one tensor: the tensor itself, or its int8 indices for quantized ones."""
+    """One tensor from its stored parts; `scale` is given exactly for quantized encodings."""
     codec = meta.codec
     values_key = name + VALUES_SUFFIX if (codec.sparse or codec.quantized) else name
     values = _take(tensors, values_key, used)
-    _check_dtype(values_key, values, dtype)
+    _check_dtype(values_key, values, torch.int8 if codec.quantized else meta.torch_dtype)
     if not codec.sparse:
         if tuple(values.shape) != meta.shape:
             raise CheckpointError(f"{values_key!r} has shape {list(values.shape)}, meta says {list(meta.shape)}")
-        return values
+        if scale is None:
+            return values
+        return dequantize(values, _broadcast_scale(name, scale, meta.shape), meta.torch_dtype)
+    index = _unpack_bitmask(name, meta, values, tensors, used)
+    if scale is not None:
+        # dequantize only the non-zeros: one multiply per stored value instead of one per element
+        if scale.numel() == 1:
+            per_value = scale.reshape(())
+        else:
+            channel = index // max(1, meta.numel // meta.shape[0])
+            per_value = torch.from_numpy(_bits(scale)[channel]).view(scale.dtype)
+        values = dequantize(values, per_value, meta.torch_dtype)
+    bits = _bits(values)
+    out = np.zeros(meta.numel, dtype=bits.dtype)  # calloc: the kernel hands out zeroed pages, no memset
+    out[index] = bits  # numpy's fancy-index put beats torch's boolean index_put by ~2x here
+    return torch.from_numpy(out).view(meta.torch_dtype).view(meta.shape)
+
+
+def _unpack_bitmask(
+    name: str, meta: TensorMeta, values: torch.Tensor, tensors: Mapping[str, torch.Tensor], used: set[str],
+) -> np.ndarray:
+    """Flat positions of the stored values, from the packed bitmask; checked against the values."""
     bitmask_key = name + BITMASK_SUFFIX
     packed = _take(tensors, bitmask_key, used)
     _check_dtype(bitmask_key, packed, torch.uint8)
@@ -300,13 +334,10 @@ def _decode_payload(
             f"do not fit {n} elements"
         )
     mask = np.unpackbits(packed.numpy(), count=n, bitorder="little").view(np.bool_)
-    index = np.flatnonzero(mask)  # numpy's fancy-index put beats torch's boolean index_put by ~2x here
+    index = np.flatnonzero(mask)  # numpy's nonzero is fastest on a bool array
     if index.size != values.numel():
         raise CheckpointError(f"{name!r}: bitmask marks {index.size} non-zeros, {values.numel()} stored")
-    bits = _bits(values)
-    out = np.zeros(n, dtype=bits.dtype)  # calloc: the kernel hands out zeroed pages, no memset pass
-    out[index] = bits
-    return torch.from_numpy(out).view(dtype).view(meta.shape)
+    return index
 
 
 def _bits(tensor: torch.Tensor) -> np.ndarray:

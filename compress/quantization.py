@@ -80,8 +80,7 @@ class _InputQuantMixin:
             low, high = values.min(), values.max()
         else:
             sample = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
-            low = torch.quantile(sample, 1 - percentile / 100)
-            high = torch.quantile(sample, percentile / 100)
+            low, high = torch.quantile(sample, torch.tensor([1 - percentile / 100, percentile / 100]))  # one sort
         low, high = torch.clamp(low, max=0.0), torch.clamp(high, min=0.0)
         scale = torch.clamp((high - low) / (ACT_QMAX - ACT_QMIN), min=1e-8)
         zero_point = torch.clamp(torch.round(-low / scale), ACT_QMIN, ACT_QMAX).to(torch.int32)
