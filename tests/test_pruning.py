@@ -3,6 +3,7 @@ large tensors), keep_dense, untouched biases and norms, and gradual pruning on a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -213,7 +214,7 @@ def test_keep_dense_patterns_match_whole_module_names() -> None:
 
 # Gradual magnitude pruning on a tiny synthetic task -------------------------------------------------
 
-def synthetic_task(n_batches: int = 6, batch: int = 32) -> tuple[list, callable]:
+def synthetic_task(n_batches: int = 6, batch: int = 32) -> tuple[list, Callable]:
     g = torch.Generator().manual_seed(11)
     x = torch.randn(n_batches * batch, 1, 6, 6, generator=g)
     y = (x[:, 0, :3].mean(dim=(1, 2)) > x[:, 0, 3:].mean(dim=(1, 2))).long() + 2 * (x[:, 0, :, :3].mean(dim=(1, 2)) > 0).long()

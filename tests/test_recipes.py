@@ -2,6 +2,7 @@
 and anything unknown, of another version or invalid is refused with a typed error."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -48,8 +49,6 @@ def test_config_round_trips_through_dict_and_json(type_name: str) -> None:
 
 
 def _required_fields(cls: type) -> set[str]:
-    import dataclasses
-
     return {f.name for f in dataclasses.fields(cls)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
 
@@ -192,8 +191,6 @@ def test_a_second_handler_for_a_config_type_is_refused() -> None:
 
 
 def test_a_second_config_type_of_the_same_name_is_refused() -> None:
-    import dataclasses
-
     with pytest.raises(DuplicateNameError):
         @register_config
         @dataclasses.dataclass(frozen=True)
