@@ -262,3 +262,21 @@ def test_a_published_variant_is_preferred_over_the_cache(trained: Zoo, oneshot90
     assert by_name.zoo.source == "hub"
     base = zoo.load(BASE, store=store, progress=False)
     assert base.zoo.source == "cache", "only the published repo comes from the hub"
+
+
+def test_a_cache_entry_whose_measurement_was_interrupted_is_measured_on_load(
+    trained: Zoo, oneshot90: nn.Module, no_derivation
+) -> None:
+    report_file = oneshot90.zoo.path / REPORT_FILE
+    expected = report_file.read_text()
+    report_file.unlink()  # as if the process died between the checkpoint write and the report write
+    again = zoo.load(BASE, sparsity=0.9, method="oneshot", store=trained.store, progress=False)
+    assert again.zoo.source == "cache" and again.zoo.report is not None
+    assert again.zoo.report.metrics == oneshot90.zoo.report.metrics
+    assert report_file.is_file() and set(eval_keys(report_file.read_text())) == set(eval_keys(expected))
+
+
+def eval_keys(text: str) -> list[str]:
+    import json
+
+    return list(json.loads(text))

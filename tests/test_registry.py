@@ -43,6 +43,8 @@ def test_upstream_entries_match_timm_pretrained_cfg(entry: ModelEntry) -> None:
     assert (entry.input.channels, *entry.input.size) == tuple(cfg.input_size)
     assert entry.input.mean == pytest.approx(tuple(cfg.mean))
     assert entry.input.std == pytest.approx(tuple(cfg.std))
+    assert entry.input.crop_pct == pytest.approx(cfg.crop_pct)
+    assert entry.input.interpolation == cfg.interpolation
     assert entry.num_classes == cfg.num_classes
     assert entry.repo_id == cfg.hf_hub_id
     model = FAMILIES.get(entry.family)(entry)

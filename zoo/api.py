@@ -8,6 +8,7 @@ Order of resolution, as a user of timm and the Hub expects:
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bo
         return _from_plain_safetensors(entry, folder, source="upstream")
     folder = store.cache_dir(entry.name, "trained-" + _digest(json.dumps(entry.to_dict(), sort_keys=True, default=str)))
     if _is_zoo_checkpoint(folder):
-        return _from_checkpoint(entry, folder, source="cache")
+        return _from_cache(spec, folder, progress=progress)
     model = train_base_model(entry, progress=progress)
     return _save_and_measure(model, spec, folder, recipe=None, source="trained", progress=progress)
 
@@ -134,7 +135,7 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
     recipe = spec.recipe()
     folder = store.cache_dir(spec.name, _digest(recipe.to_json() + base_fingerprint))
     if _is_zoo_checkpoint(folder):
-        return _from_checkpoint(spec.base, folder, source="cache")
+        return _from_cache(spec, folder, progress=progress)
     done = len(parent_spec.recipe().steps) if not parent_spec.is_base else 0
     torch.manual_seed(spec.base.train.seed if spec.base.train else 0)
     model = Recipe(recipe.steps[done:]).apply(parent.train(False), _recipe_context(spec.base, progress))
@@ -207,6 +208,17 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Modu
     report = VariantReport.load(report_path) if report_path.is_file() else None
     model.zoo = LoadedVariant(config["name"], entry.name, config.get("sparsity", 0.0), config.get("quant"),
                               recipe, source, folder, report)
+    return model
+
+
+def _from_cache(spec: VariantSpec, folder: Path, *, progress: bool) -> nn.Module:
+    """A cached variant; one whose measurement was interrupted (no report yet) is measured now."""
+    model = _from_checkpoint(spec.base, folder, source="cache")
+    if model.zoo.report is None:
+        report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
+                                 quant=spec.quant, recipe=model.zoo.recipe, progress=progress)
+        write_json(folder / REPORT_FILE, report.to_dict())
+        model.zoo = dataclasses.replace(model.zoo, report=report)
     return model
 
 

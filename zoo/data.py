@@ -74,8 +74,8 @@ def imagefolder(split: str, spec: InputSpec) -> Dataset:
     from torchvision.datasets import ImageFolder
 
     transform = create_transform(
-        input_size=(spec.channels, *spec.size), interpolation="bicubic", mean=spec.mean, std=spec.std,
-        crop_pct=0.875, is_training=False,
+        input_size=(spec.channels, *spec.size), interpolation=spec.interpolation, mean=spec.mean, std=spec.std,
+        crop_pct=spec.crop_pct, is_training=False,
     )
     return ImageFolder(str(imagefolder_root(split)), transform=transform)
 

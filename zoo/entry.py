@@ -23,12 +23,15 @@ def split_name(name: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model eats: channels, height/width, and the normalization applied before it."""
+    """What the model eats: channels, height/width, the normalization applied before it, and (for
+    photographs) the evaluation resize: center crop fraction and interpolation, as timm's configs say."""
 
     channels: int
     size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
 
     def example_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         return (batch, self.channels, *self.size)

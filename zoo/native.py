@@ -16,13 +16,15 @@ def train_base_model(entry: ModelEntry, *, progress: bool = True, epochs: int | 
     spec = entry.train
     if spec is None:
         raise InvalidArgumentError(f"{entry.name} is an upstream checkpoint: it is downloaded, not trained here")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise InvalidArgumentError(f"epochs must be a positive integer, got {epochs!r}")
     torch.manual_seed(spec.seed)
     model = build_model(entry)
     task = task_of(entry)
     batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
     train(
         model, batches.epoch, lambda m, b: task.loss(m, b, label_smoothing=spec.label_smoothing),
-        epochs=epochs or spec.epochs, lr=spec.lr, weight_decay=spec.weight_decay, progress=progress,
+        epochs=spec.epochs if epochs is None else epochs, lr=spec.lr, weight_decay=spec.weight_decay, progress=progress,
         desc=f"train {entry.name}",
     )
     return model.eval()

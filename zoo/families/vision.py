@@ -30,22 +30,25 @@ RESNET_KEEP_DENSE = (r"conv1(\..*)?", "fc")
 MOBILE_KEEP_DENSE = ("conv_stem", "classifier")
 
 
-def _upstream(name: str, family: str, size: int, keep_dense: tuple[str, ...], crop_note: str,
-              mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> ModelEntry:
+def _upstream(name: str, family: str, size: int, keep_dense: tuple[str, ...], crop_note: str, *,
+              crop_pct: float, interpolation: str = "bicubic", mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> ModelEntry:
     return register_entry(ModelEntry(
         name=name, family=family, task="image-classification", repo_id=f"timm/{name}", source="upstream",
-        input=InputSpec(channels=3, size=(size, size), mean=mean, std=std),
+        input=InputSpec(channels=3, size=(size, size), mean=mean, std=std, crop_pct=crop_pct,
+                        interpolation=interpolation),
         num_classes=1000, label_set="imagenet-1k", eval_data=IMAGENET_EVAL, keep_dense=keep_dense,
         description=f"timm's {name} ImageNet-1k checkpoint ({crop_note}).",
     ))
 
 
-_upstream("resnet50.a1_in1k", "resnet", 224, RESNET_KEEP_DENSE, "ResNet strikes back A1 recipe")
-_upstream("mobilenetv2_100.ra_in1k", "mobilenet", 224, MOBILE_KEEP_DENSE, "RandAugment recipe")
-_upstream("efficientnet_b0.ra_in1k", "efficientnet", 224, MOBILE_KEEP_DENSE, "RandAugment recipe")
-_upstream("test_resnet.r160_in1k", "resnet", 160, RESNET_KEEP_DENSE, "timm's tiny test model",
-          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-_upstream("test_efficientnet.r160_in1k", "efficientnet", 160, MOBILE_KEEP_DENSE, "timm's tiny test model")
+_upstream("resnet50.a1_in1k", "resnet", 224, RESNET_KEEP_DENSE, "ResNet strikes back A1 recipe", crop_pct=0.95)
+_upstream("mobilenetv2_100.ra_in1k", "mobilenet", 224, MOBILE_KEEP_DENSE, "RandAugment recipe", crop_pct=0.875)
+_upstream("efficientnet_b0.ra_in1k", "efficientnet", 224, MOBILE_KEEP_DENSE, "RandAugment recipe", crop_pct=0.875)
+_upstream("test_resnet.r160_in1k", "resnet", 160, RESNET_KEEP_DENSE, "timm's tiny test model", crop_pct=0.95,
+          interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_upstream("test_efficientnet.r160_in1k", "efficientnet", 160, MOBILE_KEEP_DENSE, "timm's tiny test model",
+          crop_pct=0.95)
 
 
 def _digits(arch: str, family: str, epochs: int, keep_dense: tuple[str, ...], lr: float, what: str) -> ModelEntry:
