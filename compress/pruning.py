@@ -145,7 +145,7 @@ def apply_gradual_magnitude_pruning(
     lr: float,
     initial_sparsity: float = 0.0,
     begin_fraction: float = 0.0,
-    end_fraction: float = 0.7,
+    end_fraction: float = 0.5,
     frequency: int = 10,
     exponent: float = 3.0,
     scope: str = "layer",
@@ -205,7 +205,7 @@ class GradualMagnitudePruningConfig(CompressionConfig):
     lr: float = 0.02
     initial_sparsity: float = 0.0
     begin_fraction: float = 0.0
-    end_fraction: float = 0.7
+    end_fraction: float = 0.5
     frequency: int = 10
     exponent: float = 3.0
     scope: str = "layer"

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.benchmark import Timer
 
 from zoo.errors import InvalidArgumentError
 
@@ -27,6 +26,8 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor | tuple[torch.
     """Time `model(*example_input)` as given (choosing batch 1 is the caller's job), in eval mode under
     `torch.inference_mode`, after a few warm-up calls; the model's training flag is restored afterwards.
     `num_threads` defaults to torch's current intra-op thread count (Timer's own default would be 1)."""
+    from torch.utils.benchmark import Timer  # imported here: it pulls in torch's C++ extension helpers
+
     if not min_run_time > 0:
         raise InvalidArgumentError(f"min_run_time must be > 0 seconds, got {min_run_time!r}")
     threads = torch.get_num_threads() if num_threads is None else num_threads

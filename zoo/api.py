@@ -122,7 +122,7 @@ def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bo
         return _from_plain_safetensors(entry, folder, source="upstream")
     folder = store.cache_dir(entry.name, "trained-" + _digest(json.dumps(entry.to_dict(), sort_keys=True, default=str)))
     if _is_zoo_checkpoint(folder):
-        return _from_cache(spec, folder, progress=progress)
+        return load_cached(spec, folder, progress=progress)
     model = train_base_model(entry, progress=progress)
     return _save_and_measure(model, spec, folder, recipe=None, source="trained", progress=progress)
 
@@ -135,7 +135,7 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
     recipe = spec.recipe()
     folder = store.cache_dir(spec.name, _digest(recipe.to_json() + base_fingerprint))
     if _is_zoo_checkpoint(folder):
-        return _from_cache(spec, folder, progress=progress)
+        return load_cached(spec, folder, progress=progress)
     done = len(parent_spec.recipe().steps) if not parent_spec.is_base else 0
     torch.manual_seed(spec.base.train.seed if spec.base.train else 0)
     model = Recipe(recipe.steps[done:]).apply(parent.train(False), _recipe_context(spec.base, progress))
@@ -211,7 +211,7 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Modu
     return model
 
 
-def _from_cache(spec: VariantSpec, folder: Path, *, progress: bool) -> nn.Module:
+def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False) -> nn.Module:
     """A cached variant; one whose measurement was interrupted (no report yet) is measured now."""
     model = _from_checkpoint(spec.base, folder, source="cache")
     if model.zoo.report is None:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from zoo.api import load, resolve
-from zoo.errors import ZooError
+from zoo.api import load, load_cached, resolve
+from zoo.errors import InvalidArgumentError, ZooError
 from zoo.models import list_entries
 from zoo.store import Store
 from zoo.variants import VariantSpec
@@ -69,9 +69,16 @@ def family_models(base: str, store: Store) -> list[nn.Module]:
     """The base model and every variant of it that the hub or cache holds, loaded (no derivation for
     the variants: they are found, not made)."""
     base_spec = resolve(base)
+    if not base_spec.is_base:  # else its family would lack the base's report, and list the variant twice
+        raise InvalidArgumentError(f"{base!r} names a variant; its family is that of {base_spec.base.name}")
     models = [load(base_spec, store=store, progress=False)]
-    for name in _variant_names(store):
+    for name, where in _variant_names(store).items():
         spec = _spec_or_none(name)
-        if spec is not None and not spec.is_base and spec.base.name == base_spec.base.name:
+        if spec is None or spec.is_base or spec.base.name != base_spec.base.name:
+            continue
+        if where == "hub":
             models.append(load(spec, store=store, progress=False))
+        else:  # the newest cached copy, whatever base weights or recipe made it: found, not made
+            newest = max(store.cached_entries(name), key=lambda folder: folder.stat().st_mtime)
+            models.append(load_cached(spec, newest))
     return models

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from zoo.errors import ZooError
+from zoo.errors import InvalidArgumentError, ZooError
 
 # torch logs a CUDA_HOME warning when some dependency imports its C++ extension helper: noise on a CLI.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -23,8 +23,8 @@ def _one_line_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ZooError as err:
-            raise click.ClickException(f"{type(err).__name__}: {err}") from None
+        except ZooError as err:  # some messages quote multi-line text (a YAML parser's): one line here
+            raise click.ClickException(f"{type(err).__name__}: {' '.join(str(err).split())}") from None
     return wrapper
 
 
@@ -190,11 +190,14 @@ def push(name, target, repo_id, endpoint, token, hub_root, cache_root):
 
     store = _store(hub_root, cache_root)
     spec = _spec(name)
+    missing = InvalidArgumentError(f"{spec.name} is neither cached nor published here; run `zoo compress` first")
+    if not (store.hub.has(spec.repo_id) or store.cached_entries(spec.name)):  # before loading its family
+        raise missing
     models = family_models(spec.base.name, store)
-    family = family_cards(spec.base, [m.zoo.report for m in models])
     model = next((m for m in models if m.zoo.name == spec.name), None)
     if model is None:
-        raise click.ClickException(f"{spec.name} is neither cached nor published here; run `zoo compress` first")
+        raise missing
+    family = family_cards(spec.base, [m.zoo.report for m in models])
     revision = push_variant(model, family.cards[spec.name], family, repo_id=repo_id or spec.repo_id,
                             hub=store.hub if target == "local" else None, endpoint=endpoint, token=token)
     click.echo(f"pushed {spec.name} to {repo_id or spec.repo_id} ({target}) at {revision}")
@@ -243,20 +246,25 @@ def export(name, out_file, sparsity, quant, method, recipe_file, hub_root, cache
 @click.argument("base", default="resnet18.zoo_digits")
 @click.option("--sparsity", "sparsities", type=float, multiple=True, help="Repeatable [default: 0.5 0.8 0.9 0.95].")
 @click.option("--oneshot", "oneshot", type=float, multiple=True, help="One-shot sparsities [default: 0.9].")
+@click.option("--no-oneshot", is_flag=True, help="Skip the one-shot variants.")
+@click.option("--int8-sparsity", "int8_sparsities", type=float, multiple=True,
+              help="Sparsities also quantized to int8 [default: 0.9].")
 @click.option("--no-int8", is_flag=True, help="Skip the int8 variants.")
 @click.option("--cards", "cards_dir", type=click.Path(file_okay=False), default=None,
               help="Also write the cards here (the repo keeps the zoo-native ones under model_cards/).")
 @click.option("--no-publish", is_flag=True, help="Do not push to the local hub.")
 @_apply(store_options)
 @_one_line_errors
-def sweep(base, sparsities, oneshot, no_int8, cards_dir, no_publish, hub_root, cache_root):
+def sweep(base, sparsities, oneshot, no_oneshot, int8_sparsities, no_int8, cards_dir, no_publish, hub_root,
+          cache_root):
     """The main job: derive the 50/80/90/95% sparse and int8 variants of BASE, measure them, write their
     cards with the accuracy-vs-FLOPs plot and publish them to the local hub."""
     from zoo.publish import report_table
     from zoo.sweep import DEFAULT_SPARSITIES, SweepPlan, run_sweep
 
     plan = SweepPlan(base=base, sparsities=tuple(sparsities) or DEFAULT_SPARSITIES,
-                     oneshot=tuple(oneshot) or (0.9,), int8=not no_int8)
+                     oneshot=() if no_oneshot else tuple(oneshot) or (0.9,), int8=not no_int8,
+                     int8_sparsities=tuple(int8_sparsities) or (0.9,))
     store = _store(hub_root, cache_root)
     result = run_sweep(plan, store=store, cards_dir=Path(cards_dir) if cards_dir else None, publish=not no_publish)
     click.echo(report_table(result.family.reports, result.family.front))

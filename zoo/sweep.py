@@ -10,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo.api import load, resolve
+from zoo.errors import InvalidArgumentError
 from zoo.publish import FamilyCards, family_cards, push_variant, write_family_cards
 from zoo.store import Store
 from zoo.variants import VariantSpec
@@ -37,6 +38,10 @@ class SweepPlan:
         if self.int8:
             specs.append(resolve(self.base, quant="int8"))
             specs += [resolve(self.base, sparsity=s, quant="int8", method="gmp") for s in self.int8_sparsities]
+        names = [spec.name for spec in specs]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # refused now, not after deriving every variant (the family table refuses them too)
+            raise InvalidArgumentError(f"the sweep would build {', '.join(repeated)} more than once")
         self.specs.extend(specs)
 
 

@@ -23,7 +23,6 @@ _SUFFIX_RE = re.compile(
     r"(?:_(?P<method>gmp|os)(?P<pct>\d+(?:p\d+)?))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
 )
 GMP_FINETUNE_EPOCH_FRACTION = 0.5
-GMP_LR_FACTOR = 0.4
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -101,13 +100,13 @@ class VariantSpec:
 
 def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method: str) -> Recipe:
     """The zoo's default: gradual magnitude pruning (per layer, cubic schedule, first conv and classifier
-    dense) fine-tuned for half the base's epochs, or one-shot global magnitude pruning; then int8 PTQ."""
+    dense) fine-tuned for half the base's epochs at the base's peak learning rate, or one-shot global magnitude pruning; then int8 PTQ."""
     steps = []
     if sparsity > 0 and method == "gmp":
         assert entry.train is not None  # VariantSpec refuses gmp without training data
         steps.append(GradualMagnitudePruningConfig(
             final_sparsity=sparsity, epochs=max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION)),
-            lr=round(entry.train.lr * GMP_LR_FACTOR, 6), keep_dense=entry.keep_dense, scope="layer",
+            lr=entry.train.lr, keep_dense=entry.keep_dense, scope="layer",
         ))
     elif sparsity > 0:
         steps.append(MagnitudePruningConfig(sparsity=sparsity, scope="global", keep_dense=entry.keep_dense))
