@@ -69,15 +69,16 @@ def _hub_errors(action: str, repo_id: str, revision: str | None, endpoint: str |
 
 
 def download(repo_id: str, *, revision: str = _MAIN, endpoint: str | None = None, token: str | None = None,
-             cache_dir: Path | str | None = None) -> Path:
+             cache_dir: Path | str | None = None, local_files_only: bool = False) -> Path:
     """Download one revision (branch, tag or commit id) of a model repo; returns its snapshot folder.
 
     Files land in the Hugging Face cache layout under `cache_dir` (default: huggingface_hub's cache).
+    With `local_files_only`, only that cache is read (no network; HubError if the revision is not there).
     """
     validate_repo_id(repo_id)
     with _hub_errors("download", repo_id, revision, endpoint):
         folder = snapshot_download(repo_id, repo_type="model", revision=revision, endpoint=endpoint, token=token,
-                                   cache_dir=cache_dir)
+                                   cache_dir=cache_dir, local_files_only=local_files_only)
     return Path(folder)
 
 

@@ -61,6 +61,11 @@ def test_upstream_checkpoint_loads_bit_for_bit_then_compresses(
     assert set(report.metrics) == {"top1", "top5"} and report.dataset == "imagefolder"
     assert report.flops_sparse < report.flops_dense and report.params_nonzero < report.params_total
 
+    offline = "http://127.0.0.1:9"  # nothing listens there: a cached variant needs no network
+    again = zoo.load(NAME, sparsity=0.5, store=store, endpoint=offline, progress=False)
+    assert again.zoo.source == "cache" and again.zoo.path == sparse.zoo.path
+    assert zoo.load(NAME, store=store, endpoint=offline, progress=False).zoo.source == "upstream"
+
 
 def test_upstream_without_evaluation_data_warns_and_measures_the_rest(
     upstream: dict[str, torch.Tensor], olah_hub: OlahServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

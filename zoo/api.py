@@ -23,11 +23,11 @@ from zoo.compress.quantization import quantized_layer_names, swap_to_quant_modul
 from zoo.compress.recipe import Recipe, RecipeContext
 from zoo.data import Batches
 from zoo.entry import DataSpec, ModelEntry
-from zoo.errors import CheckpointError, InvalidArgumentError, UnknownNameError
+from zoo.errors import CheckpointError, HubError, InvalidArgumentError, UnknownNameError
 from zoo.evaluate import VariantReport
 from zoo.evaluation import measure_variant
 from zoo.hub import download
-from zoo.models import MODELS, build_model, get_entry
+from zoo.models import MODELS, build_empty_model, get_entry
 from zoo.native import train_base_model
 from zoo.store import REPORT_FILE, Store, write_json
 from zoo.tasks import task_of
@@ -109,36 +109,54 @@ def load(
 def _load_published(spec: VariantSpec, store: Store, revision: str) -> nn.Module | None:
     if not store.hub.has(spec.repo_id, revision):
         return None
-    folder = store.hub.snapshot(spec.repo_id, revision)
-    if _is_zoo_checkpoint(folder):
-        return _from_checkpoint(spec.base, folder, source="hub")
-    return _from_plain_safetensors(spec.base, folder, source="hub")
+    return _from_folder(spec.base, store.hub.snapshot(spec.repo_id, revision), source="hub")
 
 
 def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bool) -> nn.Module:
-    entry = spec.base
+    folder, source, model = _base_folder(spec.base, store, endpoint=endpoint, progress=progress)
+    if model is not None:
+        return model
+    return load_cached(spec, folder, progress=progress) if source == "cache" else _from_folder(spec.base, folder, source=source)
+
+
+def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,
+                 progress: bool) -> tuple[Path, str, nn.Module | None]:
+    """Where the base's weights are, without loading them: the local hub, the Hugging Face cache (the
+    network only if it lacks them), or the cache of trained zoo-native bases (trained now if absent,
+    then the trained model is returned too). Returns (folder, source, model or None)."""
+    if store.hub.has(entry.repo_id, entry.revision):
+        return store.hub.snapshot(entry.repo_id, entry.revision), "hub", None
     if entry.source == "upstream":
-        folder = download(entry.repo_id, revision=entry.revision, endpoint=endpoint)
-        return _from_plain_safetensors(entry, folder, source="upstream")
+        try:
+            return download(entry.repo_id, revision=entry.revision, local_files_only=True), "upstream", None
+        except HubError:
+            return download(entry.repo_id, revision=entry.revision, endpoint=endpoint), "upstream", None
     folder = store.cache_dir(entry.name, "trained-" + _digest(json.dumps(entry.to_dict(), sort_keys=True, default=str)))
     if _is_zoo_checkpoint(folder):
-        return load_cached(spec, folder, progress=progress)
+        return folder, "cache", None
     model = train_base_model(entry, progress=progress)
-    return _save_and_measure(model, spec, folder, recipe=None, source="trained", progress=progress)
+    return folder, "trained", _save_and_measure(model, VariantSpec(entry), folder, recipe=None, source="trained",
+                                                progress=progress)
 
 
 def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bool) -> nn.Module:
-    """Derives `spec` from its base, or from its sparse parent when that saves re-running steps."""
-    parent_spec = spec.sparse_parent or VariantSpec(spec.base)
-    parent = load(parent_spec, store=store, endpoint=endpoint, progress=progress)
-    base_fingerprint = _base_fingerprint(parent.zoo.path)
+    """Derives `spec` from its base, or from its sparse parent when that saves re-running steps. The
+    cache key is the recipe and the base weights' identity, found without loading any weights."""
+    base_folder, base_source, base_model = _base_folder(spec.base, store, endpoint=endpoint, progress=progress)
+    base_fingerprint = _base_fingerprint(base_folder)
     recipe = spec.recipe()
     folder = store.cache_dir(spec.name, _digest(recipe.to_json() + base_fingerprint))
     if _is_zoo_checkpoint(folder):
         return load_cached(spec, folder, progress=progress)
-    done = len(parent_spec.recipe().steps) if not parent_spec.is_base else 0
+    start, done = None, 0
+    if spec.sparse_parent is not None:
+        parent = load(spec.sparse_parent, store=store, endpoint=endpoint, progress=progress)
+        if _base_fingerprint(parent.zoo.path) == base_fingerprint:  # a parent made from these base weights
+            start, done = parent, len(spec.sparse_parent.recipe().steps)
+    if start is None:
+        start = base_model or _from_folder(spec.base, base_folder, source=base_source)
     torch.manual_seed(spec.base.train.seed if spec.base.train else 0)
-    model = Recipe(recipe.steps[done:]).apply(parent.train(False), _recipe_context(spec.base, progress))
+    model = Recipe(recipe.steps[done:]).apply(start.train(False), _recipe_context(spec.base, progress))
     return _save_and_measure(model.eval(), spec, folder, recipe=recipe, source="derived", progress=progress,
                              extra={"base_fingerprint": base_fingerprint})
 
@@ -185,8 +203,7 @@ def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, *, reci
 def instantiate(entry: ModelEntry, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """The entry's architecture holding exactly `state_dict`: built on the meta device (no random
     init to throw away), int8 layers restored where the state dict has scales, weights assigned."""
-    with torch.device("meta"):
-        model = build_model(entry)
+    model = build_empty_model(entry)
     swap_to_quant_modules(model, quantized_layer_names(state_dict))
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
@@ -220,6 +237,13 @@ def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False) -> n
         write_json(folder / REPORT_FILE, report.to_dict())
         model.zoo = dataclasses.replace(model.zoo, report=report)
     return model
+
+
+def _from_folder(entry: ModelEntry, folder: Path, *, source: str) -> nn.Module:
+    """A zoo checkpoint folder, or a plain `model.safetensors` (an upstream timm repo)."""
+    if _is_zoo_checkpoint(folder):
+        return _from_checkpoint(entry, folder, source=source)
+    return _from_plain_safetensors(entry, folder, source=source)
 
 
 def _from_plain_safetensors(entry: ModelEntry, folder: Path, *, source: str) -> nn.Module:

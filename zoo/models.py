@@ -1,8 +1,10 @@
 """The model registry: every checkpoint the zoo knows, by `arch.tag`, and the family builders."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
+import torch
 from torch import nn
 
 from zoo.entry import ModelEntry
@@ -35,6 +37,33 @@ def build_model(entry: ModelEntry) -> nn.Module:
     """The entry's architecture, randomly initialized, in eval mode."""
     _ensure_families()
     return FAMILIES.get(entry.family)(entry).eval()
+
+
+def build_empty_model(entry: ModelEntry) -> nn.Module:
+    """The entry's architecture on the meta device, without running its weight initializers: a shell
+    for weights that are about to be assigned (what `zoo.load` does), in eval mode."""
+    with torch.device("meta"), _skip_torch_init():
+        return build_model(entry)
+
+
+_INITIALIZERS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
+    "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
+)
+
+
+@contextlib.contextmanager
+def _skip_torch_init() -> Iterator[None]:
+    """torch.nn.init's initializers as no-ops (as transformers' `no_init_weights` does): on the meta
+    device they only cost time, about half of building a ResNet-50 shell."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INITIALIZERS}
+    try:
+        for name in saved:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
 
 
 def _ensure_families() -> None:
