@@ -151,6 +151,7 @@ def apply_gradual_magnitude_pruning(
     scope: str = "layer",
     keep_dense: tuple[str, ...] = (),
     weight_decay: float = 5e-4,
+    optimizer: str = "sgd",
 ) -> Masks:
     """Fine-tunes `model` for `epochs` while pruning it every `frequency` steps along the cubic schedule,
     from `initial_sparsity` at `begin_fraction` of training to `final_sparsity` at `end_fraction`;
@@ -171,7 +172,7 @@ def apply_gradual_magnitude_pruning(
         apply_masks(weights, masks)
 
     train(model, context.train_batches, context.loss_fn, epochs=epochs, lr=lr, weight_decay=weight_decay,
-          after_step=prune_on_schedule, progress=context.progress, desc=f"GMP to {final_sparsity:.0%}")
+          optimizer=optimizer, after_step=prune_on_schedule, progress=context.progress, desc=f"GMP to {final_sparsity:.0%}")
     masks = magnitude_masks(weights, final_sparsity, scope)
     apply_masks(weights, masks)
     return masks
@@ -211,8 +212,10 @@ class GradualMagnitudePruningConfig(CompressionConfig):
     scope: str = "layer"
     keep_dense: tuple[str, ...] = ()
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
         check_fraction("final_sparsity", self.final_sparsity)
         check_fraction("initial_sparsity", self.initial_sparsity)
         if self.initial_sparsity > self.final_sparsity:

@@ -158,7 +158,7 @@ def quantized_layer_names(state_dict_keys: Iterable[str]) -> list[str]:
 @torch.no_grad()
 def apply_int8_ptq(
     model: nn.Module,
-    calibration_batches: Iterable[torch.Tensor],
+    calibration_batches: Iterable[torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]],
     *,
     keep_fp: tuple[str, ...] = (),
     observer: str = "minmax",
@@ -180,7 +180,12 @@ def apply_int8_ptq(
     model.eval()
     seen = 0
     for inputs in tqdm(calibration_batches, desc="calibrate int8", disable=not progress, leave=False):
-        model(inputs)
+        if isinstance(inputs, dict):
+            model(**inputs)
+        elif isinstance(inputs, tuple):
+            model(*inputs)
+        else:
+            model(inputs)
         seen += 1
     if seen == 0:
         raise RecipeError("int8 PTQ needs at least one calibration batch")

@@ -6,58 +6,31 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from zoo.errors import InvalidArgumentError, UnknownNameError
+from zoo.errors import InvalidArgumentError
 from zoo.evaluate.report import VariantReport
-from zoo.registry import Registry
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """How a metric key of `VariantReport.metrics` is published: Hub metric id and a readable label."""
-
-    key: str
-    hub_type: str
-    label: str
-
-    def name(self, average: str) -> str:
-        """The model-index `name`, e.g. "top-1 accuracy (average=micro)"; states how it was averaged."""
-        return f"{self.label} (average={average})"
-
-
-CARD_METRICS: Registry[MetricSpec] = Registry("card metric")
-for _spec in (MetricSpec("top1", "accuracy", "top-1 accuracy"), MetricSpec("top5", "accuracy", "top-5 accuracy")):
-    CARD_METRICS.register(_spec.key, _spec)
-
-TOP_K = re.compile(r"^top(?P<k>[1-9][0-9]*)$")
+from zoo.tasks import MetricSpec, average_meaning
+from zoo.tasks import metric_spec as _task_metric_spec
 
 
 def metric_spec(key: str) -> MetricSpec:
-    """The registered spec of a metric key; any other `top{k}` key (as `zoo.evaluate.metrics` names
-    top-k accuracies) is a top-k accuracy; anything else raises `UnknownNameError`."""
-    if key not in CARD_METRICS and (match := TOP_K.match(key)):
-        return MetricSpec(key, "accuracy", f"top-{match['k']} accuracy")
-    return CARD_METRICS.get(key)
+    """The spec of a metric key, as its task registered it (zoo.tasks); unknown keys raise
+    `UnknownNameError`."""
+    return _task_metric_spec(key)
 
 
-# What each torchmetrics average means, for the card's readers (zoo.evaluate.metrics.AVERAGES).
-AVERAGE_MEANINGS = {
-    "micro": "over all examples",
-    "macro": "unweighted mean over classes",
-    "weighted": "mean over classes weighted by their number of examples",
-}
+def result_name(spec: MetricSpec, average: str) -> str:
+    """The model-index `name`, e.g. "top-1 accuracy (average=micro)"; states how it was averaged."""
+    return f"{spec.name} (average={average})"
 
 
 def _average_meaning(average: str) -> str:
-    if average not in AVERAGE_MEANINGS:
-        raise UnknownNameError("metric average", average, AVERAGE_MEANINGS)
-    return AVERAGE_MEANINGS[average]
+    return average_meaning(average)
 
 
 def is_base(report: VariantReport) -> bool:
@@ -94,22 +67,22 @@ def card_tags(report: VariantReport) -> list[str]:
 
 
 def eval_results(report: VariantReport) -> list[EvalResult]:
-    """One `EvalResult` per metric, its value the measured fraction as is (never rounded) so that the
-    YAML written holds the exact float (PyYAML writes `repr`, which round-trips)."""
+    """One `EvalResult` per metric, its value as measured (never rounded) so that the YAML written
+    holds the exact float (PyYAML writes `repr`, which round-trips)."""
     if not report.metrics:
         raise InvalidArgumentError(f"report {report.name!r} has no metrics to put in a model card")
     results = []
     for key, value in report.metrics.items():
         spec = metric_spec(key)
-        number = _fraction(report.name, key, value)
+        number = _metric_value(report.name, spec, value)
         results.append(
             EvalResult(
                 task_type=report.task,
                 dataset_type=report.dataset,
                 dataset_name=report.dataset,
                 dataset_split=report.split,
-                metric_type=spec.hub_type,
-                metric_name=spec.name(report.metric_average),
+                metric_type=spec.type,
+                metric_name=result_name(spec, report.metric_average),
                 metric_value=number,
                 metric_args={"average": report.metric_average},
             )
@@ -117,12 +90,15 @@ def eval_results(report: VariantReport) -> list[EvalResult]:
     return results
 
 
-def _fraction(name: str, key: str, value: Any) -> float:
+def _metric_value(name: str, spec: MetricSpec, value: Any) -> float:
+    """The value as a plain finite float; a "fraction" metric must lie in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgumentError(f"report {name!r}: metric {key!r} is not a number: {value!r}")
+        raise InvalidArgumentError(f"report {name!r}: metric {spec.key!r} is not a number: {value!r}")
     number = float(value)  # numpy scalars become plain floats, exactly, so YAML can hold them
-    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
-        raise InvalidArgumentError(f"report {name!r}: metric {key!r} = {value!r} is not a fraction in [0, 1]")
+    if spec.unit == "fraction" and not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        raise InvalidArgumentError(f"report {name!r}: metric {spec.key!r} = {value!r} is not a fraction in [0, 1]")
+    if not math.isfinite(number):
+        raise InvalidArgumentError(f"report {name!r}: metric {spec.key!r} = {value!r} is not finite")
     return number
 
 
@@ -137,7 +113,7 @@ def card_data(report: VariantReport, *, license: str, library_name: str) -> Mode
         license=license,
         pipeline_tag=report.task,
         tags=card_tags(report),
-        metrics=sorted({metric_spec(key).hub_type for key in report.metrics}),
+        metrics=sorted({metric_spec(key).type for key in report.metrics}),
     )
 
 
@@ -197,8 +173,8 @@ def _metric_keys(family: Sequence[VariantReport]) -> list[str]:
 
 def _metric_rows(report: VariantReport) -> list[tuple[str, str]]:
     rows = [
-        (metric_spec(key).name(report.metric_average), _percent(_fraction(report.name, key, value)))
-        for key, value in report.metrics.items()
+        (result_name(spec, report.metric_average), spec.format(_metric_value(report.name, spec, value)))
+        for spec, value in ((metric_spec(key), value) for key, value in report.metrics.items())
     ]
     nonzero = report.params_nonzero / report.params_total if report.params_total else 0.0
     return rows + [
@@ -215,13 +191,13 @@ def _family_table(family: Sequence[VariantReport], current: str | None) -> dict[
     """Header and pre-formatted rows of the family table; the current variant's name is in bold."""
     keys = _metric_keys(family)
     base = next((r for r in family if is_base(r)), None)
-    header = ["variant", "kind", *(metric_spec(k).label for k in keys), "non-zero FLOPs",
+    header = ["variant", "kind", *(metric_spec(k).name for k in keys), "non-zero FLOPs",
               "vs dense base", "non-zero params", "size", "latency (ms)"]
     rows = []
     for report in family:
         name = f"`{report.name}`"
         cells = [f"**{name}**" if report.name == current else name, variant_kind(report)]
-        cells += [_percent(report.metrics[k]) if k in report.metrics else "n/a" for k in keys]
+        cells += [metric_spec(k).format(report.metrics[k]) if k in report.metrics else "n/a" for k in keys]
         ratio = report.flops_sparse / base.flops_dense if base and base.flops_dense else None
         cells += [_mflops(report.flops_sparse), f"{ratio:.2f}x" if ratio is not None else "n/a",
                   f"{report.params_nonzero:,}", _bytes(report.bytes_on_disk), f"{report.latency_ms:.2f}"]
@@ -249,7 +225,7 @@ def check_family(family: Sequence[VariantReport]) -> None:
 # Templates
 
 _METRICS_SECTION = """\
-Measured on split `{{ split }}` of `{{ dataset }}`; accuracies are averaged `{{ average }}` \
+Measured on split `{{ split }}` of `{{ dataset }}`; metrics are averaged `{{ average }}` \
 ({{ average_meaning }}). FLOPs are 2 x multiply-accumulates for one example; the non-zero count skips the \
 multiplications by weights that are exactly zero, as sparse kernels would.
 
@@ -321,7 +297,7 @@ BASE_TEMPLATE = f"""\
 `{{{{ name }}}}` is the dense base model of a family of compressed variants (pruned and/or \
 quantized). Task: {{{{ task }}}}.
 
-## Accuracy vs FLOPs of the family
+## The family: {{ primary_name }} vs FLOPs
 
 {_FAMILY_SECTION}
 ## Dataset
@@ -358,8 +334,9 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
         metric_rows=_metric_rows(report),
         family=_family_table(_family_order(family), report.name),
         family_base=family_base,
+        primary_name=metric_spec(next(iter(report.metrics))).name,
         plot_filename=plot_filename,
-        plot_alt=f"accuracy vs non-zero FLOPs of the {family_base} family",
+        plot_alt=f"{metric_spec(next(iter(report.metrics))).name} vs non-zero FLOPs of the {family_base} family",
     )
 
 

@@ -55,7 +55,7 @@ def _label_offsets(xs: Sequence[float], ys: Sequence[float], log_x: bool) -> lis
 
 def plot_accuracy_vs_flops(reports: Sequence[VariantReport], path: str | Path, *, metric: str = "top1",
                            pareto: list[int] | None = None, title: str | None = None) -> Path:
-    """Plot `metric` (in %) against non-zero FLOPs per example for `reports` and save a PNG at `path`.
+    """Plot `metric` (in % for fractions) against non-zero FLOPs per example and save a PNG at `path`.
     `pareto` gives the front's indices into `reports`; without it `zoo.evaluate.pareto` computes it."""
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -68,8 +68,10 @@ def plot_accuracy_vs_flops(reports: Sequence[VariantReport], path: str | Path, *
         raise InvalidArgumentError(f"metric {metric!r} missing from reports: {', '.join(missing)}")
 
     xs = [r.flops_sparse / 1e6 for r in reports]
-    ys = [100.0 * float(r.metrics[metric]) for r in reports]
-    front = _front(list(zip(xs, ys)), pareto)
+    scale = 100.0 if spec.unit == "fraction" else 1.0
+    ys = [scale * float(r.metrics[metric]) for r in reports]
+    sign = 1.0 if spec.higher_is_better else -1.0  # the front maximizes quality: negate a lower-is-better metric
+    front = _front([(x, sign * y) for x, y in zip(xs, ys)], pareto)
     log_x = min(xs) > 0 and max(xs) / min(xs) >= LOG_SPAN
 
     fig = Figure(figsize=(7.5, 4.8))
@@ -95,13 +97,15 @@ def plot_accuracy_vs_flops(reports: Sequence[VariantReport], path: str | Path, *
 
     ax.set_xlabel("non-zero MFLOPs per example" + (" (log scale)" if log_x else ""))
     average = reports[0].metric_average
-    ax.set_ylabel(f"{spec.label} (%, average={average})")
+    unit = "%" if spec.unit == "fraction" else spec.unit
+    direction = "" if spec.higher_is_better else ", lower is better"
+    ax.set_ylabel(f"{spec.name} ({unit + ', ' if unit else ''}average={average}{direction})")
     first = reports[0]
-    ax.set_title(title or f"{first.base_model}: {spec.label} vs FLOPs on {first.dataset} ({first.split})",
+    ax.set_title(title or f"{first.base_model}: {spec.name} vs FLOPs on {first.dataset} ({first.split})",
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.margins(x=0.12, y=0.12)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right" if spec.higher_is_better else "upper right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, format="png")

@@ -62,8 +62,9 @@ def entry() -> ModelEntry:
 
 @pytest.fixture(scope="module")
 def calibration(entry: ModelEntry) -> list[torch.Tensor]:
-    batches = task_of(entry).batches(entry, entry.train.data, batch_size=32, shuffle=True, seed=0)
-    return list(batches.inputs(3))
+    task = task_of(entry)
+    batches = task.batches(entry, entry.train.data, batch_size=32, shuffle=True, seed=0)
+    return [task.model_inputs(batch) for batch, _ in zip(batches.epoch(0), range(3))]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from zoo.compress.checkpoint import load_checkpoint
 from zoo.compress.recipe import Recipe
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate import VariantReport
-from zoo.model_cards import metric_spec
+from zoo.model_cards import metric_spec, result_name
 from zoo.store import Store
 from zoo.sweep import SweepPlan, SweepResult, run_sweep
 
@@ -103,7 +103,7 @@ def test_cards_parse_back_to_the_measured_metrics(swept: Swept) -> None:
         card = ModelCard.load(snapshot / "README.md")
         assert card.data.model_name == name
         got = {result.metric_name: result.metric_value for result in card.data.eval_results}
-        want = {metric_spec(key).name(report.metric_average): value for key, value in report.metrics.items()}
+        want = {result_name(metric_spec(key), report.metric_average): value for key, value in report.metrics.items()}
         assert set(want) == {"top-1 accuracy (average=micro)", "top-5 accuracy (average=micro)"}
         assert got == want, name  # exact floats, not rounded
         assert (card.data.base_model is None) == (name == BASE)

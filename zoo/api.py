@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -30,7 +32,7 @@ from zoo.hub import download
 from zoo.models import MODELS, build_empty_model, get_entry
 from zoo.native import train_base_model
 from zoo.store import REPORT_FILE, Store, write_json
-from zoo.tasks import task_of
+from zoo.tasks import Task, task_of
 from zoo.variants import VariantSpec, parse_variant_name
 
 
@@ -166,11 +168,10 @@ def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
     Data is opened only when a step asks for it (one-shot pruning needs none)."""
     task = task_of(entry)
     if entry.train is None:
-        calibration_split = DataSpec(entry.eval_data.name, "train")
-        return RecipeContext(
-            calibration_batches=lambda: task.batches(entry, calibration_split, batch_size=32, shuffle=False).inputs(),
-            progress=progress,
-        )
+        split = DataSpec(entry.eval_data.name, "train")
+        return RecipeContext(calibration_batches=lambda: _inputs(task, task.batches(entry, split, batch_size=32,
+                                                                                    shuffle=False)),
+                             progress=progress)
     spec = entry.train
 
     def batches() -> Batches:
@@ -178,9 +179,13 @@ def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
 
     return RecipeContext(
         train_batches=lambda epoch: batches().epoch(epoch),
-        loss_fn=lambda model, batch: task.loss(model, batch, label_smoothing=spec.label_smoothing),
-        calibration_batches=lambda: batches().inputs(), progress=progress, seed=spec.seed,
+        loss_fn=lambda model, batch: task.loss(model, batch, entry),
+        calibration_batches=lambda: _inputs(task, batches()), progress=progress, seed=spec.seed,
     )
+
+
+def _inputs(task: Task, batches: Batches) -> Iterator[Any]:
+    return (task.model_inputs(batch) for batch in batches.epoch(0))
 
 
 def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, *, recipe: Recipe | None,

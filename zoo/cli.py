@@ -134,9 +134,9 @@ def evaluate(names, as_json, hub_root, cache_root):
     """Measure variants (top-1/top-5, FLOPs, non-zero params, bytes, latency) and mark the Pareto front.
 
     NAMES are base or variant names, e.g. resnet18.zoo_digits resnet18.zoo_digits_gmp90."""
-    from zoo.evaluate import pareto_front
+    import zoo.tasks
     from zoo.evaluation import measure_variant
-    from zoo.publish import report_json, report_table
+    from zoo.publish import quality_front, report_json, report_table
 
     reports = []
     for name in names:
@@ -147,9 +147,10 @@ def evaluate(names, as_json, hub_root, cache_root):
     if as_json:
         click.echo(report_json(reports))
         return
-    measured = [r for r in reports if "top1" in r.metrics]
-    front_names = {measured[i].name for i in pareto_front([(r.flops_sparse, r.metrics["top1"]) for r in measured])} if measured else set()
-    click.echo(report_table(reports, [i for i, r in enumerate(reports) if r.name in front_names]))
+    spec = zoo.tasks.task_named(reports[0].task).primary
+    measured = [i for i, r in enumerate(reports) if spec.key in r.metrics]
+    front = [measured[i] for i in quality_front([reports[i] for i in measured], spec)] if measured else []
+    click.echo(report_table(reports, front))
 
 
 def _entry(name: str):

@@ -17,11 +17,11 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from zoo.entry import DataSpec, InputSpec
+from zoo.entry import DataSpec, ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.registry import Registry
 
-DatasetFactory = Callable[[str, InputSpec], Dataset]
+DatasetFactory = Callable[[str, "ModelEntry"], Dataset]
 DATASETS: Registry[DatasetFactory] = Registry("dataset")
 
 DIGITS_TEST_FRACTION = 0.2
@@ -50,8 +50,9 @@ def _digits_tensors(split: str, size: tuple[int, int], mean: tuple[float, ...], 
 
 
 @DATASETS.decorator("digits")
-def digits(split: str, spec: InputSpec) -> Dataset:
+def digits(split: str, entry: ModelEntry) -> Dataset:
     """scikit-learn digits, stratified 80/20 split (seed 0), upsampled to the model's input size."""
+    spec = entry.input
     if spec.channels != 1:
         raise InvalidArgumentError(f"digits is grey (1 channel); the model wants {spec.channels}")
     return TensorDataset(*_digits_tensors(split, tuple(spec.size), tuple(spec.mean), tuple(spec.std)))
@@ -68,8 +69,9 @@ def imagefolder_root(split: str) -> Path:
 
 
 @DATASETS.decorator("imagefolder")
-def imagefolder(split: str, spec: InputSpec) -> Dataset:
+def imagefolder(split: str, entry: ModelEntry) -> Dataset:
     """Class-per-folder images (ImageNet validation layout), resized and center-cropped as timm does."""
+    spec = entry.input
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
 
@@ -80,8 +82,9 @@ def imagefolder(split: str, spec: InputSpec) -> Dataset:
     return ImageFolder(str(imagefolder_root(split)), transform=transform)
 
 
-def dataset(spec: DataSpec, input_spec: InputSpec) -> Dataset:
-    return DATASETS.get(spec.name)(spec.split, input_spec)
+def dataset(spec: DataSpec, entry: ModelEntry) -> Dataset:
+    """The `spec.split` split of the registered data set `spec.name`, prepared for `entry`'s model."""
+    return DATASETS.get(spec.name)(spec.split, entry)
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,3 @@ class Batches:
 
     def __len__(self) -> int:
         return len(self.epoch(0))
-
-    def inputs(self, limit: int | None = None) -> Iterable[torch.Tensor]:
-        """Only the model inputs (for calibration), at most `limit` batches."""
-        for i, (x, _) in enumerate(self.epoch(0)):
-            if limit is not None and i >= limit:
-                return
-            yield x

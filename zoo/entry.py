@@ -11,6 +11,7 @@ from zoo.errors import InvalidArgumentError
 NAME_RE = re.compile(r"(?P<arch>[a-z0-9_]+)\.(?P<tag>[a-z0-9_]+)")
 
 Source = Literal["upstream", "zoo"]
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -56,21 +57,28 @@ class TrainSpec:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     seed: int = 0
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidArgumentError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered checkpoint, `arch.tag` as in timm; `tag` says whose weights and how made."""
+    """One registered checkpoint, `arch.tag` as in timm; `tag` says whose weights and how made.
+    `input` is the family's own frozen dataclass describing what the model eats (InputSpec for images);
+    `num_classes` and `label_set` apply to classifiers only."""
 
     name: str
     family: str
     task: str
     repo_id: str
     source: Source
-    input: InputSpec
-    num_classes: int
-    label_set: str
+    input: Any
     eval_data: DataSpec
+    num_classes: int = 0
+    label_set: str = ""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     revision: str = "main"
     train: TrainSpec | None = None

@@ -23,8 +23,9 @@ def train_base_model(entry: ModelEntry, *, progress: bool = True, epochs: int | 
     task = task_of(entry)
     batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
     train(
-        model, batches.epoch, lambda m, b: task.loss(m, b, label_smoothing=spec.label_smoothing),
-        epochs=spec.epochs if epochs is None else epochs, lr=spec.lr, weight_decay=spec.weight_decay, progress=progress,
+        model, batches.epoch, lambda m, b: task.loss(m, b, entry),
+        epochs=spec.epochs if epochs is None else epochs, lr=spec.lr, weight_decay=spec.weight_decay,
+        optimizer=spec.optimizer, progress=progress,
         desc=f"train {entry.name}",
     )
     return model.eval()

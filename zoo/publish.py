@@ -17,6 +17,7 @@ from zoo.compress.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate import VariantReport, pareto_front
+from zoo.tasks import MetricSpec, task_named, task_of
 from zoo.hub import LocalHub, upload
 from zoo.model_cards import base_card, plot_accuracy_vs_flops, validate_card, variant_card, write_card
 from zoo.store import REPORT_FILE
@@ -40,9 +41,18 @@ class FamilyCards:
     front: list[int]
 
 
-def family_cards(entry: ModelEntry, reports: Sequence[VariantReport], *, metric: str = "top1") -> FamilyCards:
-    """Builds and validates a card per report; the report whose name is the entry's is the base card."""
+def quality_front(reports: Sequence[VariantReport], spec: MetricSpec) -> list[int]:
+    """Indices of the reports on the Pareto front of `spec` (in its direction) against non-zero FLOPs."""
+    sign = 1.0 if spec.higher_is_better else -1.0
+    return pareto_front([(r.flops_sparse, sign * r.metrics[spec.key]) for r in reports])
+
+
+def family_cards(entry: ModelEntry, reports: Sequence[VariantReport]) -> FamilyCards:
+    """Builds and validates a card per report; the report whose name is the entry's is the base card.
+    The Pareto front is taken on the task's primary metric."""
     reports = list(reports)
+    spec = task_of(entry).primary
+    metric = spec.key
     missing = [r.name for r in reports if metric not in r.metrics]
     if missing:
         raise InvalidArgumentError(f"no {metric} measured for {', '.join(missing)}: a card needs the task metric")
@@ -56,8 +66,7 @@ def family_cards(entry: ModelEntry, reports: Sequence[VariantReport], *, metric:
             cards[report.name] = variant_card(report, family_reports=reports, plot_filename=PLOT_FILE, **common)
     for report in reports:
         validate_card(cards[report.name], report)
-    front = pareto_front([(r.flops_sparse, r.metrics[metric]) for r in reports])
-    return FamilyCards(reports, cards, front)
+    return FamilyCards(reports, cards, quality_front(reports, spec))
 
 
 def write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
@@ -65,7 +74,7 @@ def write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
     written = []
     plot = Path(tempfile.mkdtemp()) / PLOT_FILE
     try:
-        plot_accuracy_vs_flops(family.reports, plot, pareto=family.front)
+        plot_accuracy_vs_flops(family.reports, plot, metric=_primary_key(family), pareto=family.front)
         for name, card in family.cards.items():
             folder = out_dir / name
             written.append(write_card(card, folder))
@@ -86,7 +95,7 @@ def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards, folder: 
     if model.zoo.recipe is not None:
         (folder / RECIPE_FILE).write_text(model.zoo.recipe.to_json() + "\n")
     write_card(card, folder)
-    plot_accuracy_vs_flops(family.reports, folder / PLOT_FILE, pareto=family.front)
+    plot_accuracy_vs_flops(family.reports, folder / PLOT_FILE, metric=_primary_key(family), pareto=family.front)
     return folder
 
 
@@ -103,12 +112,20 @@ def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards, *, repo
         return upload(folder, repo_id, endpoint=endpoint, token=token, message=message)
 
 
-def report_table(reports: Sequence[VariantReport], front: Sequence[int] = (), metric: str = "top1") -> str:
-    """A plain-text table of reports for the terminal; Pareto-optimal rows are starred."""
+def _primary_key(family: FamilyCards) -> str:
+    return task_named(family.reports[0].task).primary.key
+
+
+def report_table(reports: Sequence[VariantReport], front: Sequence[int] = ()) -> str:
+    """A plain-text table of reports for the terminal (the task's primary metric first); Pareto-optimal
+    rows are starred."""
+    spec = task_named(reports[0].task).primary
+    metric = spec.key
     header = f"{'variant':<40} {metric:>7} {'MFLOPs':>9} {'nz MFLOPs':>10} {'nz params':>10} {'bytes':>10} {'ms':>7}"
     lines = [header, "-" * len(header)]
     for i, r in enumerate(reports):
-        value = f"{100 * r.metrics[metric]:.2f}" if metric in r.metrics else "n/a"
+        value = (f"{100 * r.metrics[metric]:.2f}" if spec.unit == "fraction" else f"{r.metrics[metric]:.4g}") \
+            if metric in r.metrics else "n/a"
         lines.append(
             f"{r.name:<40} {value:>7} {r.flops_dense / 1e6:>9.2f} {r.flops_sparse / 1e6:>10.2f} "
             f"{r.params_nonzero:>10,} {r.bytes_on_disk:>10,} {r.latency_ms:>7.2f}" + (" *" if i in front else "")

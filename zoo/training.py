@@ -1,4 +1,5 @@
-"""The one training loop of the zoo: SGD with Nesterov momentum and a warm-up + cosine schedule.
+"""The one training loop of the zoo: SGD with Nesterov momentum (or AdamW) and a warm-up + cosine
+schedule.
 
 Used to train zoo-native base models and to fine-tune while a recipe prunes. `after_step(step)` runs
 after every optimizer step (this is where pruning masks are re-applied or updated).
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from zoo.errors import InvalidArgumentError
 
 BatchesFn = Callable[[int], Iterable[Any]]
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -40,6 +43,7 @@ def train(
     weight_decay: float = 5e-4,
     momentum: float = 0.9,
     warmup_fraction: float = 0.05,
+    optimizer: str = "sgd",
     after_step: Callable[[int], None] | None = None,
     progress: bool = True,
     desc: str = "train",
@@ -49,14 +53,17 @@ def train(
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim > 1 else no_decay).append(param)
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, momentum=momentum, nesterov=momentum > 0,
-    )
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr)
+    else:
+        raise InvalidArgumentError(f"unknown optimizer {optimizer!r}; supported: sgd, adamw")
     per_epoch = steps_per_epoch(batches)
     total = per_epoch * epochs
     warmup = max(1, int(total * warmup_fraction))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
     model.train()
     history: list[float] = []
     step = 0
@@ -65,9 +72,9 @@ def train(
             running = 0.0
             for batch in batches(epoch):
                 loss = loss_fn(model, batch)
-                optimizer.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                opt.step()
                 scheduler.step()
                 if after_step is not None:
                     after_step(step)

@@ -106,7 +106,7 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
         assert entry.train is not None  # VariantSpec refuses gmp without training data
         steps.append(GradualMagnitudePruningConfig(
             final_sparsity=sparsity, epochs=max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION)),
-            lr=entry.train.lr, keep_dense=entry.keep_dense, scope="layer",
+            lr=entry.train.lr, keep_dense=entry.keep_dense, scope="layer", optimizer=entry.train.optimizer,
         ))
     elif sparsity > 0:
         steps.append(MagnitudePruningConfig(sparsity=sparsity, scope="global", keep_dense=entry.keep_dense))
