@@ -110,10 +110,11 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: st
 
 
 def apply_masks(weights: dict[str, torch.Tensor], masks: Masks) -> None:
-    """Zeroes the pruned entries in place."""
+    """Zeroes the pruned entries in place, as +0.0 (multiplying by the mask would leave -0.0 where a
+    weight was negative, which the checkpoint format does not keep)."""
     with torch.no_grad():
         for name, w in weights.items():
-            w.mul_(masks[name])
+            w.masked_fill_(~masks[name], 0.0)
 
 
 def apply_magnitude_pruning(
