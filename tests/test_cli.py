@@ -328,3 +328,24 @@ def test_a_card_that_does_not_validate_is_never_uploaded(store: Store, fake_api:
     result = run(["push", OS50, "--to", "hf", "--endpoint", "http://hub.test", "--token", "hf_t"], store_env(store))
     one_line_error(result, "CardValidationError")
     assert fake_api.instances == []
+
+
+def test_train_trains_once_then_finds_the_cached_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoo.api
+
+    calls: list[str] = []
+    original = zoo.api.train_base_model
+
+    def one_epoch(entry, **kwargs):
+        calls.append(entry.name)
+        return original(entry, **{**kwargs, "epochs": 1})
+
+    monkeypatch.setattr(zoo.api, "train_base_model", one_epoch)
+    args = ["train", BASE, "--hub", str(tmp_path / "hub"), "--cache", str(tmp_path / "cache")]
+    first = CliRunner().invoke(main, [*args, "--publish"])
+    assert first.exit_code == 0, first.output
+    assert "trained" in first.output and "published" in first.output and calls == [BASE]
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 0 and calls == [BASE], second.output
+    refused = CliRunner().invoke(main, ["train", "test_resnet.r160_in1k", "--cache", str(tmp_path / "cache")])
+    assert refused.exit_code == 1 and "not a zoo-native base" in refused.output

@@ -1,4 +1,4 @@
-"""The `zoo` command line: list, info, compress, evaluate, card, push, pull, export and sweep.
+"""The `zoo` command line: list, info, train, compress, evaluate, card, push, pull, export and sweep.
 
 Every ZooError becomes one line on stderr and exit status 1; anything else is a bug and shows a trace.
 """
@@ -123,6 +123,31 @@ def compress(name, sparsity, quant, method, recipe_file, hub_root, cache_root):
     click.echo(f"{model.zoo.name}: {model.zoo.source} at {model.zoo.path}")
     if model.zoo.report is not None:
         click.echo(report_table([model.zoo.report]))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--publish", is_flag=True, help="Also push the trained base (with its card) to the local hub.")
+@_apply(store_options)
+@_one_line_errors
+def train(name, publish, hub_root, cache_root):
+    """Train the zoo-native base NAME by its registered recipe (seeded, reproducible), cache it, measure it.
+
+    A no-op when it is already cached or published; `zoo.load(NAME)` does the same on first use."""
+    import zoo
+    from zoo.publish import family_cards, push_variant, report_table
+
+    store = _store(hub_root, cache_root)
+    spec = zoo.resolve(name)
+    if not spec.is_base or spec.base.train is None:
+        raise InvalidArgumentError(f"{name!r} is not a zoo-native base model; `zoo train` trains those")
+    model = zoo.load(spec, store=store)
+    click.echo(f"{model.zoo.name}: {model.zoo.source} at {model.zoo.path}")
+    click.echo(report_table([model.zoo.report]))
+    if publish:
+        family = family_cards(spec.base, [model.zoo.report])
+        revision = push_variant(model, family.cards[spec.name], family, repo_id=spec.repo_id, hub=store.hub)
+        click.echo(f"published {spec.name} -> {store.hub.root} @ {revision[:12]}")
 
 
 @main.command()
