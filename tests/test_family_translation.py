@@ -1,0 +1,195 @@
+"""Translation family: the numbers_en_de corpus, the Transformer (transformers' MarianMTModel) and MAT
+(multi-branch attention, drop-branch, proximal init) on tiny configurations: forward, a training
+step, exact equalities of MAT with the Transformer it starts from (forward, greedy and beam search
+through the key/value cache), pruning of the tied embedding once, the compressed checkpoint round
+trip with re-tying, and `zoo.load` with a sparsity (training cut to one epoch, temporary store)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import zoo
+import zoo.api
+import zoo.families.translation as translation
+from zoo.api import instantiate
+from zoo.compress.checkpoint import load_checkpoint, save_checkpoint
+from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
+from zoo.errors import InvalidArgumentError
+from zoo.hub import LocalHub
+from zoo.models import build_model, get_entry
+from zoo.store import Store
+from zoo.tasks import task_of
+from zoo.text_data import CORPORA, EOS_ID, PAD_ID, decode, encode, sentence_pairs
+from zoo.translation_task import model_arguments, translate
+
+TINY = "transformer_tiny.zoo_numbers_tiny"
+MAT_TINY = "mat_tiny.zoo_numbers_tiny"
+TINY_CORPUS = CORPORA["numbers_en_de_tiny"]
+
+
+def batch(entry_name: str, size: int = 8):
+    entry = get_entry(entry_name)
+    batches = task_of(entry).batches(entry, entry.train.data, batch_size=size, shuffle=False)
+    return next(iter(batches))
+
+
+def seeded(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(get_entry(name))
+
+
+# Data ---------------------------------------------------------------------------------------------
+
+def test_corpus_is_deterministic_disjoint_and_round_trips() -> None:
+    train, test = sentence_pairs("train", TINY_CORPUS), sentence_pairs("test", TINY_CORPUS)
+    assert (len(train), len(test)) == (TINY_CORPUS.train_size, TINY_CORPUS.test_size)
+    assert not {en for en, _ in train} & {en for en, _ in test}
+    sentence_pairs.cache_clear()
+    assert sentence_pairs("train", TINY_CORPUS) == train
+    german = [de for _, de in test]
+    ids = encode(german, TINY_CORPUS)
+    assert (ids == EOS_ID).sum(dim=1).tolist() == [1] * len(german)
+    assert decode(ids, TINY_CORPUS) == german
+    with pytest.raises(InvalidArgumentError):
+        sentence_pairs("validation", TINY_CORPUS)
+
+
+# Models -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [TINY, MAT_TINY])
+def test_forward_and_training_step(name: str) -> None:
+    entry, model = get_entry(name), seeded(name)
+    source, mask, decoder_ids, labels = model_arguments(batch(name))
+    logits = model(source, mask, decoder_ids).logits
+    assert logits.shape == (*labels.shape, TINY_CORPUS.vocab_size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    loss = task_of(entry).loss(model, batch(name), entry)
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    loss.backward()
+    optimizer.step()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "model.shared.weight" in changed and any("fc1" in k for k in changed)
+    if name == MAT_TINY:
+        assert any(".branches.1." in k for k in changed)
+
+
+def test_multi_branch_attention_with_one_branch_is_the_transformer() -> None:
+    transformer = seeded(TINY)
+    mat = translation.proximal_init(transformer, branches=1, drop_branch=0.0).eval()
+    inputs = model_arguments(batch(TINY))[:3]
+    assert torch.equal(transformer(*inputs).logits, mat(*inputs).logits)
+
+
+def test_proximal_init_computes_the_transformer_and_drop_branch_varies_in_training() -> None:
+    transformer = seeded(TINY)
+    mat = translation.proximal_init(transformer, branches=3, drop_branch=0.5)
+    assert len(translation.attention_modules(mat)) == 3  # encoder self, decoder self, cross (1 layer)
+    inputs = model_arguments(batch(TINY))[:3]
+    assert torch.allclose(transformer(*inputs).logits, mat.eval()(*inputs).logits, atol=1e-5, rtol=1e-5)  # thirds round
+    attention = next(iter(translation.attention_modules(mat).values()))
+    attention.train()
+    torch.manual_seed(0)
+    draws = torch.stack([attention.branch_weights() for _ in range(400)])
+    assert set((draws * 3 * 0.5).unique().tolist()) == {0.0, 1.0}  # beta_i / N in {0, 1/((1 - rho) N)}
+    assert abs(draws.sum(dim=1).mean().item() - 1.0) < 0.1  # unbiased: the average weight is kept
+    attention.eval()
+    assert torch.equal(attention.branch_weights(), torch.full((3,), 1 / 3))
+
+
+def until_eos(ids: list[int]) -> list[int]:
+    return ids[: ids.index(EOS_ID) + 1] if EOS_ID in ids else ids
+
+
+def test_beam_search_through_the_cache() -> None:
+    """Greedy generate (key/value cache) equals an argmax loop over full forward passes, and beam
+    search of a proximally initialized MAT returns exactly its Transformer's beams."""
+    transformer = seeded(TINY, seed=3)
+    mat = translation.proximal_init(transformer, branches=2, drop_branch=0.3).eval()
+    source = batch(TINY, size=4)[0]
+    greedy = translate(mat, source, num_beams=1, max_new_tokens=6)
+    ids = torch.full((4, 1), PAD_ID)
+    src, mask = model_arguments((source, source))[:2]
+    with torch.no_grad():
+        for _ in range(6):
+            ids = torch.cat([ids, mat(src, mask, ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert [until_eos(row) for row in greedy.tolist()] == [until_eos(row) for row in ids.tolist()]
+    beams = translate(mat, source, num_beams=4, max_new_tokens=6)
+    assert torch.equal(beams, translate(transformer, source, num_beams=4, max_new_tokens=6))
+    assert beams.shape[0] == 4 and (beams[:, 0] == PAD_ID).all()
+
+
+# Compression --------------------------------------------------------------------------------------
+
+def test_tied_embedding_is_pruned_once() -> None:
+    entry, model = get_entry(MAT_TINY), seeded(MAT_TINY)
+    weights = prunable_weights(model, entry.keep_dense)
+    assert "model.shared" in weights and "lm_head" not in weights
+    assert not any("embed_tokens" in n or "embed_positions" in n for n in weights)
+    assert len({id(w) for w in weights.values()}) == len(weights)  # each tensor once
+    apply_magnitude_pruning(model, 0.5, scope="global", keep_dense=entry.keep_dense)
+    total = sum(w.numel() for w in weights.values())
+    assert sum(int((w == 0).sum()) for w in weights.values()) == total // 2
+    assert model.lm_head.weight is model.model.shared.weight
+    assert model.model.encoder.embed_positions.weight.count_nonzero() > 0
+
+
+@pytest.mark.parametrize("name", [TINY, MAT_TINY])
+def test_compressed_round_trip_is_bit_exact_and_reties(name: str, tmp_path) -> None:
+    entry, model = get_entry(name), seeded(name)
+    apply_magnitude_pruning(model, 0.7, scope="layer", keep_dense=entry.keep_dense)
+    config = {"name": name, "base_model": name, "arch": entry.arch, "model_kwargs": entry.model_kwargs,
+              "recipe": None}
+    save_checkpoint(tmp_path / "ckpt", model.state_dict(), config=config)
+    state, _ = load_checkpoint(tmp_path / "ckpt")
+    loaded = instantiate(entry, state)
+    original = model.state_dict()
+    assert list(loaded.state_dict()) == list(original)
+    for key, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, original[key]), key
+    shared = loaded.model.shared.weight
+    assert loaded.lm_head.weight is shared and loaded.model.decoder.embed_tokens.weight is shared
+    inputs = model_arguments(batch(name))[:3]
+    assert torch.equal(model.eval()(*inputs).logits, loaded(*inputs).logits)
+
+
+def test_zoo_load_with_sparsity(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = zoo.api.train_base_model
+    monkeypatch.setattr(zoo.api, "train_base_model", lambda entry, **kw: original(entry, **{**kw, "epochs": 1}))
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+    model = zoo.load(MAT_TINY, sparsity=0.5, store=store, progress=False)
+    entry = get_entry(MAT_TINY)
+    weights = prunable_weights(model, entry.keep_dense)
+    for name, weight in weights.items():
+        assert int((weight == 0).sum()) >= weight.numel() // 2, name
+    assert model.lm_head.weight is model.model.shared.weight
+    report = model.zoo.report
+    assert 0.0 <= report.metrics["bleu"] <= 100.0 and 0.0 <= report.metrics["exact_match"] <= 1.0
+    assert report.flops_sparse < report.flops_dense
+    assert model.zoo.name == f"{MAT_TINY}_gmp50"
+
+
+def test_mat_training_starts_from_the_transformer() -> None:
+    transformer = seeded(TINY)
+    mat = translation.train_proximal_mat(get_entry(MAT_TINY), transformer, epochs=1, progress=False)
+    assert not mat.training and len(translation.attention_modules(mat)) == 3
+    branch = mat.model.encoder.layers[0].self_attn.branches
+    start = transformer.model.encoder.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(branch[0].q_proj.weight, start)  # trained on, with drop-branch
+    assert not torch.equal(branch[0].q_proj.weight, branch[1].q_proj.weight)  # branches diverge
+
+
+def test_bad_configurations_are_refused() -> None:
+    entry = get_entry(TINY)
+    with pytest.raises(InvalidArgumentError, match="unknown"):
+        build_model(dataclasses.replace(entry, model_kwargs={**entry.model_kwargs, "width": 3}))
+    with pytest.raises(InvalidArgumentError, match="mat family"):
+        build_model(dataclasses.replace(entry, model_kwargs={**entry.model_kwargs, "branches": 2}))
+    with pytest.raises(InvalidArgumentError, match="drop_branch"):
+        translation.proximal_init(seeded(TINY), branches=2, drop_branch=1.0)
+    with pytest.raises(InvalidArgumentError, match="not a MAT"):
+        translation.mat_from_transformer(entry, seeded(TINY))
