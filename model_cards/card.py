@@ -297,7 +297,7 @@ BASE_TEMPLATE = f"""\
 `{{{{ name }}}}` is the dense base model of a family of compressed variants (pruned and/or \
 quantized). Task: {{{{ task }}}}.
 
-## The family: {{ primary_name }} vs FLOPs
+## The family: {{{{ primary_name }}}} vs FLOPs
 
 {_FAMILY_SECTION}
 ## Dataset

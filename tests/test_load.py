@@ -280,3 +280,34 @@ def eval_keys(text: str) -> list[str]:
     import json
 
     return list(json.loads(text))
+
+
+def test_a_base_that_starts_from_another_entry_gets_its_trained_weights(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`TrainSpec.init_from`: the named entry is loaded (trained first if need be) and handed to the
+    family's initializer; the cache key includes its weights."""
+    import dataclasses
+
+    from zoo.models import INITIALIZERS, MODELS, build_model
+
+    base = zoo.get_entry(BASE)
+    child = dataclasses.replace(base, name="test_resnet.zoo_digits_child", repo_id="zoo/test_resnet.zoo_digits_child",
+                                train=dataclasses.replace(base.train, init_from=BASE, epochs=1))
+    monkeypatch.setitem(MODELS._items, child.name, child)
+    seen: list[str] = []
+
+    def copy_weights(entry, init):
+        seen.append(init.zoo.name)
+        model = build_model(entry)
+        model.load_state_dict(init.state_dict())
+        return model
+
+    monkeypatch.setitem(INITIALIZERS._items, "resnet", copy_weights)
+    original = zoo.api.train_base_model
+    monkeypatch.setattr(zoo.api, "train_base_model", lambda entry, **kw: original(entry, **{**kw, "epochs": 1}))
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+    model = zoo.load(child.name, store=store, progress=False)
+    assert seen == [BASE] and model.zoo.source == "trained"
+    assert zoo.load(child.name, store=store, progress=False).zoo.source == "cache" and seen == [BASE]
+    with pytest.raises(InvalidArgumentError, match="starts from"):
+        zoo.native.train_base_model(child, progress=False)

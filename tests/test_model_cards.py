@@ -114,13 +114,14 @@ def test_base_card(reports, tmp_path):
     assert body.index("accuracy_vs_flops.png") < body.index("## Results of the base model")
     assert all(f"`{r.name}`" in body for r in reports)
     assert "no compression recipe" not in body and 'zoo.load("resnet18.zoo_digits")' in body
+    assert "## The family: top-1 accuracy vs FLOPs" in body
     # The base may be passed among the variants too: same card.
     assert str(base_card(reports[0], reports, plot_filename="accuracy_vs_flops.png", **CARD_ARGS)) == str(card)
 
 
 def test_card_inputs_are_checked(reports):
-    with pytest.raises(UnknownNameError, match="f1"):
-        _with_metrics(reports, {"f1": 0.9})
+    with pytest.raises(UnknownNameError, match="no_such_metric"):
+        _with_metrics(reports, {"no_such_metric": 0.9})
     top1_only = _with_metrics(reports, {"top1": 0.9})  # metrics are the ones the task registered
     assert _by_name(top1_only) == {"top-1 accuracy (average=micro)": 0.9}
     with pytest.raises(InvalidArgumentError, match="fraction"):
@@ -210,7 +211,7 @@ def test_plot_is_a_png_with_the_front(reports, tmp_path):
     with pytest.raises(InvalidArgumentError, match=r"\.png"):
         plot_accuracy_vs_flops(reports, tmp_path / "plot.svg", pareto=[0])
     with pytest.raises(UnknownNameError):
-        plot_accuracy_vs_flops(reports, tmp_path / "x.png", metric="f1", pareto=[0])
+        plot_accuracy_vs_flops(reports, tmp_path / "x.png", metric="no_such_metric", pareto=[0])
     with pytest.raises(InvalidArgumentError, match="no reports"):
         plot_accuracy_vs_flops([], tmp_path / "x.png", pareto=[])
 

@@ -25,9 +25,12 @@ def test_the_registry_holds_both_kinds_of_entries() -> None:
 
 
 def output_tensors(output: object) -> list[torch.Tensor]:
-    """Every tensor in a model's output: a tensor, a tuple/list, or a dict-like (transformers' outputs)."""
+    """Every tensor in a model's output: a tensor, a tuple/list, a dict-like (transformers' outputs) or
+    a dataclass."""
     if isinstance(output, torch.Tensor):
         return [output]
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        output = [getattr(output, f.name) for f in dataclasses.fields(output)]
     if isinstance(output, dict):
         output = list(output.values())
     if isinstance(output, (tuple, list)):

@@ -133,10 +133,15 @@ def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,
             return download(entry.repo_id, revision=entry.revision, local_files_only=True), "upstream", None
         except HubError:
             return download(entry.repo_id, revision=entry.revision, endpoint=endpoint), "upstream", None
-    folder = store.cache_dir(entry.name, "trained-" + _digest(json.dumps(entry.to_dict(), sort_keys=True, default=str)))
+    init = None
+    identity = json.dumps(entry.to_dict(), sort_keys=True, default=str)
+    if entry.train is not None and entry.train.init_from is not None:  # starts from another entry's weights
+        init = load(entry.train.init_from, store=store, endpoint=endpoint, progress=progress)
+        identity += _base_fingerprint(init.zoo.path)
+    folder = store.cache_dir(entry.name, "trained-" + _digest(identity))
     if _is_zoo_checkpoint(folder):
         return folder, "cache", None
-    model = train_base_model(entry, progress=progress)
+    model = train_base_model(entry, progress=progress, init=init)
     return folder, "trained", _save_and_measure(model, VariantSpec(entry), folder, recipe=None, source="trained",
                                                 progress=progress)
 

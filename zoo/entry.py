@@ -48,7 +48,9 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """How a zoo-native base model is trained, reproducibly (seeded, deterministic data order)."""
+    """How a zoo-native base model is trained, reproducibly (seeded, deterministic data order).
+    `init_from` names another entry whose trained weights start this one (fine-tuning a pre-trained
+    encoder, MAT's proximal initialization); its family registers how in `zoo.models.INITIALIZERS`."""
 
     data: DataSpec
     epochs: int
@@ -58,6 +60,7 @@ class TrainSpec:
     label_smoothing: float = 0.1
     seed: int = 0
     optimizer: str = "sgd"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -12,6 +12,8 @@ from zoo.registry import Registry
 
 MODELS: Registry[ModelEntry] = Registry("model")
 FAMILIES: Registry[Callable[[ModelEntry], nn.Module]] = Registry("model family")
+# family -> fn(entry, trained model of entry.train.init_from) -> the model to train, initialized from it
+INITIALIZERS: Registry[Callable[[ModelEntry, nn.Module], nn.Module]] = Registry("initializer")
 
 
 def register_entry(entry: ModelEntry) -> ModelEntry:

@@ -26,9 +26,9 @@ load_state_dict post-hook) ties them again on load.
 Entries: `transformer.zoo_numbers` (the baseline), `transformer_small.zoo_numbers` (the N = 1 model
 MAT starts from: FFN narrowed so that MAT with two branches has the baseline's size),
 `mat.zoo_numbers`; `transformer_tiny.zoo_numbers_tiny` and `mat_tiny.zoo_numbers_tiny` for tests.
-MAT's recipe is `train_proximal_mat` (proximal init from transformer_small.zoo_numbers, then its
-TrainSpec); benchmarks/bench_translation.py runs it. A plain `zoo.load("mat.zoo_numbers")` trains
-the MAT architecture from random init until the core can start a base from another entry's weights.
+MAT's recipe is proximal initialization from transformer_small.zoo_numbers (`TrainSpec.init_from`,
+through `INITIALIZERS`), then its TrainSpec: `zoo.load("mat.zoo_numbers")` / `zoo train` do both;
+benchmarks/bench_translation.py runs the same with `train_proximal_mat`.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from transformers.models.marian.modeling_marian import MarianAttention, eager_at
 
 from zoo.entry import DataSpec, ModelEntry, TrainSpec
 from zoo.errors import InvalidArgumentError
-from zoo.models import FAMILIES, register_entry
+from zoo.models import FAMILIES, INITIALIZERS, register_entry
 from zoo.tasks import task_of
 from zoo.training import train
 from zoo.text_data import CORPORA, EOS_ID, PAD_ID
@@ -310,13 +310,13 @@ EPOCHS = 12
 
 
 def _entry(arch: str, family: str, corpus: str, kwargs: dict[str, Any], epochs: int, what: str,
-           lr: float = 2e-3, batch_size: int = 64) -> ModelEntry:
+           lr: float = 2e-3, batch_size: int = 64, init_from: str | None = None) -> ModelEntry:
     tag = {"numbers_en_de": "zoo_numbers", "numbers_en_de_tiny": "zoo_numbers_tiny"}[corpus]
     return register_entry(ModelEntry(
         name=f"{arch}.{tag}", family=family, task="translation", repo_id=f"zoo/{arch}.{tag}", source="zoo",
         input=TranslationInput(corpus=corpus), eval_data=DataSpec(corpus, "test"), model_kwargs=kwargs,
         train=TrainSpec(data=DataSpec(corpus, "train"), epochs=epochs, batch_size=batch_size, lr=lr,
-                        weight_decay=0.01, label_smoothing=0.1, seed=0, optimizer="adamw"),
+                        weight_decay=0.01, label_smoothing=0.1, seed=0, optimizer="adamw", init_from=init_from),
         keep_dense=TRANSLATION_KEEP_DENSE,
         description=f"{what}, trained by the zoo on {corpus} (English -> German numbers, dates and "
                     "prices spelled out by num2words; joint BPE).",
@@ -328,7 +328,11 @@ _entry("transformer", "transformer", "numbers_en_de", {**_BASE, **_TRANSFORMER_F
 _entry("transformer_small", "transformer", "numbers_en_de", {**_BASE, **_EQUAL_SIZE_FFN}, EPOCHS // 2,
        "The N = 1 Transformer that MAT's proximal initialization starts from")
 _entry("mat", "mat", "numbers_en_de", {**_BASE, **_EQUAL_SIZE_FFN, "branches": 2, "drop_branch": 0.3}, EPOCHS // 2,
-       "MAT, two attention branches with drop-branch 0.3, of transformer.zoo_numbers' size")
+       "MAT, two attention branches with drop-branch 0.3, of transformer.zoo_numbers' size, proximally "
+       "initialized from transformer_small.zoo_numbers", init_from="transformer_small.zoo_numbers")
 _entry("transformer_tiny", "transformer", "numbers_en_de_tiny", _TINY, 2, "A tiny Transformer for tests")
 _entry("mat_tiny", "mat", "numbers_en_de_tiny", {**_TINY, "branches": 2, "drop_branch": 0.3}, 2,
        "A tiny MAT for tests")
+
+
+INITIALIZERS.register("mat", mat_from_transformer)  # MAT's proximal initialization, via TrainSpec.init_from

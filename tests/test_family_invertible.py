@@ -1,0 +1,229 @@
+"""IRN and ILC: the Haar transform and the coupling network are invertible, the losses train, the
+entropy model is a distribution, the data split is by image, checkpoints round-trip bit for bit, and
+`zoo.load(name, sparsity=0.5)` trains and prunes the tiny entries (training cut short)."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo
+import zoo.api
+import zoo.evaluation
+import zoo.native
+import zoo.variants
+from zoo.compress.checkpoint import load_checkpoint, save_checkpoint
+from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
+from zoo.compress.quantization import apply_int8_ptq
+from zoo.errors import InvalidArgumentError
+from zoo.families.invertible import (
+    ILC, IRN, FactorizedLogistic, InvertibleNet, haar_forward, haar_inverse, quantize_8bit,
+)
+from zoo.hub import LocalHub
+from zoo.image_data import TEST_IMAGES, TRAIN_IMAGES, PatchInput, bundled_image, grid_patches, patches
+from zoo.invertible_tasks import bicubic_down, bicubic_round_trip, ilc_loss, irn_loss
+from zoo.models import build_model, get_entry
+from zoo.store import Store
+from zoo.tasks import task_of
+
+TEST_IRN, TEST_ILC = "test_irn.zoo_skimage", "test_ilc.zoo_skimage"
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-zero weights everywhere (the zero-initialized last convs make a fresh net the identity
+    on each coupling), so that invertibility is tested on a non-trivial map."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+def images(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# Invertibility -----------------------------------------------------------------------------------
+
+def test_haar_is_the_averaging_filter_bank_and_exactly_invertible() -> None:
+    x = images()
+    h = haar_forward(x)
+    assert h.shape == (2, 12, 16, 16)
+    assert torch.allclose(h[:, :3], torch.nn.functional.avg_pool2d(x, 2), atol=1e-6)
+    assert (haar_inverse(h) - x).abs().max() < 1e-6
+    # |det| of the 4x4 band matrix is 1/16: the filter bank times 4 is orthogonal up to a factor 2
+    band = torch.eye(4).view(4, 1, 2, 2)
+    matrix = haar_forward(band).reshape(4, 4)
+    assert torch.isclose(torch.det(matrix).abs(), torch.tensor(1 / 16))
+    with pytest.raises(InvalidArgumentError):
+        haar_forward(torch.zeros(1, 3, 5, 4))
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_the_coupling_network_is_invertible(levels: int) -> None:
+    net = perturbed(InvertibleNet(levels=levels, blocks=2, gc=4))
+    x = images()
+    with torch.no_grad():
+        h = net(x)
+        assert h.shape == (2, 3 * 4 ** levels, 32 // 2 ** levels, 32 // 2 ** levels)
+        plain = x
+        for _ in range(levels):
+            plain = haar_forward(plain)
+        assert (h - plain).abs().max() > 1e-2, "the coupling blocks must change the Haar bands"
+        assert (net.inverse(h) - x).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_irn_rescales_and_inverts_without_quantization(scale: int) -> None:
+    model = perturbed(IRN(scale=scale, blocks=2, gc=4))
+    x = images()
+    with torch.no_grad():
+        lr, z = model.downscale(x)
+        assert lr.shape == (2, 3, 32 // scale, 32 // scale) and z.shape[1] == 3 * scale ** 2 - 3
+        assert (model.upscale(lr, z) - x).abs().max() < 1e-4
+        out = model(x, generator=torch.Generator().manual_seed(0))
+    assert out.hr.shape == x.shape and torch.equal(out.lr, lr)
+    assert model.guide_weight == {2: 4.0, 4: 16.0}[scale]
+
+
+def test_ilc_reconstructs_exactly_from_an_unquantized_latent_and_stored_z() -> None:
+    model = perturbed(ILC(levels=2, blocks=2, gc=4, latent_channels=3))
+    x = images()
+    with torch.no_grad():
+        y, z = model.analysis(x)
+        assert y.shape == (2, 3, 8, 8) and z.shape == (2, 45, 8, 8)
+        assert (model.synthesis(y, z) - x).abs().max() < 1e-4
+        out = model(x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.latent, torch.round(y)) and out.bits.shape == (2,) and (out.bits > 0).all()
+
+
+def test_bad_configurations_are_refused() -> None:
+    for make in (lambda: IRN(scale=3), lambda: InvertibleNet(levels=0, blocks=1, gc=4),
+                 lambda: ILC(levels=1, latent_channels=12), lambda: ILC(rate_lambda=0.0),
+                 lambda: PatchInput(4), lambda: PatchInput(32, train_stride=0)):
+        with pytest.raises(InvalidArgumentError):
+            make()
+
+
+# Quantization and the entropy model -------------------------------------------------------------
+
+def test_lr_quantization_is_8_bit_with_an_identity_gradient() -> None:
+    y = torch.tensor([-0.2, 0.1234, 0.5, 1.3], requires_grad=True)
+    q = quantize_8bit(y)
+    assert torch.allclose(q * 255, torch.round(q * 255)) and q.min() >= 0 and q.max() <= 1
+    q.sum().backward()
+    assert torch.equal(y.grad, torch.ones(4))
+
+
+def test_the_entropy_model_is_a_distribution_over_integers() -> None:
+    model = FactorizedLogistic(2)
+    with torch.no_grad():
+        model.loc.copy_(torch.tensor([0.3, -2.0]))
+        model.log_scale.copy_(torch.tensor([0.0, 1.0]))
+    support = torch.arange(-200, 201, dtype=torch.float32).view(1, 1, -1, 1).expand(1, 2, -1, 1)
+    total = model.likelihood(support).sum(dim=(0, 2, 3))
+    assert torch.allclose(total, torch.ones(2), atol=1e-4)
+    near, far = torch.zeros(1, 2, 1, 1), torch.full((1, 2, 1, 1), 50.0)
+    assert (model.bits(near) < model.bits(far)).all(), "values near the location cost fewer bits"
+    symmetric = FactorizedLogistic(1)  # location 0, scale 1: both tails must cost the same, accurately
+    tails = symmetric.bits(torch.tensor([15.0, -15.0]).view(2, 1, 1, 1))
+    assert torch.allclose(tails[0], tails[1], rtol=1e-4), tails
+
+
+# Training ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, loss_fn", [(TEST_IRN, irn_loss), (TEST_ILC, ilc_loss)])
+def test_a_few_training_steps_lower_the_loss(name: str, loss_fn) -> None:
+    torch.manual_seed(0)
+    model = build_model(get_entry(name)).train()
+    x = patches("train", 32, 128)[:16]
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(6):
+        loss = loss_fn(model, x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0], losses
+
+
+def test_irn_guidance_target_is_bicubic_and_the_baseline_is_strong() -> None:
+    x = patches("test", 32)[:8]
+    assert bicubic_down(x, 2).shape == (8, 3, 16, 16)
+    error = (bicubic_round_trip(x, 2) - x).pow(2).mean()
+    assert 10 * torch.log10(1 / error) > 30, "bicubic x2 of real photographs is above 30 dB"
+
+
+# Data --------------------------------------------------------------------------------------------
+
+def test_patches_come_from_bundled_photographs_split_by_image() -> None:
+    assert not set(TRAIN_IMAGES) & set(TEST_IMAGES)
+    train, test = patches("train", 32, 128), patches("test", 32)
+    assert train.shape[1:] == test.shape[1:] == (3, 32, 32)
+    assert 0.0 <= float(train.min()) and float(train.max()) <= 1.0
+    chelsea = bundled_image("chelsea")
+    assert torch.equal(test[0], grid_patches(chelsea, 32, 32)[0])
+    assert (train.flatten(1).std(dim=1) >= 2 / 255).all(), "flat training patches are left out"
+    with pytest.raises(InvalidArgumentError):
+        patches("validation", 32)
+    with pytest.raises(InvalidArgumentError):
+        bundled_image("skin")  # downloadable, not bundled: never read
+
+
+# Checkpoints and zoo.load ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [TEST_IRN, TEST_ILC])
+def test_a_pruned_int8_model_round_trips_the_compressed_format_bit_for_bit(name: str, tmp_path: Path) -> None:
+    entry = get_entry(name)
+    model = perturbed(build_model(entry))
+    apply_magnitude_pruning(model, 0.5, scope="layer")
+    apply_int8_ptq(model, [patches("train", 32, 128)[:4]])
+    state = model.state_dict()
+    save_checkpoint(tmp_path / "ckpt", state, config={"name": name, "base_model": name, "arch": entry.arch,
+                                                     "model_kwargs": entry.model_kwargs, "recipe": None})
+    loaded, config = load_checkpoint(tmp_path / "ckpt")
+    assert config["name"] == name and list(loaded) == list(state)
+    for key, value in state.items():
+        assert value.dtype == loaded[key].dtype and torch.equal(value, loaded[key]), key
+    again = zoo.api.instantiate(entry, loaded)
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(model(x, generator=torch.Generator().manual_seed(1))[-1],
+                           again(x, generator=torch.Generator().manual_seed(1))[-1])
+
+
+def short_training(mp: pytest.MonkeyPatch) -> None:
+    """Base training 1 epoch, GMP fine-tune 1 epoch, latency measured briefly."""
+    mp.setattr(zoo.api, "train_base_model", functools.partial(zoo.native.train_base_model, epochs=1))
+    mp.setattr(zoo.variants, "GMP_FINETUNE_EPOCH_FRACTION", 0.1)
+    measure = zoo.evaluation.measure_latency
+    mp.setattr(zoo.evaluation, "measure_latency",
+               lambda model, example, *, min_run_time, **kw: measure(model, example, min_run_time=0.05, **kw))
+
+
+@pytest.mark.parametrize("name, task, metrics", [
+    (TEST_IRN, "image-rescaling", {"psnr", "ssim", "psnr_lr"}),
+    (TEST_ILC, "image-compression", {"psnr", "ssim", "bpp"}),
+])
+def test_zoo_load_trains_then_prunes_a_tiny_entry(name: str, task: str, metrics: set[str], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    short_training(monkeypatch)
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+    entry = get_entry(name)
+    assert task_of(entry).name == task
+    sparse = zoo.load(name, sparsity=0.5, store=store, progress=False)
+    assert sparse.zoo.name == f"{name}_gmp50" and sparse.zoo.source == "derived"
+    for layer, w in prunable_weights(sparse, entry.keep_dense).items():
+        assert int((w == 0).sum()) == int(0.5 * w.numel()), layer
+    report = sparse.zoo.report
+    assert report.task == task and set(report.metrics) == metrics
+    assert 0 < report.metrics["psnr"] < 100 and -1 <= report.metrics["ssim"] <= 1
+    assert report.flops_sparse < report.flops_dense and report.params_nonzero < report.params_total
+    again = zoo.load(name, sparsity=0.5, store=store, progress=False)
+    assert again.zoo.source == "cache"
+    for key, value in again.state_dict().items():
+        assert torch.equal(value, sparse.state_dict()[key]), key

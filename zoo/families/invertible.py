@@ -1,0 +1,331 @@
+"""Invertible image models: IRN (invertible image rescaling, Xiao et al. ECCV 2020) and ILC (an
+invertible encoder in a learned lossy codec, Wang et al. 2020, "Modeling lost information in lossy
+image compression").
+
+Both are one bijection `f: x -> h` built of levels, each a Haar transform (2x2 -> 4 bands, half the
+resolution) followed by affine coupling blocks whose sub-networks are small dense conv blocks. The
+first 3 channels of `h` are what is kept (IRN: the low-resolution image; ILC: the latent that is
+quantized and entropy-coded); the rest, `z`, is the information lost on the way, trained towards
+N(0, I) and sampled from it when going back. All weights live in nn.Conv2d modules, so pruning, int8
+PTQ, the checkpoint format and FLOP counting (both directions) work unchanged.
+
+Entries: `irn_x2.zoo_skimage`, `irn_x4.zoo_skimage` (task image-rescaling), `ilc.zoo_skimage` (task
+image-compression), trained on patches of scikit-image's bundled photographs; `test_irn.zoo_skimage`
+and `test_ilc.zoo_skimage` are tiny versions used by the tests.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.errors import InvalidArgumentError
+from zoo import invertible_tasks  # noqa: F401  (registers image-rescaling and image-compression)
+from zoo.image_data import DATASET_NAME, PatchInput
+from zoo.models import FAMILIES, register_entry
+
+IMAGE_CHANNELS = 3
+
+
+# Building blocks ----------------------------------------------------------------------------------
+
+def haar_forward(x: torch.Tensor) -> torch.Tensor:
+    """The Haar transform of IRN: per channel, the 2x2 filter bank divided by 4, stride 2. Returns
+    (B, 4C, H/2, W/2), band-major: channels [0, C) the averages (low-pass), then the horizontal,
+    vertical and diagonal details of every channel. Its Jacobian has log|det| = (numel/4) log(1/16)."""
+    if x.shape[-1] % 2 or x.shape[-2] % 2:
+        raise InvalidArgumentError(f"the Haar transform needs even height and width, got {tuple(x.shape[-2:])}")
+    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
+    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    return torch.cat([a + b + c + d, a - b + c - d, a + b - c - d, a - b - c + d], dim=1) / 4
+
+
+def haar_inverse(h: torch.Tensor) -> torch.Tensor:
+    """The exact inverse of `haar_forward` (the filter bank times 4 is orthogonal up to a factor 4)."""
+    ll, hl, lh, hh = h.chunk(4, dim=1)
+    a, b = ll + hl + lh + hh, ll - hl + lh - hh
+    c, d = ll + hl - lh - hh, ll - hl - lh + hh
+    batch, channels, height, width = a.shape
+    sub = torch.stack([a, b, c, d], dim=2).reshape(batch, 4 * channels, height, width)
+    return F.pixel_shuffle(sub, 2)
+
+
+class DenseBlock(nn.Module):
+    """IRN's sub-network: 5 3x3 convs, each seeing the input and all earlier outputs (growth `gc`),
+    LeakyReLU(0.2); the first four Xavier-initialized and scaled by 0.1, the last zero-initialized,
+    so that every coupling block starts as the identity."""
+
+    def __init__(self, channels_in: int, channels_out: int, gc: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(channels_in + i * gc, gc, 3, padding=1) for i in range(4))
+        self.out = nn.Conv2d(channels_in + 4 * gc, channels_out, 3, padding=1)
+        for conv in self.convs:
+            nn.init.xavier_normal_(conv.weight)
+            conv.weight.data.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for conv in self.convs:
+            features.append(F.leaky_relu(conv(torch.cat(features, dim=1)), 0.2))
+        return self.out(torch.cat(features, dim=1))
+
+
+class CouplingBlock(nn.Module):
+    """IRN's invertible block on h = (h1, h2), h1 the first `split` channels:
+    h1' = h1 + phi(h2);  s = clamp * (2 sigmoid(rho(h1')) - 1);  h2' = h2 * exp(s) + eta(h1')."""
+
+    def __init__(self, channels: int, split: int, gc: int, clamp: float = 1.0) -> None:
+        super().__init__()
+        if not 0 < split < channels:
+            raise InvalidArgumentError(f"split must be in (0, {channels}), got {split}")
+        self.split, self.clamp = split, clamp
+        self.phi = DenseBlock(channels - split, split, gc)
+        self.rho = DenseBlock(split, channels - split, gc)
+        self.eta = DenseBlock(split, channels - split, gc)
+
+    def _scale(self, h1: torch.Tensor) -> torch.Tensor:
+        return self.clamp * (2 * torch.sigmoid(self.rho(h1)) - 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h1, h2 = h[:, : self.split], h[:, self.split:]
+        h1 = h1 + self.phi(h2)
+        h2 = h2 * torch.exp(self._scale(h1)) + self.eta(h1)
+        return torch.cat([h1, h2], dim=1)
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        h1, h2 = h[:, : self.split], h[:, self.split:]
+        h2 = (h2 - self.eta(h1)) * torch.exp(-self._scale(h1))
+        h1 = h1 - self.phi(h2)
+        return torch.cat([h1, h2], dim=1)
+
+
+class InvertibleNet(nn.Module):
+    """`levels` x (Haar transform, `blocks` coupling blocks): (B, 3, H, W) -> (B, 3 * 4^levels,
+    H / 2^levels, W / 2^levels), exactly invertible (up to floating-point rounding)."""
+
+    def __init__(self, levels: int, blocks: int, gc: int, split: int = IMAGE_CHANNELS, clamp: float = 1.0) -> None:
+        super().__init__()
+        for name, value in (("levels", levels), ("blocks", blocks), ("gc", gc)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+        self.levels = levels
+        self.stages = nn.ModuleList(
+            nn.ModuleList(CouplingBlock(IMAGE_CHANNELS * 4 ** (level + 1), split, gc, clamp) for _ in range(blocks))
+            for level in range(levels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = haar_forward(x)
+            for block in stage:
+                x = block(x)
+        return x
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        for stage in reversed(self.stages):
+            for block in reversed(stage):
+                h = block.inverse(h)
+            h = haar_inverse(h)
+        return h
+
+
+def quantize_8bit(y: torch.Tensor) -> torch.Tensor:
+    """IRN's quantization of the LR image: clamp to [0, 1], round to 8 bits; identity gradient."""
+    return y + (torch.round(y.clamp(0, 1) * 255) / 255 - y).detach()
+
+
+def round_ste(y: torch.Tensor) -> torch.Tensor:
+    """Rounding with an identity (straight-through) gradient."""
+    return y + (torch.round(y) - y).detach()
+
+
+def sample_latent(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """z ~ N(0, I) shaped like `like` (seeded by `generator` when given)."""
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+# IRN ----------------------------------------------------------------------------------------------
+
+class RescalingOutput(NamedTuple):
+    """One rescaling round trip: the LR image (before quantization), the lost information z, and the
+    HR image rebuilt from the 8-bit LR image and a sample of N(0, I)."""
+
+    lr: torch.Tensor
+    z: torch.Tensor
+    hr: torch.Tensor
+
+
+class IRN(nn.Module):
+    """Invertible rescaling by `scale` (2 or 4: one Haar level per factor 2, `blocks` couplings each).
+    `downscale(x) -> (lr, z)`, `upscale(lr, z) -> x`; `forward(x)` does the round trip with an 8-bit
+    LR image and a sampled z (what the task trains and evaluates, and what FLOPs count).
+    The weights of its three training losses are part of its configuration: LR guidance (default 4 at
+    x2, 16 at x4, as the paper), HR reconstruction and distribution matching (1 and 1)."""
+
+    def __init__(self, scale: int = 2, blocks: int = 8, gc: int = 32, clamp: float = 1.0,
+                 guide_weight: float | None = None, reconstruction_weight: float = 1.0,
+                 distribution_weight: float = 1.0) -> None:
+        super().__init__()
+        if scale not in (2, 4):
+            raise InvalidArgumentError(f"IRN rescales by 2 or 4, not {scale!r}")
+        self.scale = scale
+        self.guide_weight = float(guide_weight if guide_weight is not None else {2: 4.0, 4: 16.0}[scale])
+        self.reconstruction_weight = float(reconstruction_weight)
+        self.distribution_weight = float(distribution_weight)
+        self.net = InvertibleNet(int(math.log2(scale)), blocks, gc, IMAGE_CHANNELS, clamp)
+
+    def downscale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x)
+        return h[:, :IMAGE_CHANNELS], h[:, IMAGE_CHANNELS:]
+
+    def upscale(self, lr: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net.inverse(torch.cat([lr, z], dim=1))
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> RescalingOutput:
+        lr, z = self.downscale(x)
+        hr = self.upscale(quantize_8bit(lr), sample_latent(z, generator))
+        return RescalingOutput(lr, z, hr)
+
+
+# ILC ----------------------------------------------------------------------------------------------
+
+class FactorizedLogistic(nn.Module):
+    """A factorized entropy model: each latent channel's integers follow a discretized logistic with a
+    learned location and scale, P(k) = sigmoid((k + 1/2 - mu) / s) - sigmoid((k - 1/2 - mu) / s)."""
+
+    LIKELIHOOD_BOUND = 1e-9
+
+    def __init__(self, channels: int, loc: float = 0.0, scale: float = 1.0) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.full((channels,), float(loc)))
+        self.log_scale = nn.Parameter(torch.full((channels,), math.log(scale)))
+
+    def likelihood(self, y: torch.Tensor) -> torch.Tensor:
+        """P(y) per element of y (B, C, H, W), for integers y (or noisy y in training)."""
+        loc, scale = self.loc.view(1, -1, 1, 1), self.log_scale.exp().view(1, -1, 1, 1)
+        upper, lower = (y + 0.5 - loc) / scale, (y - 0.5 - loc) / scale
+        # in the upper tail both sigmoids round to 1: take the difference of the mirrored ones there
+        sign = torch.where(upper + lower > 0, -1.0, 1.0)
+        return (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs().clamp_min(self.LIKELIHOOD_BOUND)
+
+    def bits(self, y: torch.Tensor) -> torch.Tensor:
+        """Code length of y in bits, per example (B,)."""
+        return -torch.log2(self.likelihood(y)).flatten(1).sum(dim=1)
+
+
+class CodecOutput(NamedTuple):
+    """One coding round trip: the quantized latent (integers), its code length in bits per example,
+    the lost information z (not stored), and the image decoded from the latent and a sample of z."""
+
+    latent: torch.Tensor
+    bits: torch.Tensor
+    z: torch.Tensor
+    image: torch.Tensor
+
+
+class ILC(nn.Module):
+    """An invertible encoder in a lossy codec: f(x) = (y, z) with `levels` Haar levels; y (the first
+    `latent_channels`) is scaled by a learned per-channel gain, rounded, and coded with a factorized
+    logistic entropy model; z is not stored: it is modelled as N(0, I) and sampled at decode.
+    In training the rate sees y plus uniform noise and the decoder the rounded y (straight-through).
+    Its training objective's weights are part of its configuration: `rate_lambda` (distortion weight,
+    CompressAI's convention: loss = bpp + lambda * 255^2 * MSE) and `distribution_weight` (z -> N(0, I))."""
+
+    def __init__(self, levels: int = 2, blocks: int = 4, gc: int = 32, latent_channels: int = IMAGE_CHANNELS,
+                 initial_gain: float = 64.0, clamp: float = 1.0, rate_lambda: float = 0.01,
+                 distribution_weight: float = 1.0) -> None:
+        super().__init__()
+        if not rate_lambda > 0:
+            raise InvalidArgumentError(f"rate_lambda must be positive, got {rate_lambda!r}")
+        self.rate_lambda = float(rate_lambda)
+        self.distribution_weight = float(distribution_weight)
+        total = IMAGE_CHANNELS * 4 ** levels if isinstance(levels, int) and levels > 0 else 0
+        if isinstance(latent_channels, bool) or not isinstance(latent_channels, int) or not 0 < latent_channels < total:
+            raise InvalidArgumentError(f"latent_channels must be in (0, {total}), got {latent_channels!r}")
+        if not initial_gain > 0:
+            raise InvalidArgumentError(f"initial_gain must be positive, got {initial_gain!r}")
+        self.latent_channels = latent_channels
+        self.net = InvertibleNet(levels, blocks, gc, latent_channels, clamp)
+        self.log_gain = nn.Parameter(torch.full((latent_channels,), math.log(initial_gain)))
+        # y starts as the Haar average of pixels in [0, 1] times the gain: start the prior around there
+        self.entropy = FactorizedLogistic(latent_channels, loc=0.5 * initial_gain, scale=0.1 * initial_gain)
+
+    def _gain(self) -> torch.Tensor:
+        return self.log_gain.exp().view(1, -1, 1, 1)
+
+    def analysis(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x -> (y scaled by the gain, before rounding; z)."""
+        h = self.net(x)
+        return h[:, : self.latent_channels] * self._gain(), h[:, self.latent_channels:]
+
+    def synthesis(self, latent: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(quantized latent, z) -> image: the exact inverse of `analysis` when nothing was rounded."""
+        return self.net.inverse(torch.cat([latent / self._gain(), z], dim=1))
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> CodecOutput:
+        y, z = self.analysis(x)
+        latent = round_ste(y)
+        if self.training:
+            bits = self.entropy.bits(y + torch.rand(y.shape, generator=generator, dtype=y.dtype, device=y.device) - 0.5)
+        else:
+            bits = self.entropy.bits(latent)
+        return CodecOutput(latent, bits, z, self.synthesis(latent, sample_latent(z, generator)))
+
+
+# Builders and entries -----------------------------------------------------------------------------
+
+def build_irn(entry: ModelEntry) -> nn.Module:
+    return IRN(**entry.model_kwargs)
+
+
+def build_ilc(entry: ModelEntry) -> nn.Module:
+    return ILC(**entry.model_kwargs)
+
+
+FAMILIES.register("irn", build_irn)
+FAMILIES.register("ilc", build_ilc)
+
+
+def _entry(name: str, family: str, task: str, patch: PatchInput, model_kwargs: dict, train: TrainSpec,
+           description: str) -> ModelEntry:
+    return register_entry(ModelEntry(
+        name=name, family=family, task=task, repo_id=f"zoo/{name}", source="zoo", input=patch,
+        eval_data=DataSpec(DATASET_NAME, "test"), model_kwargs=model_kwargs, train=train, description=description,
+    ))
+
+
+def _adamw(epochs: int, lr: float, batch_size: int = 16) -> TrainSpec:
+    """Adam as IRN (weight decay 1e-5), with the zoo's warm-up + cosine schedule."""
+    return TrainSpec(data=DataSpec(DATASET_NAME, "train"), epochs=epochs, batch_size=batch_size, lr=lr,
+                     weight_decay=1e-5, label_smoothing=0.0, optimizer="adamw")
+
+
+_PHOTOS = "32x32 patches of scikit-image's bundled photographs (held out for testing: chelsea, rocket)"
+# The paper's clamp is 1 with 8 blocks per level; with 2-4 blocks, clamp 2 keeps the same bound on how
+# much the blocks together can scale (and so, going back, damp a sampled z): exp(clamp * blocks).
+_NATIVE_INPUT = PatchInput(32, train_stride=48)
+_TEST_INPUT = PatchInput(32, train_stride=128)
+_entry("irn_x2.zoo_skimage", "irn", "image-rescaling", _NATIVE_INPUT,
+       {"scale": 2, "blocks": 4, "gc": 8, "clamp": 2.0}, _adamw(4, 1e-3),
+       f"Invertible rescaling x2 (IRN: Haar + 4 coupling blocks, dense blocks gc=8, clamp 2), trained by the "
+       f"zoo on {_PHOTOS}.")
+_entry("irn_x4.zoo_skimage", "irn", "image-rescaling", _NATIVE_INPUT,
+       {"scale": 4, "blocks": 2, "gc": 8, "clamp": 2.0}, _adamw(4, 1e-3),
+       f"Invertible rescaling x4 (IRN: 2 x (Haar + 2 coupling blocks), gc=8, clamp 2), trained by the zoo "
+       f"on {_PHOTOS}.")
+_entry("ilc.zoo_skimage", "ilc", "image-compression", _NATIVE_INPUT,
+       {"levels": 2, "blocks": 2, "gc": 8, "clamp": 2.0, "latent_channels": 3, "rate_lambda": 0.01}, _adamw(4, 1e-3),
+       f"Invertible lossy compression (ILC: a 2 x (Haar + 2 coupling blocks) invertible encoder, factorized "
+       f"logistic entropy model, lambda=0.01), trained by the zoo on {_PHOTOS}.")
+_entry("test_irn.zoo_skimage", "irn", "image-rescaling", _TEST_INPUT, {"scale": 2, "blocks": 1, "gc": 4},
+       _adamw(2, 2e-3, 32), "A tiny IRN x2 (1 coupling block, gc=4) for the tests.")
+_entry("test_ilc.zoo_skimage", "ilc", "image-compression", _TEST_INPUT,
+       {"levels": 1, "blocks": 1, "gc": 4, "latent_channels": 3, "rate_lambda": 0.01}, _adamw(2, 2e-3, 32),
+       "A tiny ILC (1 Haar level, 1 coupling block, gc=4) for the tests.")

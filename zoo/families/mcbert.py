@@ -1,0 +1,182 @@
+"""The MC-BERT family and its masked-LM baseline: builder and registry entries.
+
+How the registry represents pre-training vs fine-tuning (as timm names `vit_*.augreg_in21k` and
+`vit_*.augreg_in21k_ft_in1k`): the architecture is the encoder size (`mcbert_mini`, `bert_mini`),
+the tag says which weights.
+
+- `<arch>.zoo_pydoc`: the pre-trained model with its pre-training heads, task `multi-choice-cloze`
+  (MC-BERT: main model + meta controller) or `fill-mask` (the MLM baseline), trained on the Python
+  documentation (`zoo.english_data`). Its metrics are the pre-training task's accuracies.
+- `<arch>.zoo_pydoc_ft_stdlib`: a `text-classification` model whose encoder starts from
+  `<arch>.zoo_pydoc`'s main encoder (`TrainSpec.init_from`; MC-BERT's controller is dropped,
+  as in the paper only the main model is fine-tuned), fine-tuned on `stdlib_topics`.
+- `bert_mini.zoo_stdlib`: the same classifier trained from random initialization: the control that
+  says what pre-training is worth on this task.
+
+The two families are `mcbert` and `bert` (the baseline); both are built by `build_text_model`
+from `model_kwargs["kind"]` ("mcbert", "mlm" or "classifier"). `test_*` entries are tiny versions the
+tests use. Every size is in `model_kwargs`; vocabulary and sequence length are in the `TextInput`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+import zoo.mcbert_tasks  # noqa: F401  (registers the tasks the entries name)
+from zoo.english_data import TOPICS, TextInput
+from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.errors import InvalidArgumentError
+from zoo.mcbert_models import (
+    BertMaskedLM, BertTextClassifier, EncoderSpec, MCBertForPreTraining, load_pretrained_encoder,
+)
+from zoo.models import FAMILIES, INITIALIZERS, build_model, register_entry
+from zoo.tasks import task_of
+from zoo.training import train
+
+KINDS = ("mcbert", "mlm", "classifier")
+ENCODER_KEYS = ("hidden", "layers", "heads", "intermediate", "max_positions", "dropout")
+PRETRAIN_DATA = DataSpec("pydoc_text", "train")
+CLASSIFY_DATA = DataSpec("stdlib_topics", "train")
+PRETRAIN_KEEP_DENSE = (r"bert\.embeddings\.token_type_embeddings", "candidate_bias",
+                       r"controller\.encoder\.embeddings\.token_type_embeddings")
+CLASSIFIER_KEEP_DENSE = (r"bert\.embeddings\.token_type_embeddings", "classifier")
+
+
+def encoder_spec(entry: ModelEntry) -> EncoderSpec:
+    if not isinstance(entry.input, TextInput):
+        raise InvalidArgumentError(f"{entry.name}: a BERT-style entry needs a TextInput, "
+                                   f"got {type(entry.input).__name__}")
+    return EncoderSpec(vocab_size=entry.input.vocab_size, **{k: entry.model_kwargs[k] for k in ENCODER_KEYS})
+
+
+def build_text_model(entry: ModelEntry) -> nn.Module:
+    """MC-BERT pre-training model, the MLM baseline, or a classifier, by `model_kwargs["kind"]`."""
+    kwargs = entry.model_kwargs
+    kind = kwargs.get("kind")
+    spec = encoder_spec(entry)
+    if kind == "mcbert":
+        return MCBertForPreTraining(spec, divider=kwargs["divider"], num_candidates=kwargs["num_candidates"],
+                                    loss_weight=kwargs["loss_weight"], mask_rate=kwargs["mask_rate"])
+    if kind == "mlm":
+        return BertMaskedLM(spec, mask_rate=kwargs["mask_rate"])
+    if kind == "classifier":
+        return BertTextClassifier(spec, entry.num_classes)
+    raise InvalidArgumentError(f"{entry.name}: model_kwargs['kind'] must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+FAMILIES.register("mcbert", build_text_model)
+FAMILIES.register("bert", build_text_model)
+
+
+def pretrained_source(entry: ModelEntry) -> str | None:
+    """The entry whose main encoder initializes `entry` before fine-tuning (None: random init)."""
+    return entry.train.init_from if entry.train is not None else None
+
+
+# Entries ------------------------------------------------------------------------------------------
+
+MINI = {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 512, "max_positions": 64, "dropout": 0.1}
+TINY = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64, "max_positions": 32, "dropout": 0.1}
+MINI_PRETRAIN_INPUT = TextInput(max_length=64, vocab_size=4096)
+MINI_CLASSIFY_INPUT = TextInput(max_length=48, vocab_size=4096)
+TINY_PRETRAIN_INPUT = TextInput(max_length=32, vocab_size=512)
+TINY_CLASSIFY_INPUT = TextInput(max_length=32, vocab_size=512)
+MC_KWARGS = {"divider": 2, "num_candidates": 10, "loss_weight": 50.0, "mask_rate": 0.15}
+PRETRAIN_LR, PRETRAIN_EPOCHS = 1e-3, 8
+FINETUNE_LR, FINETUNE_EPOCHS = 5e-4, 6
+
+
+def _pretrain_spec(epochs: int, lr: float, batch_size: int = 32) -> TrainSpec:
+    return TrainSpec(data=PRETRAIN_DATA, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.01,
+                     label_smoothing=0.0, optimizer="adamw")
+
+
+def _finetune_spec(epochs: int, lr: float, batch_size: int = 32) -> TrainSpec:
+    return TrainSpec(data=CLASSIFY_DATA, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.01,
+                     label_smoothing=0.0, optimizer="adamw")
+
+
+def _pretrained(arch: str, family: str, size: dict[str, Any], input: TextInput, spec: TrainSpec,
+                what: str) -> ModelEntry:
+    mcbert = family == "mcbert"
+    kwargs = {**size, "kind": "mcbert" if mcbert else "mlm", "mask_rate": MC_KWARGS["mask_rate"],
+              **(MC_KWARGS if mcbert else {})}
+    task = "multi-choice-cloze" if mcbert else "fill-mask"
+    how = ("MC-BERT pre-training (meta controller at width / 2, 10 candidates with a reject option, "
+           "lambda = 50)" if mcbert else "masked-LM pre-training (15 % masked, 80/10/10)")
+    return register_entry(ModelEntry(
+        name=f"{arch}.zoo_pydoc", family=family, task=task, repo_id=f"zoo/{arch}.zoo_pydoc", source="zoo",
+        input=input, eval_data=DataSpec("pydoc_text", "test"), model_kwargs=kwargs, train=spec,
+        keep_dense=PRETRAIN_KEEP_DENSE,
+        description=f"{what}: {how} on Python's pydoc_data.topics (BPE, {input.vocab_size} tokens).",
+    ))
+
+
+def _classifier(arch: str, family: str, tag: str, size: dict[str, Any], input: TextInput, spec: TrainSpec,
+                init_from: str | None, what: str) -> ModelEntry:
+    start = f"fine-tuned from {init_from}'s main encoder" if init_from else "trained from random initialization"
+    kwargs = {**size, "kind": "classifier"}
+    spec = dataclasses.replace(spec, init_from=init_from)
+    return register_entry(ModelEntry(
+        name=f"{arch}.{tag}", family=family, task="text-classification", repo_id=f"zoo/{arch}.{tag}", source="zoo",
+        input=input, eval_data=DataSpec("stdlib_topics", "test"), num_classes=len(TOPICS),
+        label_set="stdlib-topics", model_kwargs=kwargs, train=spec, keep_dense=CLASSIFIER_KEEP_DENSE,
+        description=f"{what} {start}, classifying standard-library docstring sentences into {len(TOPICS)} "
+                    f"topics ({', '.join(TOPICS)}).",
+    ))
+
+
+_pretrained("mcbert_mini", "mcbert", MINI, MINI_PRETRAIN_INPUT, _pretrain_spec(PRETRAIN_EPOCHS, PRETRAIN_LR),
+            "MC-BERT, main model 4 layers x 128")
+_pretrained("bert_mini", "bert", MINI, MINI_PRETRAIN_INPUT, _pretrain_spec(PRETRAIN_EPOCHS, PRETRAIN_LR),
+            "BERT, 4 layers x 128")
+_classifier("mcbert_mini", "mcbert", "zoo_pydoc_ft_stdlib", MINI, MINI_CLASSIFY_INPUT,
+            _finetune_spec(FINETUNE_EPOCHS, FINETUNE_LR), "mcbert_mini.zoo_pydoc", "MC-BERT's main model")
+_classifier("bert_mini", "bert", "zoo_pydoc_ft_stdlib", MINI, MINI_CLASSIFY_INPUT,
+            _finetune_spec(FINETUNE_EPOCHS, FINETUNE_LR), "bert_mini.zoo_pydoc", "BERT (MLM-pre-trained)")
+_classifier("bert_mini", "bert", "zoo_stdlib", MINI, MINI_CLASSIFY_INPUT,
+            _finetune_spec(FINETUNE_EPOCHS, FINETUNE_LR), None, "BERT, 4 layers x 128,")
+
+_pretrained("test_mcbert", "mcbert", TINY, TINY_PRETRAIN_INPUT, _pretrain_spec(2, PRETRAIN_LR, batch_size=128),
+            "A tiny MC-BERT for the tests, main model 2 layers x 32")
+_pretrained("test_bert", "bert", TINY, TINY_PRETRAIN_INPUT, _pretrain_spec(2, PRETRAIN_LR, batch_size=128),
+            "A tiny BERT for the tests, 2 layers x 32")
+_classifier("test_mcbert", "mcbert", "zoo_pydoc_ft_stdlib", TINY, TINY_CLASSIFY_INPUT,
+            _finetune_spec(2, FINETUNE_LR, batch_size=128),
+            "test_mcbert.zoo_pydoc", "A tiny MC-BERT main model for the tests")
+
+
+def fine_tune(entry: ModelEntry, pretrained: nn.Module | None, *, progress: bool = True,
+              epochs: int | None = None) -> nn.Module:
+    """Trains classifier `entry` by its TrainSpec, its encoder first copied from `pretrained`'s main
+    encoder (None: from random initialization, for entries without `init_from`). Seeded as
+    `zoo.native.train_base_model` is: same seed, same data order, same weights."""
+    if (pretrained is None) != (pretrained_source(entry) is None):
+        raise InvalidArgumentError(f"{entry.name} starts from {pretrained_source(entry) or 'random weights'}; "
+                                   f"got {'no' if pretrained is None else 'a'} pre-trained model")
+    spec = entry.train
+    if spec is None:
+        raise InvalidArgumentError(f"{entry.name} has no TrainSpec")
+    torch.manual_seed(spec.seed)
+    model = build_model(entry)
+    if pretrained is not None:
+        load_pretrained_encoder(model, pretrained)
+    task = task_of(entry)
+    batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
+    train(model, batches.epoch, lambda m, b: task.loss(m, b, entry), epochs=epochs or spec.epochs, lr=spec.lr,
+          weight_decay=spec.weight_decay, optimizer=spec.optimizer, progress=progress, desc=f"fine-tune {entry.name}")
+    return model.eval()
+
+
+def _init_from_pretrained(entry: ModelEntry, pretrained: nn.Module) -> nn.Module:
+    """`zoo.load` / `zoo train` of a classifier entry: its encoder copied from the pre-trained model."""
+    model = build_model(entry)
+    load_pretrained_encoder(model, pretrained)
+    return model
+
+
+for _family in ("mcbert", "bert"):
+    INITIALIZERS.register(_family, _init_from_pretrained)

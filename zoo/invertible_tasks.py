@@ -1,0 +1,162 @@
+"""Tasks of the invertible image models: image rescaling (IRN) and lossy image compression (ILC).
+
+Training objectives (all sums are divided by the number of HR pixel values, B * 3 * H * W, which keeps
+the paper's ratios between terms and gives a loss of order 1 for SGD or AdamW):
+- IRN: guide * sum (lr - bicubic_down(x))^2 + reconstruction * sum |x - upscale(Q(lr), z~N(0, I))|
+  + distribution * sum z^2, Q the 8-bit rounding with a straight-through gradient;
+- ILC: bits per pixel + lambda * 255^2 * MSE(x, decode(round(y), z~N(0, I))) + distribution * sum z^2
+  (per HR value, as for IRN): the rate-distortion trade-off is set by lambda.
+Metrics via torchmetrics: PSNR (per patch, data range 1, then averaged) and SSIM (Gaussian 11x11,
+averaged over patches) of the decoded image quantized to 8 bits, against the original patch; for
+rescaling also PSNR of the 8-bit LR image against bicubic downscaling; for compression the bits per
+pixel given by the entropy model. z is sampled with a fixed seed, so evaluations repeat exactly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from tqdm.auto import tqdm
+
+from zoo.data import Batches
+from zoo.entry import ModelEntry
+from zoo.errors import InvalidArgumentError
+from zoo.tasks import MetricSpec, Task, TaskResult, register_task
+
+EVAL_SEED = 0
+PSNR = MetricSpec("psnr", "PSNR", "psnr", higher_is_better=True, unit="dB")
+SSIM = MetricSpec("ssim", "SSIM", "ssim", higher_is_better=True, unit="")
+PSNR_LR = MetricSpec("psnr_lr", "PSNR of the LR image vs bicubic", "psnr", higher_is_better=True, unit="dB")
+BPP = MetricSpec("bpp", "bits per pixel", "bpp", higher_is_better=False, unit="bpp")
+PATCH_MEAN = "patch-mean"
+PATCH_MEAN_MEANING = "per held-out patch, then the mean over patches"
+
+
+def bicubic_down(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic downscaling by `scale` with anti-aliasing (as MATLAB's imresize, the papers' reference)."""
+    return F.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
+
+
+def bicubic_up(x: torch.Tensor, scale: int) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def to_8bit(x: torch.Tensor) -> torch.Tensor:
+    """What an image file would hold: clamped to [0, 1] and rounded to 8 bits."""
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
+def bicubic_round_trip(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """The baseline IRN is compared with: bicubic down, 8-bit LR, bicubic up, 8-bit HR."""
+    return to_8bit(bicubic_up(to_8bit(bicubic_down(x, scale)), scale))
+
+
+def irn_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """IRN's three losses (weights from the model's configuration), per HR pixel value."""
+    out = model(x)
+    guide = (out.lr - bicubic_down(x, model.scale)).pow(2).sum()
+    reconstruction = (x - out.hr).abs().sum()
+    distribution = out.z.pow(2).sum()
+    return (model.guide_weight * guide + model.reconstruction_weight * reconstruction
+            + model.distribution_weight * distribution) / x.numel()
+
+
+def ilc_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Rate (bits per pixel) + lambda * 255^2 * MSE + distribution matching of z (per HR value)."""
+    out = model(x)
+    bpp = out.bits.sum() / (x.shape[0] * x.shape[-2] * x.shape[-1])
+    distortion = F.mse_loss(out.image, x) * 255 ** 2
+    return bpp + model.rate_lambda * distortion + model.distribution_weight * out.z.pow(2).sum() / x.numel()
+
+
+def _images(batch: Any) -> torch.Tensor:
+    images = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise InvalidArgumentError("image tasks take batches of (B, C, H, W) images")
+    return images
+
+
+class _ImageToImage(Task):
+    """Shared parts: patches in, patches out; metrics averaged over held-out patches."""
+
+    average = PATCH_MEAN
+    average_meaning = PATCH_MEAN_MEANING
+
+    def example_input(self, entry: ModelEntry) -> torch.Tensor:
+        return torch.zeros(entry.input.example_shape(1))
+
+    def model_inputs(self, batch: Any) -> torch.Tensor:
+        return _images(batch)
+
+    def evaluate(self, model: nn.Module, batches: Batches, entry: ModelEntry, *, progress: bool = True) -> TaskResult:
+        psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
+        ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        extra: dict[str, list[torch.Tensor]] = {}
+        generator = torch.Generator().manual_seed(EVAL_SEED)
+        count = 0
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
+                    x = _images(batch)
+                    decoded, values = self._decode(model, x, generator)
+                    psnr.update(to_8bit(decoded), x)
+                    ssim.update(to_8bit(decoded), x)
+                    for key, value in values.items():
+                        extra.setdefault(key, []).append(value)
+                    count += len(x)
+        finally:
+            model.train(was_training)
+        if count == 0:
+            raise InvalidArgumentError("no examples to evaluate: the batches were empty")
+        metrics = {PSNR.key: float(psnr.compute()), SSIM.key: float(ssim.compute())}
+        metrics.update({key: float(torch.cat(v).mean()) for key, v in extra.items()})
+        return TaskResult(metrics, self.average, count)
+
+    def _decode(self, model: nn.Module, x: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class ImageRescaling(_ImageToImage):
+    """IRN: downscale to an 8-bit LR image, upscale it back with a sampled z; scored on the HR image
+    (primary: PSNR), with the LR image's PSNR against bicubic downscaling beside it."""
+
+    name = "image-rescaling"
+    metrics = (PSNR, SSIM, PSNR_LR)
+
+    def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
+        return irn_loss(model, _images(batch))
+
+    def _decode(self, model: nn.Module, x: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = model(x, generator=generator)
+        lr_psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="none", dim=(1, 2, 3))
+        values = lr_psnr(to_8bit(out.lr), to_8bit(bicubic_down(x, model.scale)))
+        return out.hr, {PSNR_LR.key: values.reshape(-1)}
+
+
+class ImageCompression(_ImageToImage):
+    """ILC: code the quantized latent (bits from the entropy model), decode with a sampled z.
+    Primary metric: PSNR. Each entry is one point of a rate-distortion curve, fixed by its lambda; its
+    compressed variants are fine-tuned with the same objective, so they stay near that operating point
+    and PSNR-vs-FLOPs compares like with like (bits per pixel is reported beside it on every card)."""
+
+    name = "image-compression"
+    metrics = (PSNR, SSIM, BPP)
+
+    def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
+        return ilc_loss(model, _images(batch))
+
+    def _decode(self, model: nn.Module, x: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = model(x, generator=generator)
+        return out.image, {BPP.key: out.bits / (x.shape[-2] * x.shape[-1])}
+
+
+register_task(ImageRescaling())
+register_task(ImageCompression())
