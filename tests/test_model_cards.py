@@ -127,7 +127,7 @@ def test_card_inputs_are_checked(reports):
     with pytest.raises(InvalidArgumentError, match="fraction"):
         _with_metrics(reports, {"top1": 97.2})
     odd = _report("_sp50", sparsity=0.5, top1=0.9, top5=0.9)
-    odd.metric_average = "samples"
+    odd.metric_average = "no_such_average"
     with pytest.raises(UnknownNameError, match="metric average"):
         variant_card(odd, family_reports=[odd], plot_filename=None, **CARD_ARGS)
     with pytest.raises(InvalidArgumentError, match="fraction"):

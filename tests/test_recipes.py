@@ -15,6 +15,7 @@ from zoo.compress import (
     CONFIG_TYPES, GradualMagnitudePruningConfig, HANDLERS, Int8PTQConfig, MagnitudePruningConfig, Recipe,
     RecipeContext, handles, register_config,
 )
+from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
 from zoo.compress.config import CompressionConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
 from zoo.errors import DuplicateNameError, RecipeError, UnknownNameError
@@ -27,6 +28,12 @@ EXAMPLES: dict[str, CompressionConfig] = {
         frequency=5, exponent=2.0, scope="global", keep_dense=("fc",), weight_decay=0.0,
     ),
     "Int8PTQConfig": Int8PTQConfig(calibration_batches=4, observer="percentile", percentile=99.9, keep_fp=("fc",)),
+    "BlockPruningConfig": BlockPruningConfig(sparsity=0.5, block=(16, 1), scope="global", layers=("recurrent",)),
+    "GradualBlockPruningConfig": GradualBlockPruningConfig(
+        final_sparsity=0.9, block=(4, 4), epochs=3, lr=0.01, initial_sparsity=0.1, begin_fraction=0.1,
+        end_fraction=0.8, frequency=5, exponent=2.0, scope="global", layers=("recurrent",), keep_dense=("fc",),
+        weight_decay=0.0, optimizer="adamw",
+    ),
 }
 
 
