@@ -19,14 +19,15 @@ import torch
 from torch import nn
 
 from zoo.compress.config import (
-    CompressionConfig, check_choice, check_fraction, check_patterns, check_positive, register_config,
+    CompressionConfig, check_choice, check_fraction, check_patterns, register_config,
 )
-from zoo.compress.pruning import SCOPES, Masks, apply_masks, cubic_sparsity, prunable_weights
+from zoo.compress.pruning import (
+    SCOPES, Masks, apply_masks, check_gradual_schedule, cubic_sparsity, prunable_weights,
+)
 from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.training import steps_per_epoch, train
 
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def check_block(block: tuple[int, int]) -> tuple[int, int]:
@@ -192,19 +193,7 @@ class GradualBlockPruningConfig(CompressionConfig):
 
     def __post_init__(self) -> None:
         _check_common(self, "final_sparsity")
-        check_fraction("initial_sparsity", self.initial_sparsity)
-        if self.initial_sparsity > self.final_sparsity:
-            raise RecipeError("initial_sparsity must not exceed final_sparsity")
-        check_fraction("begin_fraction", self.begin_fraction)
-        check_fraction("end_fraction", self.end_fraction, upper_open=False)
-        if self.end_fraction <= self.begin_fraction:
-            raise RecipeError("end_fraction must be greater than begin_fraction")
-        check_positive("epochs", self.epochs, integer=True)
-        check_positive("lr", self.lr)
-        check_positive("frequency", self.frequency, integer=True)
-        check_positive("exponent", self.exponent)
-        check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_gradual_schedule(self)
 
 
 @handles(BlockPruningConfig)

@@ -195,6 +195,28 @@ class MagnitudePruningConfig(CompressionConfig):
         check_patterns("keep_dense", self.keep_dense)
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def check_gradual_schedule(config: CompressionConfig) -> None:
+    """The checks every gradual (prune while fine-tuning) config shares: sparsities, schedule points,
+    fine-tuning settings."""
+    check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    check_fraction("final_sparsity", config.final_sparsity)
+    check_fraction("initial_sparsity", config.initial_sparsity)
+    if config.initial_sparsity > config.final_sparsity:
+        raise RecipeError("initial_sparsity must not exceed final_sparsity")
+    check_fraction("begin_fraction", config.begin_fraction)
+    check_fraction("end_fraction", config.end_fraction, upper_open=False)
+    if config.end_fraction <= config.begin_fraction:
+        raise RecipeError("end_fraction must be greater than begin_fraction")
+    check_positive("epochs", config.epochs, integer=True)
+    check_positive("lr", config.lr)
+    check_positive("frequency", config.frequency, integer=True)
+    check_positive("exponent", config.exponent)
+    check_positive("weight_decay", config.weight_decay, allow_zero=True)
+
+
 @register_config
 @dataclasses.dataclass(frozen=True)
 class GradualMagnitudePruningConfig(CompressionConfig):
@@ -216,20 +238,7 @@ class GradualMagnitudePruningConfig(CompressionConfig):
     optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
-        check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
-        check_fraction("final_sparsity", self.final_sparsity)
-        check_fraction("initial_sparsity", self.initial_sparsity)
-        if self.initial_sparsity > self.final_sparsity:
-            raise RecipeError("initial_sparsity must not exceed final_sparsity")
-        check_fraction("begin_fraction", self.begin_fraction)
-        check_fraction("end_fraction", self.end_fraction, upper_open=False)
-        if self.end_fraction <= self.begin_fraction:
-            raise RecipeError("end_fraction must be greater than begin_fraction")
-        check_positive("epochs", self.epochs, integer=True)
-        check_positive("lr", self.lr)
-        check_positive("frequency", self.frequency, integer=True)
-        check_positive("exponent", self.exponent)
-        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_gradual_schedule(self)
         check_choice("scope", self.scope, SCOPES)
         check_patterns("keep_dense", self.keep_dense)
 
