@@ -3,7 +3,6 @@ entropy model is a distribution, the data split is by image, checkpoints round-t
 `zoo.load(name, sparsity=0.5)` trains and prunes the tiny entries (training cut short)."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ import torch
 
 import zoo
 import zoo.api
-import zoo.evaluation
 import zoo.native
 import zoo.variants
 from zoo.compress.checkpoint import load_checkpoint, save_checkpoint
@@ -27,6 +25,7 @@ from zoo.invertible_tasks import bicubic_down, bicubic_round_trip, ilc_loss, irn
 from zoo.models import build_model, get_entry
 from zoo.store import Store
 from zoo.tasks import task_of
+from tiny_zoo import short_training
 
 TEST_IRN, TEST_ILC = "test_irn.zoo_skimage", "test_ilc.zoo_skimage"
 
@@ -194,15 +193,6 @@ def test_a_pruned_int8_model_round_trips_the_compressed_format_bit_for_bit(name:
     with torch.no_grad():
         assert torch.equal(model(x, generator=torch.Generator().manual_seed(1))[-1],
                            again(x, generator=torch.Generator().manual_seed(1))[-1])
-
-
-def short_training(mp: pytest.MonkeyPatch) -> None:
-    """Base training 1 epoch, GMP fine-tune 1 epoch, latency measured briefly."""
-    mp.setattr(zoo.api, "train_base_model", functools.partial(zoo.native.train_base_model, epochs=1))
-    mp.setattr(zoo.variants, "GMP_FINETUNE_EPOCH_FRACTION", 0.1)
-    measure = zoo.evaluation.measure_latency
-    mp.setattr(zoo.evaluation, "measure_latency",
-               lambda model, example, *, min_run_time, **kw: measure(model, example, min_run_time=0.05, **kw))
 
 
 @pytest.mark.parametrize("name, task, metrics", [

@@ -3,7 +3,6 @@ forward, a training step, the compressed checkpoint round trip, and `zoo.load` w
 tiny entries (training cut short, a temporary store)."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ import torch
 
 import zoo
 import zoo.api
-import zoo.evaluation
 import zoo.families.mcbert as family
 import zoo.native
 import zoo.variants
@@ -28,6 +26,7 @@ from zoo.mcbert_models import (
 from zoo.models import build_model, get_entry
 from zoo.store import Store
 from zoo.tasks import task_of
+from tiny_zoo import short_training
 
 MCBERT, MLM, CLASSIFIER = "test_mcbert.zoo_pydoc", "test_bert.zoo_pydoc", "test_mcbert.zoo_pydoc_ft_stdlib"
 
@@ -215,15 +214,6 @@ def test_a_mismatched_or_missing_pretrained_model_is_refused() -> None:
 
 
 # zoo.load with a sparsity ---------------------------------------------------------------------------
-
-def short_training(mp: pytest.MonkeyPatch) -> None:
-    """Base training 1 epoch, GMP fine-tune 1 epoch, latency measured briefly (as tests/tiny_zoo.py)."""
-    mp.setattr(zoo.api, "train_base_model", functools.partial(zoo.native.train_base_model, epochs=1))
-    mp.setattr(zoo.variants, "GMP_FINETUNE_EPOCH_FRACTION", 0.1)
-    measure = zoo.evaluation.measure_latency
-    mp.setattr(zoo.evaluation, "measure_latency",
-               lambda model, example, *, min_run_time, **kw: measure(model, example, min_run_time=0.05, **kw))
-
 
 @pytest.mark.parametrize("name, task, metric", [(MLM, "fill-mask", "mlm_accuracy"),
                                                 (MCBERT, "multi-choice-cloze", "mc_accuracy")])
