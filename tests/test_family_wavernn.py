@@ -22,7 +22,7 @@ from zoo.compress.pruning import prunable_weights
 from zoo.compress.quantization import QuantLinear, apply_int8_ptq
 from zoo.errors import InvalidArgumentError
 from zoo.families.wavernn import (
-    KEEP_DENSE, WaveRNN, build_wavernn, fold, merge_16bit, nll_nats, split_16bit, unfold,
+    KEEP_DENSE, PRUNE_BLOCK, WaveRNN, build_wavernn, fold, merge_16bit, nll_nats, split_16bit, unfold,
 )
 from zoo.hub import LocalHub
 from zoo.models import get_entry
@@ -214,6 +214,10 @@ def test_zoo_load_derives_a_sparse_wavernn(tmp_path: Path, monkeypatch: pytest.M
     weights = prunable_weights(sparse, KEEP_DENSE)
     assert list(weights) == ["recurrent"]
     assert int((weights["recurrent"] == 0).sum()) == weights["recurrent"].numel() // 2
+    assert sparse.zoo.recipe.steps[0].block == PRUNE_BLOCK == (16, 1), "Sparse WaveRNN's default: 16x1 blocks"
+    rows, cols = PRUNE_BLOCK
+    blocks = (weights["recurrent"] != 0).reshape(-1, rows, weights["recurrent"].shape[1] // cols, cols)
+    assert bool((blocks.all(dim=(1, 3)) | ~blocks.any(dim=(1, 3))).all()), "whole blocks kept or pruned"
     assert int((sparse.cond_input.weight == 0).sum()) == 0
     report, base_report = sparse.zoo.report, base.zoo.report
     assert set(report.metrics) == {"bits_per_sample", "mel_distance"}

@@ -149,3 +149,22 @@ def test_model_entry_enforces_the_grammar_and_a_train_spec_for_zoo_entries() -> 
     with pytest.raises(InvalidArgumentError, match="TrainSpec"):
         _entry(train=None)
     assert _entry(source="upstream", train=None).train is None
+
+
+def test_prune_block_makes_the_default_recipes_prune_blocks() -> None:
+    from zoo.compress import (
+        BlockPruningConfig, GradualBlockPruningConfig, GradualMagnitudePruningConfig, MagnitudePruningConfig,
+    )
+    from zoo.variants import default_recipe
+
+    plain, blocked = _entry(keep_dense=("fc",)), _entry(keep_dense=("fc",), prune_block=(16, 1))
+    plain_gmp, block_gmp = (default_recipe(e, 0.9, None, "gmp").steps[0] for e in (plain, blocked))
+    assert type(plain_gmp) is GradualMagnitudePruningConfig and type(block_gmp) is GradualBlockPruningConfig
+    assert block_gmp.block == (16, 1) and block_gmp.keep_dense == ("fc",) and block_gmp.final_sparsity == 0.9
+    assert {f: getattr(block_gmp, f) for f in ("epochs", "lr", "scope", "optimizer")} == {
+        f: getattr(plain_gmp, f) for f in ("epochs", "lr", "scope", "optimizer")}, "the same schedule"
+    plain_os, block_os = (default_recipe(e, 0.9, None, "oneshot").steps[0] for e in (plain, blocked))
+    assert type(plain_os) is MagnitudePruningConfig and type(block_os) is BlockPruningConfig
+    assert block_os.block == (16, 1) and block_os.scope == plain_os.scope == "global"
+    with pytest.raises(InvalidArgumentError, match="block"):
+        _entry(prune_block=(0, 4))

@@ -6,6 +6,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from zoo.compress.block import check_block
 from zoo.errors import InvalidArgumentError
 
 NAME_RE = re.compile(r"(?P<arch>[a-z0-9_]+)\.(?P<tag>[a-z0-9_]+)")
@@ -71,7 +72,9 @@ class TrainSpec:
 class ModelEntry:
     """One registered checkpoint, `arch.tag` as in timm; `tag` says whose weights and how made.
     `input` is the family's own frozen dataclass describing what the model eats (InputSpec for images);
-    `num_classes` and `label_set` apply to classifiers only."""
+    `num_classes` and `label_set` apply to classifiers only. `keep_dense` names the modules the default
+    recipes never prune; `prune_block` = (rows, cols) makes them prune whole blocks of that shape
+    (Sparse WaveRNN's 16x1) instead of single weights."""
 
     name: str
     family: str
@@ -86,11 +89,14 @@ class ModelEntry:
     revision: str = "main"
     train: TrainSpec | None = None
     keep_dense: tuple[str, ...] = ()
+    prune_block: tuple[int, int] | None = None
     description: str = ""
     license: str = "apache-2.0"
 
     def __post_init__(self) -> None:
         split_name(self.name)
+        if self.prune_block is not None:
+            check_block(self.prune_block)
         if self.source == "zoo" and self.train is None:
             raise InvalidArgumentError(f"zoo-native entry {self.name!r} needs a TrainSpec")
 

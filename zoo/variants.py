@@ -11,7 +11,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from zoo.compress import GradualMagnitudePruningConfig, Int8PTQConfig, MagnitudePruningConfig, Recipe
+from zoo.compress import (
+    BlockPruningConfig, GradualBlockPruningConfig, GradualMagnitudePruningConfig, Int8PTQConfig,
+    MagnitudePruningConfig, Recipe,
+)
 from zoo.compress.quantization import QUANT_SCHEMES
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
@@ -99,17 +102,25 @@ class VariantSpec:
 
 
 def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method: str) -> Recipe:
-    """The zoo's default: gradual magnitude pruning (per layer, cubic schedule, first conv and classifier
-    dense) fine-tuned for half the base's epochs at the base's peak learning rate, or one-shot global magnitude pruning; then int8 PTQ."""
+    """The zoo's default: gradual pruning (per layer, cubic schedule, `entry.keep_dense` modules left
+    dense) fine-tuned for half the base's epochs at the base's peak learning rate, or one-shot global
+    pruning; then int8 PTQ. Pruning removes single weights by magnitude, or whole blocks of
+    `entry.prune_block` by mean magnitude (Sparse WaveRNN)."""
     steps = []
     if sparsity > 0 and method == "gmp":
         assert entry.train is not None  # VariantSpec refuses gmp without training data
-        steps.append(GradualMagnitudePruningConfig(
-            final_sparsity=sparsity, epochs=max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION)),
-            lr=entry.train.lr, keep_dense=entry.keep_dense, scope="layer", optimizer=entry.train.optimizer,
-        ))
+        schedule = dict(epochs=max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION)), lr=entry.train.lr,
+                        keep_dense=entry.keep_dense, scope="layer", optimizer=entry.train.optimizer)
+        if entry.prune_block is None:
+            steps.append(GradualMagnitudePruningConfig(final_sparsity=sparsity, **schedule))
+        else:
+            steps.append(GradualBlockPruningConfig(final_sparsity=sparsity, block=entry.prune_block, **schedule))
     elif sparsity > 0:
-        steps.append(MagnitudePruningConfig(sparsity=sparsity, scope="global", keep_dense=entry.keep_dense))
+        if entry.prune_block is None:
+            steps.append(MagnitudePruningConfig(sparsity=sparsity, scope="global", keep_dense=entry.keep_dense))
+        else:
+            steps.append(BlockPruningConfig(sparsity=sparsity, block=entry.prune_block, scope="global",
+                                            keep_dense=entry.keep_dense))
     if quant == "int8":
         steps.append(Int8PTQConfig(calibration_batches=8, keep_fp=()))
     return Recipe(tuple(steps))
