@@ -1,6 +1,7 @@
 """Hugging Face model cards for zoo variants: YAML front matter with a model-index of the measured
 results (so the Hub shows them and they parse back exactly), and a Markdown body with the recipe, the
-metrics, the table of the whole family and the accuracy-vs-FLOPs plot."""
+metrics, the table of the whole family, the accuracy-vs-FLOPs plot (and any plot the task adds), and the
+other models of the same task it is compared with."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,16 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate.report import VariantReport
-from zoo.tasks import MetricSpec, average_meaning
+from zoo.tasks import MetricSpec, average_meaning, task_named
 from zoo.tasks import metric_spec as _task_metric_spec
+
+
+@dataclass(frozen=True)
+class CardPlot:
+    """A plot shown on a card beside the metric-vs-FLOPs one (a task's `extra_plots`): file and alt text."""
+
+    filename: str
+    alt: str
 
 
 def metric_spec(key: str) -> MetricSpec:
@@ -103,7 +112,8 @@ def _metric_value(name: str, spec: MetricSpec, value: Any) -> float:
 
 
 def card_data(report: VariantReport, *, license: str, library_name: str) -> ModelCardData:
-    """The front matter; `base_model` only when it names another model (not for the base itself)."""
+    """The front matter; `base_model` only when it names another model (not for the base itself), and
+    `pipeline_tag` only where the Hub has one for the task (the zoo's task name is always a tag)."""
     base_model = report.base_model if report.base_model and report.base_model != report.name else None
     return ModelCardData(
         model_name=report.name,
@@ -111,7 +121,7 @@ def card_data(report: VariantReport, *, license: str, library_name: str) -> Mode
         base_model=base_model,
         library_name=library_name,
         license=license,
-        pipeline_tag=report.task,
+        pipeline_tag=task_named(report.task).pipeline_tag,
         tags=card_tags(report),
         metrics=sorted({metric_spec(key).type for key in report.metrics}),
     )
@@ -187,10 +197,10 @@ def _metric_rows(report: VariantReport) -> list[tuple[str, str]]:
     ]
 
 
-def _family_table(family: Sequence[VariantReport], current: str | None) -> dict[str, Any]:
-    """Header and pre-formatted rows of the family table; the current variant's name is in bold."""
+def _family_table(family: Sequence[VariantReport], current: str | None, base: VariantReport | None) -> dict[str, Any]:
+    """Header and pre-formatted rows of a table of reports; the current variant's name is in bold, and
+    FLOPs are also given relative to `base`'s dense FLOPs."""
     keys = _metric_keys(family)
-    base = next((r for r in family if is_base(r)), None)
     header = ["variant", "kind", *(metric_spec(k).name for k in keys), "non-zero FLOPs",
               "vs dense base", "non-zero params", "size", "latency (ms)"]
     rows = []
@@ -210,7 +220,8 @@ def _family_order(family: Sequence[VariantReport]) -> list[VariantReport]:
 
 
 def check_family(family: Sequence[VariantReport]) -> None:
-    """A family table compares like with like: unique names, one task, dataset, split and average."""
+    """A family table (and the models it is compared with) compares like with like: unique names, one
+    task, dataset, split and average."""
     names = [r.name for r in family]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -226,8 +237,9 @@ def check_family(family: Sequence[VariantReport]) -> None:
 
 _METRICS_SECTION = """\
 Measured on split `{{ split }}` of `{{ dataset }}`; metrics are averaged `{{ average }}` \
-({{ average_meaning }}). FLOPs are 2 x multiply-accumulates for one example; the non-zero count skips the \
-multiplications by weights that are exactly zero, as sparse kernels would.
+({{ average_meaning }}). FLOPs are 2 x multiply-accumulates for {{ example }}; the non-zero count skips \
+the multiplications by weights that are exactly zero, as sparse kernels would. Latency is for the same \
+input.
 
 | measure | value |
 |---|---|
@@ -243,7 +255,23 @@ _FAMILY_SECTION = """\
 |{% for _ in family.header %}---|{% endfor %}
 {% for row in family.rows -%}
 | {{ row | join(" | ") }} |
+{% endfor %}
+{%- for plot in extra_plots %}
+![{{ plot.alt }}]({{ plot.filename }})
 {% endfor %}"""
+
+_REFERENCES_SECTION = """\
+{% if references %}## Compared with
+
+Other models trained by the zoo for the same task, measured the same way (FLOPs relative to \
+`{{ family_base }}`):
+
+| {{ references.header | join(" | ") }} |
+|{% for _ in references.header %}---|{% endfor %}
+{% for row in references.rows -%}
+| {{ row | join(" | ") }} |
+{% endfor %}
+{% endif %}"""
 
 _USAGE_SECTION = """\
 ```python
@@ -282,7 +310,7 @@ VARIANT_TEMPLATE = f"""\
 All variants of `{{{{ family_base }}}}`, measured the same way:
 
 {_FAMILY_SECTION}
-## How to use
+{_REFERENCES_SECTION}## How to use
 
 {_USAGE_SECTION}
 """ + "\n"  # Jinja drops a template's final newline: this keeps one at the end of the README
@@ -300,7 +328,7 @@ quantized). Task: {{{{ task }}}}.
 ## The family: {{{{ primary_name }}}} vs FLOPs
 
 {_FAMILY_SECTION}
-## Dataset
+{_REFERENCES_SECTION}## Dataset
 
 {{{{ dataset_description }}}}
 
@@ -316,7 +344,10 @@ Each variant loads the same way under its own name (first column of the table ab
 
 
 def _render(template: str, report: VariantReport, family: Sequence[VariantReport], *, family_base: str,
-            plot_filename: str | None, license: str, dataset_description: str, library_name: str) -> ModelCard:
+            plot_filename: str | None, license: str, dataset_description: str, library_name: str, example: str,
+            extra_plots: Sequence[CardPlot], references: Sequence[VariantReport]) -> ModelCard:
+    check_family([*family, *references])
+    base = next((r for r in family if is_base(r)), None)
     data = card_data(report, license=license, library_name=library_name)
     return ModelCard.from_template(
         data,
@@ -332,8 +363,11 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
         recipe_json=_recipe_json(report),
         base_model_name=report.base_model,
         metric_rows=_metric_rows(report),
-        family=_family_table(_family_order(family), report.name),
+        family=_family_table(_family_order(family), report.name, base),
         family_base=family_base,
+        example=example,
+        extra_plots=list(extra_plots),
+        references=_family_table(references, None, base) if references else None,
         primary_name=metric_spec(next(iter(report.metrics))).name,
         plot_filename=plot_filename,
         plot_alt=f"{metric_spec(next(iter(report.metrics))).name} vs non-zero FLOPs of the {family_base} family",
@@ -341,22 +375,26 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
 
 
 def variant_card(report: VariantReport, *, family_reports: list[VariantReport], plot_filename: str | None,
-                 license: str, dataset_description: str, library_name: str = "zoo") -> ModelCard:
-    """The card of one variant; `family_reports` (which must include `report`) fill the family table."""
+                 license: str, dataset_description: str, example: str, extra_plots: Sequence[CardPlot] = (),
+                 references: Sequence[VariantReport] = (), library_name: str = "zoo") -> ModelCard:
+    """The card of one variant; `family_reports` (which must include `report`) fill the family table,
+    `references` (base models of the same task) the comparison table; `example` says what one example
+    is (FLOPs and latency are per example)."""
     if report.name not in {r.name for r in family_reports}:
         raise InvalidArgumentError(f"family_reports does not include the variant {report.name!r} itself")
-    check_family(family_reports)
     base = next((r for r in family_reports if is_base(r)), None)
     family_base = base.name if base is not None else report.base_model
     return _render(VARIANT_TEMPLATE, report, family_reports, family_base=family_base,
                    plot_filename=plot_filename, license=license, dataset_description=dataset_description,
-                   library_name=library_name)
+                   library_name=library_name, example=example, extra_plots=extra_plots, references=references)
 
 
 def base_card(base_report: VariantReport, variant_reports: list[VariantReport], *, plot_filename: str | None,
-              license: str, dataset_description: str, library_name: str = "zoo") -> ModelCard:
-    """The card of a base model: its own results, and the family overview (table + plot) up front.
-    `variant_reports` may or may not include the base; each variant must derive from it."""
+              license: str, dataset_description: str, example: str, extra_plots: Sequence[CardPlot] = (),
+              references: Sequence[VariantReport] = (), library_name: str = "zoo") -> ModelCard:
+    """The card of a base model: its own results, and the family overview (table + plots) up front.
+    `variant_reports` may or may not include the base; each variant must derive from it. The other
+    arguments are `variant_card`'s."""
     if not is_base(base_report):
         raise InvalidArgumentError(f"{base_report.name!r} has a recipe: it is a variant, not a base model")
     variants = [r for r in variant_reports if r.name != base_report.name]
@@ -365,7 +403,6 @@ def base_card(base_report: VariantReport, variant_reports: list[VariantReport], 
     if strangers:
         raise InvalidArgumentError(f"variants not derived from {base_report.name!r}: {', '.join(strangers)}")
     family = [base_report, *variants]
-    check_family(family)
     return _render(BASE_TEMPLATE, base_report, family, family_base=base_report.name,
                    plot_filename=plot_filename, license=license, dataset_description=dataset_description,
-                   library_name=library_name)
+                   library_name=library_name, example=example, extra_plots=extra_plots, references=references)

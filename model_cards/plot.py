@@ -1,9 +1,12 @@
-"""The accuracy-vs-FLOPs plot of a model family: one labelled point per variant, marker by kind, and
-the Pareto front as a step line. Drawn on an Agg canvas without pyplot (no display, no global state)."""
+"""The plots of a model family: the task metric against non-zero FLOPs (and, where the task asks,
+one metric against another), one labelled point per variant, marker by kind, the models it is compared
+with as grey crosses, and the Pareto front as a step line. Drawn on an Agg canvas without pyplot (no
+display, no global state)."""
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -53,26 +56,62 @@ def _label_offsets(xs: Sequence[float], ys: Sequence[float], log_x: bool) -> lis
     return offsets
 
 
+@dataclass(frozen=True)
+class _Axis:
+    """Values and label of one axis: a metric (shown in % if a fraction) or non-zero MFLOPs."""
+
+    values: list[float]
+    label: str
+    higher_is_better: bool
+
+    @staticmethod
+    def of(reports: Sequence[VariantReport], key: str | None) -> _Axis:
+        if key is None:
+            return _Axis([r.flops_sparse / 1e6 for r in reports], "non-zero MFLOPs per example", False)
+        spec = metric_spec(key)
+        missing = [r.name for r in reports if key not in r.metrics]
+        if missing:
+            raise InvalidArgumentError(f"metric {key!r} missing from reports: {', '.join(missing)}")
+        scale = 100.0 if spec.unit == "fraction" else 1.0
+        unit = "%" if spec.unit == "fraction" else spec.unit
+        average = reports[0].metric_average
+        direction = "" if spec.higher_is_better else ", lower is better"
+        label = f"{spec.name} ({unit + ', ' if unit else ''}average={average}{direction})"
+        return _Axis([scale * float(r.metrics[key]) for r in reports], label, spec.higher_is_better)
+
+
 def plot_accuracy_vs_flops(reports: Sequence[VariantReport], path: str | Path, *, metric: str = "top1",
-                           pareto: list[int] | None = None, title: str | None = None) -> Path:
+                           pareto: list[int] | None = None, title: str | None = None,
+                           references: Sequence[VariantReport] = ()) -> Path:
     """Plot `metric` (in % for fractions) against non-zero FLOPs per example and save a PNG at `path`.
-    `pareto` gives the front's indices into `reports`; without it `zoo.evaluate.pareto` computes it."""
+    `pareto` gives the front's indices into `reports`; without it `zoo.evaluate.pareto` computes it.
+    `references` (other models of the task) are drawn as grey crosses, outside the front."""
+    return _plot(reports, path, x=None, y=metric, pareto=pareto, title=title, references=references)
+
+
+def plot_metric_vs_metric(reports: Sequence[VariantReport], path: str | Path, *, x: str, y: str,
+                          pareto: list[int] | None = None, title: str | None = None,
+                          references: Sequence[VariantReport] = ()) -> Path:
+    """Plot metric `y` against metric `x` (a codec's PSNR against bits per pixel: its rate-distortion
+    points), the front taken in each metric's direction; otherwise as `plot_accuracy_vs_flops`."""
+    return _plot(reports, path, x=x, y=y, pareto=pareto, title=title, references=references)
+
+
+def _plot(reports: Sequence[VariantReport], path: str | Path, *, x: str | None, y: str, pareto: list[int] | None,
+          title: str | None, references: Sequence[VariantReport]) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InvalidArgumentError(f"the plot is a PNG; {str(path)!r} does not end in .png")
     if not reports:
         raise InvalidArgumentError("no reports to plot")
-    spec = metric_spec(metric)
-    missing = [r.name for r in reports if metric not in r.metrics]
-    if missing:
-        raise InvalidArgumentError(f"metric {metric!r} missing from reports: {', '.join(missing)}")
-
-    xs = [r.flops_sparse / 1e6 for r in reports]
-    scale = 100.0 if spec.unit == "fraction" else 1.0
-    ys = [scale * float(r.metrics[metric]) for r in reports]
-    sign = 1.0 if spec.higher_is_better else -1.0  # the front maximizes quality: negate a lower-is-better metric
-    front = _front([(x, sign * y) for x, y in zip(xs, ys)], pareto)
-    log_x = min(xs) > 0 and max(xs) / min(xs) >= LOG_SPAN
+    x_axis, y_axis = _Axis.of(reports, x), _Axis.of(reports, y)
+    xs, ys = x_axis.values, y_axis.values
+    ref_xs, ref_ys = (_Axis.of(references, x).values, _Axis.of(references, y).values) if references else ([], [])
+    x_sign = -1.0 if x_axis.higher_is_better else 1.0  # the front minimizes x and maximizes y
+    y_sign = 1.0 if y_axis.higher_is_better else -1.0
+    front = _front([(x_sign * a, y_sign * b) for a, b in zip(xs, ys)], pareto)
+    all_xs = xs + ref_xs
+    log_x = min(all_xs) > 0 and max(all_xs) / min(all_xs) >= LOG_SPAN
 
     fig = Figure(figsize=(7.5, 4.8))
     FigureCanvasAgg(fig)
@@ -86,26 +125,28 @@ def plot_accuracy_vs_flops(reports: Sequence[VariantReport], path: str | Path, *
         if members:
             ax.scatter([xs[i] for i in members], [ys[i] for i in members], marker=marker, s=56,
                        color=COLORS[kind], edgecolors="white", linewidths=0.6, label=kind, zorder=3)
+    if references:
+        ax.scatter(ref_xs, ref_ys, marker="X", s=64, color="0.45", edgecolors="white", linewidths=0.6,
+                   label="compared with", zorder=3)
     if front:
-        ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="0.3",
-                linestyle="--", linewidth=1.2, zorder=2, label="Pareto front")
+        ordered = sorted(front, key=lambda i: xs[i])
+        ax.step([xs[i] for i in ordered], [ys[i] for i in ordered], where="pre" if x_axis.higher_is_better else "post",
+                color="0.3", linestyle="--", linewidth=1.2, zorder=2, label="Pareto front")
         ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=150, facecolors="none",
                    edgecolors="0.2", linewidths=1.2, zorder=4)
-    for i, offset in enumerate(_label_offsets(xs, ys, log_x)):
-        ax.annotate(short_label(reports[i]), (xs[i], ys[i]), xytext=offset, textcoords="offset points",
-                    fontsize=8)
+    labels = [short_label(r) for r in reports] + [r.name for r in references]
+    for label, px, py, offset in zip(labels, all_xs, ys + ref_ys, _label_offsets(all_xs, ys + ref_ys, log_x)):
+        ax.annotate(label, (px, py), xytext=offset, textcoords="offset points", fontsize=8)
 
-    ax.set_xlabel("non-zero MFLOPs per example" + (" (log scale)" if log_x else ""))
-    average = reports[0].metric_average
-    unit = "%" if spec.unit == "fraction" else spec.unit
-    direction = "" if spec.higher_is_better else ", lower is better"
-    ax.set_ylabel(f"{spec.name} ({unit + ', ' if unit else ''}average={average}{direction})")
+    ax.set_xlabel(x_axis.label + (" (log scale)" if log_x else ""))
+    ax.set_ylabel(y_axis.label)
     first = reports[0]
-    ax.set_title(title or f"{first.base_model}: {spec.name} vs FLOPs on {first.dataset} ({first.split})",
+    x_name = "FLOPs" if x is None else metric_spec(x).name
+    ax.set_title(title or f"{first.base_model}: {metric_spec(y).name} vs {x_name} on {first.dataset} ({first.split})",
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.margins(x=0.12, y=0.12)
-    ax.legend(loc="lower right" if spec.higher_is_better else "upper right", fontsize=8)
+    ax.legend(loc="lower right" if y_axis.higher_is_better else "upper right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, format="png")

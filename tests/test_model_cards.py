@@ -2,7 +2,7 @@
 model-index equal to the measured floats; validation catches corrupted cards; the plot is a PNG."""
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 
 import numpy as np
 import pytest
@@ -11,15 +11,19 @@ from huggingface_hub import ModelCard
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from matplotlib.image import imread
 
+import zoo
 from zoo.errors import CardValidationError, InvalidArgumentError, UnknownNameError
 from zoo.evaluate.report import VariantReport
-from zoo.model_cards import base_card, plot_accuracy_vs_flops, validate_card, variant_card, write_card
-from zoo.model_cards.card import short_label, variant_kind
+from zoo.model_cards import (
+    CardPlot, base_card, plot_accuracy_vs_flops, plot_metric_vs_metric, validate_card, variant_card, write_card,
+)
+from zoo.model_cards.card import card_data, short_label, variant_kind
 
 BASE = "resnet18.zoo_digits"
 DENSE_FLOPS = 71_234_560
 PARAMS = 11_181_642
-CARD_ARGS = {"license": "apache-2.0", "dataset_description": "Handwritten digits, 8x8 upscaled."}
+CARD_ARGS = {"license": "apache-2.0", "dataset_description": "Handwritten digits, 8x8 upscaled.",
+             "example": "one 3x32x32 image"}
 
 
 def _report(suffix: str, *, sparsity: float = 0.0, quant: str | None = None, top1: float,
@@ -216,8 +220,6 @@ def test_plot_is_a_png_with_the_front(reports, tmp_path):
         plot_accuracy_vs_flops([], tmp_path / "x.png", pareto=[])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("zoo.evaluate.pareto") is None,
-                    reason="zoo.evaluate.pareto not written yet")
 def test_plot_computes_the_front_when_not_given(reports, tmp_path):
     from zoo.evaluate.pareto import pareto_front
 
@@ -225,3 +227,83 @@ def test_plot_computes_the_front_when_not_given(reports, tmp_path):
     computed = plot_accuracy_vs_flops(reports, tmp_path / "computed.png")
     given = plot_accuracy_vs_flops(reports, tmp_path / "given.png", pareto=pareto_front(points))
     assert np.array_equal(_png(computed), _png(given))
+
+
+def _other_model(name: str, top1: float) -> VariantReport:
+    """The base report of another model of the same task (what `ModelEntry.compare_with` names)."""
+    other = _report("", top1=top1, top5=1.0)
+    other.name = other.base_model = name
+    other.flops_dense = other.flops_sparse = DENSE_FLOPS // 2
+    return other
+
+
+def test_cards_compare_the_family_with_other_models_of_the_task(reports, tmp_path):
+    smaller = _other_model("resnet10.zoo_digits", 0.9)
+    card = base_card(reports[0], reports, plot_filename="accuracy_vs_flops.png", references=[smaller], **CARD_ARGS)
+    body = ModelCard.load(write_card(card, tmp_path)).text
+    compared = body[body.index("## Compared with"):body.index("## Dataset")]
+    assert "| `resnet10.zoo_digits` | dense | 90.00 % |" in compared and "| 0.50x |" in compared, "FLOPs vs our base"
+    assert "resnet18.zoo_digits_sp50" not in compared
+    variant = variant_card(reports[2], family_reports=reports, plot_filename=None, references=[smaller], **CARD_ARGS)
+    assert "## Compared with" in str(variant)
+    assert "## Compared with" not in str(_variant(reports, 2))
+    other_task = _other_model("bert_mini.zoo_stdlib", 0.9)
+    other_task.task = "text-classification"
+    with pytest.raises(InvalidArgumentError, match="mixes tasks"):
+        base_card(reports[0], reports, plot_filename=None, references=[other_task], **CARD_ARGS)
+    with pytest.raises(InvalidArgumentError, match="more than once"):
+        base_card(reports[0], reports, plot_filename=None, references=[reports[0]], **CARD_ARGS)
+
+
+def test_cards_show_the_tasks_extra_plots_and_say_what_an_example_is(reports):
+    plot = CardPlot("rate_distortion.png", "PSNR vs bits per pixel")
+    body = str(base_card(reports[0], reports, plot_filename="accuracy_vs_flops.png", extra_plots=[plot],
+                         **CARD_ARGS))
+    assert "![PSNR vs bits per pixel](rate_distortion.png)" in body
+    assert body.index("accuracy_vs_flops.png") < body.index("rate_distortion.png") < body.index("## Dataset")
+    assert "2 x multiply-accumulates for one 3x32x32 image" in body
+
+
+def test_pipeline_tag_is_the_hubs_where_it_has_one(reports):
+    assert card_data(reports[0], license="mit", library_name="zoo").pipeline_tag == "image-classification"
+    vocoder = dataclasses.replace(reports[0], task="vocoding", metrics={"bits_per_sample": 10.5})
+    data = card_data(vocoder, license="mit", library_name="zoo")
+    assert data.pipeline_tag is None and "vocoding" in data.tags, "no Hub pipeline for a vocoder: a tag instead"
+
+
+def test_metric_vs_metric_plot_takes_the_front_in_each_metrics_direction(reports, tmp_path):
+    codecs = []
+    for i, (bpp, psnr) in enumerate([(0.5, 30.0), (1.0, 33.0), (1.5, 32.0)]):
+        report = dataclasses.replace(reports[0], name=f"ilc.zoo_test_{i}", task="image-compression",
+                                     metrics={"psnr": psnr, "ssim": 0.9, "bpp": bpp}, metric_average="patch-mean")
+        codecs.append(report)
+    given = plot_metric_vs_metric(codecs, tmp_path / "given.png", x="bpp", y="psnr", pareto=[0, 1])
+    computed = plot_metric_vs_metric(codecs, tmp_path / "computed.png", x="bpp", y="psnr")
+    assert np.array_equal(_png(given), _png(computed)), "fewer bits and more dB are both better"
+    other = plot_metric_vs_metric(codecs, tmp_path / "other.png", x="bpp", y="psnr", pareto=[0, 2])
+    assert not np.array_equal(_png(given), _png(other))
+    with_reference = plot_metric_vs_metric(codecs[:2], tmp_path / "ref.png", x="bpp", y="psnr", references=codecs[2:])
+    assert not np.array_equal(_png(with_reference), _png(given))
+    with pytest.raises(InvalidArgumentError, match="missing"):
+        plot_metric_vs_metric(reports, tmp_path / "x.png", x="bpp", y="top1")
+
+
+def test_family_cards_need_the_compared_models_and_draw_every_plot(reports, tmp_path):
+    from zoo.publish import PLOT_FILE, family_cards, write_family_cards
+
+    entry = dataclasses.replace(zoo.get_entry(BASE), compare_with=("resnet10.zoo_digits",))
+    with pytest.raises(InvalidArgumentError, match="compared with"):
+        family_cards(entry, reports)
+    family = family_cards(entry, reports, [_other_model("resnet10.zoo_digits", 0.9)])
+    assert "## Compared with" in str(family.cards[BASE])
+    assert [p.name for p in family.draw_plots(tmp_path / "plain")] == [PLOT_FILE]
+
+    codec = zoo.get_entry("ilc.zoo_skimage")
+    codecs = [dataclasses.replace(r, name=r.name.replace(BASE, codec.name), base_model=codec.name,
+                                  task="image-compression", dataset="skimage_patches", metric_average="patch-mean",
+                                  metrics={"psnr": 30 - 2 * r.sparsity, "ssim": 0.9, "bpp": 1.0 - r.sparsity / 4})
+              for r in reports]
+    written = write_family_cards(family_cards(codec, codecs), tmp_path / "cards")
+    for card in written:
+        assert {p.name for p in card.parent.iterdir()} == {"README.md", PLOT_FILE, "rate_distortion.png"}
+        assert "(rate_distortion.png)" in card.read_text()

@@ -50,6 +50,15 @@ def test_every_entry_builds_and_runs_forward(entry: ModelEntry) -> None:
     if entry.task == "image-classification":
         assert tuple(example.shape) == entry.input.example_shape(1)
         assert tuple(output.shape) == (1, entry.num_classes)
+    assert task_of(entry).describe_example(entry).startswith("one "), "cards say what FLOPs are per"
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.compare_with], ids=lambda e: e.name)
+def test_compared_models_are_registered_bases_of_the_same_task_and_data(entry: ModelEntry) -> None:
+    for name in entry.compare_with:
+        other = zoo.get_entry(name)
+        assert other.name != entry.name
+        assert (other.task, other.eval_data, other.input) == (entry.task, entry.eval_data, entry.input)
 
 
 @pytest.mark.parametrize("entry", UPSTREAM, ids=lambda e: e.name)

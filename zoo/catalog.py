@@ -1,5 +1,5 @@
 """What the zoo holds right now: registered entries plus the variants published in the local hub or
-cached, for `zoo list`, `zoo card` and `zoo push`."""
+cached, for `zoo list`, `zoo card` and `zoo push`; and the reports a family's cards compare it with."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from zoo.api import load, load_cached, resolve
+from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError, ZooError
+from zoo.evaluate import VariantReport
 from zoo.models import list_entries
 from zoo.store import Store
 from zoo.variants import VariantSpec
@@ -82,3 +84,9 @@ def family_models(base: str, store: Store) -> list[nn.Module]:
             newest = max(store.cached_entries(name), key=lambda folder: folder.stat().st_mtime)
             models.append(load_cached(spec, newest))
     return models
+
+
+def reference_reports(entry: ModelEntry, store: Store, *, progress: bool = False) -> list[VariantReport]:
+    """The measured reports of the base models `entry.compare_with` names, loaded like the family's own
+    base (from the hub or cache; trained by their recipe if neither has them)."""
+    return [load(name, store=store, progress=progress).zoo.report for name in entry.compare_with]

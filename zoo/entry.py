@@ -74,7 +74,8 @@ class ModelEntry:
     `input` is the family's own frozen dataclass describing what the model eats (InputSpec for images);
     `num_classes` and `label_set` apply to classifiers only. `keep_dense` names the modules the default
     recipes never prune; `prune_block` = (rows, cols) makes them prune whole blocks of that shape
-    (Sparse WaveRNN's 16x1) instead of single weights."""
+    (Sparse WaveRNN's 16x1) instead of single weights. `compare_with` names base models of the same
+    task that this family's cards show beside it (MAT beside the Transformer of equal size)."""
 
     name: str
     family: str
@@ -90,6 +91,7 @@ class ModelEntry:
     train: TrainSpec | None = None
     keep_dense: tuple[str, ...] = ()
     prune_block: tuple[int, int] | None = None
+    compare_with: tuple[str, ...] = ()
     description: str = ""
     license: str = "apache-2.0"
 

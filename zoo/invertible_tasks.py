@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from zoo.data import Batches
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
-from zoo.tasks import MetricSpec, Task, TaskResult, register_task
+from zoo.tasks import MetricPlot, MetricSpec, Task, TaskResult, register_task
 
 EVAL_SEED = 0
 PSNR = MetricSpec("psnr", "PSNR", "psnr", higher_is_better=True, unit="dB")
@@ -84,12 +84,17 @@ class _ImageToImage(Task):
 
     average = PATCH_MEAN
     average_meaning = PATCH_MEAN_MEANING
+    round_trip: str
 
     def example_input(self, entry: ModelEntry) -> torch.Tensor:
         return torch.zeros(entry.input.example_shape(1))
 
     def model_inputs(self, batch: Any) -> torch.Tensor:
         return _images(batch)
+
+    def describe_example(self, entry: ModelEntry) -> str:
+        spec = entry.input
+        return f"one {spec.channels}x{spec.patch}x{spec.patch} patch {self.round_trip}"
 
     def evaluate(self, model: nn.Module, batches: Batches, entry: ModelEntry, *, progress: bool = True) -> TaskResult:
         psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
@@ -127,6 +132,8 @@ class ImageRescaling(_ImageToImage):
     (primary: PSNR), with the LR image's PSNR against bicubic downscaling beside it."""
 
     name = "image-rescaling"
+    pipeline_tag = "image-to-image"
+    round_trip = "downscaled and upscaled back"
     metrics = (PSNR, SSIM, PSNR_LR)
 
     def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
@@ -147,6 +154,9 @@ class ImageCompression(_ImageToImage):
     and PSNR-vs-FLOPs compares like with like (bits per pixel is reported beside it on every card)."""
 
     name = "image-compression"
+    pipeline_tag = "image-to-image"
+    round_trip = "encoded, its rate estimated by the entropy model, and decoded"
+    extra_plots = (MetricPlot(BPP.key, PSNR.key, "rate_distortion.png"),)
     metrics = (PSNR, SSIM, BPP)
 
     def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:

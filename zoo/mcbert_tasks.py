@@ -38,6 +38,9 @@ class _TextTask(Task):
     def example_input(self, entry: ModelEntry) -> torch.Tensor:
         return _text_input(entry).example_ids(1)
 
+    def describe_example(self, entry: ModelEntry) -> str:
+        return f"one sequence of {_text_input(entry).max_length} tokens"
+
     def model_inputs(self, batch: Any) -> torch.Tensor:
         return batch[0]
 
@@ -103,6 +106,7 @@ class FillMask(_TextTask):
     """The masked-LM baseline's task: `mlm_accuracy`, the masked-token accuracy over the vocabulary."""
 
     name = "fill-mask"
+    pipeline_tag = "fill-mask"
     metrics = (MetricSpec("mlm_accuracy", "masked-token accuracy", "accuracy", unit="fraction"),)
 
     def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
@@ -126,6 +130,7 @@ class TextClassification(_TextTask):
     label smoothing) and `accuracy` over all test sentences (classes are balanced)."""
 
     name = "text-classification"
+    pipeline_tag = "text-classification"
     metrics = (MetricSpec("accuracy", "accuracy", "accuracy", unit="fraction"),)
 
     def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:

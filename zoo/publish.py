@@ -17,9 +17,12 @@ from zoo.compress.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate import VariantReport, pareto_front
-from zoo.tasks import MetricSpec, task_named, task_of
+from zoo.tasks import MetricPlot, MetricSpec, task_named, task_of
 from zoo.hub import LocalHub, upload
-from zoo.model_cards import base_card, plot_accuracy_vs_flops, validate_card, variant_card, write_card
+from zoo.model_cards import (
+    CardPlot, base_card, metric_spec, plot_accuracy_vs_flops, plot_metric_vs_metric, validate_card, variant_card,
+    write_card,
+)
 from zoo.store import REPORT_FILE
 
 PLOT_FILE = "accuracy_vs_flops.png"
@@ -34,11 +37,24 @@ DATASET_DESCRIPTIONS = {
 @dataclass(frozen=True)
 class FamilyCards:
     """The cards of a base model and its variants, with the family's Pareto front (indices into
-    `reports`, minimizing sparse-aware FLOPs and maximizing the primary metric)."""
+    `reports`, minimizing sparse-aware FLOPs and best in the primary metric), the base models of the
+    same task it is compared with, and the task's metric-vs-metric plots."""
 
     reports: list[VariantReport]
     cards: dict[str, ModelCard]
     front: list[int]
+    references: list[VariantReport]
+    extra_plots: tuple[MetricPlot, ...]
+
+    def draw_plots(self, folder: Path) -> list[Path]:
+        """Every plot the cards show, drawn into `folder`."""
+        task = task_named(self.reports[0].task)
+        paths = [plot_accuracy_vs_flops(self.reports, folder / PLOT_FILE, metric=task.primary.key, pareto=self.front,
+                                        references=self.references)]
+        for plot in self.extra_plots:
+            paths.append(plot_metric_vs_metric(self.reports, folder / plot.filename, x=plot.x, y=plot.y,
+                                               references=self.references))
+        return paths
 
 
 def quality_front(reports: Sequence[VariantReport], spec: MetricSpec) -> list[int]:
@@ -47,11 +63,14 @@ def quality_front(reports: Sequence[VariantReport], spec: MetricSpec) -> list[in
     return pareto_front([(r.flops_sparse, sign * r.metrics[spec.key]) for r in reports])
 
 
-def family_cards(entry: ModelEntry, reports: Sequence[VariantReport]) -> FamilyCards:
+def family_cards(entry: ModelEntry, reports: Sequence[VariantReport],
+                 references: Sequence[VariantReport] = ()) -> FamilyCards:
     """Builds and validates a card per report; the report whose name is the entry's is the base card.
-    The Pareto front is taken on the task's primary metric."""
+    The Pareto front is taken on the task's primary metric. `references` are the reports of the base
+    models `entry.compare_with` names (see `zoo.catalog.reference_reports`)."""
     reports = list(reports)
-    spec = task_of(entry).primary
+    task = task_of(entry)
+    spec = task.primary
     metric = spec.key
     missing = [r.name for r in reports if metric not in r.metrics]
     if missing:
@@ -59,28 +78,35 @@ def family_cards(entry: ModelEntry, reports: Sequence[VariantReport]) -> FamilyC
     base = next((r for r in reports if r.name == entry.name), None)
     if base is None:
         raise InvalidArgumentError(f"the family of {entry.name} needs the base model's own report")
-    common = dict(license=entry.license, dataset_description=DATASET_DESCRIPTIONS.get(entry.eval_data.name, entry.eval_data.name))
+    wanted, given = set(entry.compare_with), {r.name for r in references}
+    if wanted != given:
+        raise InvalidArgumentError(f"{entry.name} is compared with {sorted(wanted)}, not {sorted(given)}")
+    plots = [CardPlot(p.filename, f"{metric_spec(p.y).name} vs {metric_spec(p.x).name} of the {entry.name} family")
+             for p in task.extra_plots]
+    common = dict(license=entry.license, dataset_description=DATASET_DESCRIPTIONS.get(entry.eval_data.name, entry.eval_data.name),
+                  example=task.describe_example(entry), extra_plots=plots, references=list(references))
     cards = {base.name: base_card(base, reports, plot_filename=PLOT_FILE, **common)}
     for report in reports:
         if report is not base:
             cards[report.name] = variant_card(report, family_reports=reports, plot_filename=PLOT_FILE, **common)
     for report in reports:
         validate_card(cards[report.name], report)
-    return FamilyCards(reports, cards, quality_front(reports, spec))
+    return FamilyCards(reports, cards, quality_front(reports, spec), list(references), task.extra_plots)
 
 
 def write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
-    """`out_dir/<name>/README.md` and the family plot beside each (the layout of model_cards/)."""
+    """`out_dir/<name>/README.md` and the family's plots beside each (the layout of model_cards/)."""
     written = []
-    plot = Path(tempfile.mkdtemp()) / PLOT_FILE
+    drawn = Path(tempfile.mkdtemp())
     try:
-        plot_accuracy_vs_flops(family.reports, plot, metric=_primary_key(family), pareto=family.front)
+        plots = family.draw_plots(drawn)
         for name, card in family.cards.items():
             folder = out_dir / name
             written.append(write_card(card, folder))
-            shutil.copyfile(plot, folder / PLOT_FILE)
+            for plot in plots:
+                shutil.copyfile(plot, folder / plot.name)
     finally:
-        shutil.rmtree(plot.parent, ignore_errors=True)
+        shutil.rmtree(drawn, ignore_errors=True)
     return written
 
 
@@ -95,7 +121,7 @@ def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards, folder: 
     if model.zoo.recipe is not None:
         (folder / RECIPE_FILE).write_text(model.zoo.recipe.to_json() + "\n")
     write_card(card, folder)
-    plot_accuracy_vs_flops(family.reports, folder / PLOT_FILE, metric=_primary_key(family), pareto=family.front)
+    family.draw_plots(folder)
     return folder
 
 
@@ -110,10 +136,6 @@ def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards, *, repo
         if hub is not None:
             return hub.push(repo_id, folder, message=message)
         return upload(folder, repo_id, endpoint=endpoint, token=token, message=message)
-
-
-def _primary_key(family: FamilyCards) -> str:
-    return task_named(family.reports[0].task).primary.key
 
 
 def report_table(reports: Sequence[VariantReport], front: Sequence[int] = ()) -> str:

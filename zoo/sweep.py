@@ -10,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo.api import load, resolve
+from zoo.catalog import reference_reports
 from zoo.errors import InvalidArgumentError
 from zoo.publish import FamilyCards, family_cards, push_variant, write_family_cards
 from zoo.store import Store
@@ -60,7 +61,8 @@ def run_sweep(plan: SweepPlan, *, store: Store | None = None, cards_dir: Path | 
     models: list[nn.Module] = []
     for spec in tqdm(plan.specs, desc=f"variants of {plan.base}", disable=not progress, unit="variant"):
         models.append(load(spec, store=store, progress=progress))
-    family = family_cards(plan.specs[0].base, [m.zoo.report for m in models])
+    base = plan.specs[0].base
+    family = family_cards(base, [m.zoo.report for m in models], reference_reports(base, store, progress=progress))
     written = write_family_cards(family, cards_dir) if cards_dir is not None else []
     revisions: dict[str, str] = {}
     if publish:

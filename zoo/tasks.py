@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from zoo.data import Batches, dataset
 from zoo.entry import DataSpec, ModelEntry
-from zoo.errors import DuplicateNameError
+from zoo.errors import DuplicateNameError, InvalidArgumentError
 from zoo.registry import Registry
 
 
@@ -37,6 +37,16 @@ class MetricSpec:
 
 
 @dataclass(frozen=True)
+class MetricPlot:
+    """A second plot a task's cards show beside metric-vs-FLOPs: metric `y` against metric `x` over the
+    family (e.g. a codec's rate-distortion curve: PSNR against bits per pixel), drawn into `filename`."""
+
+    x: str
+    y: str
+    filename: str
+
+
+@dataclass(frozen=True)
 class TaskResult:
     """Task metrics of one evaluation; `average` says how they were averaged (said on cards)."""
 
@@ -47,12 +57,16 @@ class TaskResult:
 
 class Task:
     """Base class of tasks. Subclasses set `name`, `metrics`, `average` (+ `average_meaning`) and
-    implement `loss`, `evaluate` and `example_input`; `batches` and `model_inputs` suit (x, y) data."""
+    implement `loss`, `evaluate` and `example_input`; `batches` and `model_inputs` suit (x, y) data.
+    `pipeline_tag` is the Hugging Face Hub's tag for the task (None where the Hub has none), and
+    `extra_plots` are the plots its cards show beside metric-vs-FLOPs."""
 
     name: str
     metrics: tuple[MetricSpec, ...]
     average: str
     average_meaning: str
+    pipeline_tag: str | None = None
+    extra_plots: tuple[MetricPlot, ...] = ()
 
     @property
     def primary(self) -> MetricSpec:
@@ -68,6 +82,10 @@ class Task:
         raise NotImplementedError
 
     def example_input(self, entry: ModelEntry) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def describe_example(self, entry: ModelEntry) -> str:
+        """What `example_input` is, in words: the cards say FLOPs and latency are per this."""
         raise NotImplementedError
 
     def model_inputs(self, batch: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -93,24 +111,36 @@ def register_task(task: Task) -> Task:
     TASKS.register(task.name, task)
     for spec in task.metrics:
         _register_once(METRICS, spec.key, spec)
+    keys = {spec.key for spec in task.metrics}
+    unknown = [key for plot in task.extra_plots for key in (plot.x, plot.y) if key not in keys]
+    if unknown:
+        raise InvalidArgumentError(f"task {task.name!r} plots metrics it does not report: {', '.join(unknown)}")
     _register_once(AVERAGES, task.average, task.average_meaning)
     return task
 
 
+def _registered(registry: Registry) -> Registry:
+    """`registry` once every family has registered its tasks (they do on import: a report read back
+    from disk may name a task whose family nothing has imported yet)."""
+    import zoo.families  # noqa: F401
+
+    return registry
+
+
 def metric_spec(key: str) -> MetricSpec:
-    return METRICS.get(key)
+    return _registered(METRICS).get(key)
 
 
 def average_meaning(average: str) -> str:
-    return AVERAGES.get(average)
+    return _registered(AVERAGES).get(average)
 
 
 def task_of(entry: ModelEntry) -> Task:
-    return TASKS.get(entry.task)
+    return _registered(TASKS).get(entry.task)
 
 
 def task_named(name: str) -> Task:
-    return TASKS.get(name)
+    return _registered(TASKS).get(name)
 
 
 class ImageClassification(Task):
@@ -118,6 +148,7 @@ class ImageClassification(Task):
     `average="micro"` (the fraction of all examples classified right, as ImageNet results are quoted)."""
 
     name = "image-classification"
+    pipeline_tag = "image-classification"
     metrics = (
         MetricSpec("top1", "top-1 accuracy", "accuracy", unit="fraction"),
         MetricSpec("top5", "top-5 accuracy", "accuracy", unit="fraction"),
@@ -138,6 +169,10 @@ class ImageClassification(Task):
 
     def example_input(self, entry: ModelEntry) -> torch.Tensor:
         return torch.zeros(entry.input.example_shape(1))
+
+    def describe_example(self, entry: ModelEntry) -> str:
+        channels, (height, width) = entry.input.channels, entry.input.size
+        return f"one {channels}x{height}x{width} image"
 
 
 register_task(ImageClassification())

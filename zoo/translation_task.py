@@ -57,6 +57,7 @@ def translate(model: nn.Module, source: torch.Tensor, *, num_beams: int = 4, max
 
 class Translation(Task):
     name = "translation"
+    pipeline_tag = "translation"
     metrics = (
         MetricSpec("bleu", "SacreBLEU", "bleu"),
         MetricSpec("exact_match", "exact match", "exact_match", unit="fraction"),
@@ -98,6 +99,12 @@ class Translation(Task):
 
     def model_inputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return model_arguments(batch)[:3]
+
+    def describe_example(self, entry: ModelEntry) -> str:
+        spec = entry.input
+        return (f"one teacher-forced pass over a sentence pair of {spec.example_source_len} source and "
+                f"{spec.example_target_len} target tokens (the corpus' mean lengths); beam-search decoding with "
+                f"{spec.num_beams} beams runs the decoder once per generated token and beam, so it costs more")
 
 
 register_task(Translation())

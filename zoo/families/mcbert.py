@@ -116,7 +116,7 @@ def _pretrained(arch: str, family: str, size: dict[str, Any], input: TextInput, 
 
 
 def _classifier(arch: str, family: str, tag: str, size: dict[str, Any], input: TextInput, spec: TrainSpec,
-                init_from: str | None, what: str) -> ModelEntry:
+                init_from: str | None, what: str, compare_with: tuple[str, ...] = ()) -> ModelEntry:
     start = f"fine-tuned from {init_from}'s main encoder" if init_from else "trained from random initialization"
     kwargs = {**size, "kind": "classifier"}
     spec = dataclasses.replace(spec, init_from=init_from)
@@ -124,6 +124,7 @@ def _classifier(arch: str, family: str, tag: str, size: dict[str, Any], input: T
         name=f"{arch}.{tag}", family=family, task="text-classification", repo_id=f"zoo/{arch}.{tag}", source="zoo",
         input=input, eval_data=DataSpec("stdlib_topics", "test"), num_classes=len(TOPICS),
         label_set="stdlib-topics", model_kwargs=kwargs, train=spec, keep_dense=CLASSIFIER_KEEP_DENSE,
+        compare_with=compare_with,
         description=f"{what} {start}, classifying standard-library docstring sentences into {len(TOPICS)} "
                     f"topics ({', '.join(TOPICS)}).",
     ))
@@ -134,7 +135,8 @@ _pretrained("mcbert_mini", "mcbert", MINI, MINI_PRETRAIN_INPUT, _pretrain_spec(P
 _pretrained("bert_mini", "bert", MINI, MINI_PRETRAIN_INPUT, _pretrain_spec(PRETRAIN_EPOCHS, PRETRAIN_LR),
             "BERT, 4 layers x 128")
 _classifier("mcbert_mini", "mcbert", "zoo_pydoc_ft_stdlib", MINI, MINI_CLASSIFY_INPUT,
-            _finetune_spec(FINETUNE_EPOCHS, FINETUNE_LR), "mcbert_mini.zoo_pydoc", "MC-BERT's main model")
+            _finetune_spec(FINETUNE_EPOCHS, FINETUNE_LR), "mcbert_mini.zoo_pydoc", "MC-BERT's main model",
+            compare_with=("bert_mini.zoo_pydoc_ft_stdlib", "bert_mini.zoo_stdlib"))
 _classifier("bert_mini", "bert", "zoo_pydoc_ft_stdlib", MINI, MINI_CLASSIFY_INPUT,
             _finetune_spec(FINETUNE_EPOCHS, FINETUNE_LR), "bert_mini.zoo_pydoc", "BERT (MLM-pre-trained)")
 _classifier("bert_mini", "bert", "zoo_stdlib", MINI, MINI_CLASSIFY_INPUT,

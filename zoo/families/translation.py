@@ -310,14 +310,15 @@ EPOCHS = 12
 
 
 def _entry(arch: str, family: str, corpus: str, kwargs: dict[str, Any], epochs: int, what: str,
-           lr: float = 2e-3, batch_size: int = 64, init_from: str | None = None) -> ModelEntry:
+           lr: float = 2e-3, batch_size: int = 64, init_from: str | None = None,
+           compare_with: tuple[str, ...] = ()) -> ModelEntry:
     tag = {"numbers_en_de": "zoo_numbers", "numbers_en_de_tiny": "zoo_numbers_tiny"}[corpus]
     return register_entry(ModelEntry(
         name=f"{arch}.{tag}", family=family, task="translation", repo_id=f"zoo/{arch}.{tag}", source="zoo",
         input=TranslationInput(corpus=corpus), eval_data=DataSpec(corpus, "test"), model_kwargs=kwargs,
         train=TrainSpec(data=DataSpec(corpus, "train"), epochs=epochs, batch_size=batch_size, lr=lr,
                         weight_decay=0.01, label_smoothing=0.1, seed=0, optimizer="adamw", init_from=init_from),
-        keep_dense=TRANSLATION_KEEP_DENSE,
+        keep_dense=TRANSLATION_KEEP_DENSE, compare_with=compare_with,
         description=f"{what}, trained by the zoo on {corpus} (English -> German numbers, dates and "
                     "prices spelled out by num2words; joint BPE).",
     ))
@@ -329,7 +330,8 @@ _entry("transformer_small", "transformer", "numbers_en_de", {**_BASE, **_EQUAL_S
        "The N = 1 Transformer that MAT's proximal initialization starts from")
 _entry("mat", "mat", "numbers_en_de", {**_BASE, **_EQUAL_SIZE_FFN, "branches": 2, "drop_branch": 0.3}, EPOCHS // 2,
        "MAT, two attention branches with drop-branch 0.3, of transformer.zoo_numbers' size, proximally "
-       "initialized from transformer_small.zoo_numbers", init_from="transformer_small.zoo_numbers")
+       "initialized from transformer_small.zoo_numbers", init_from="transformer_small.zoo_numbers",
+       compare_with=("transformer.zoo_numbers",))
 _entry("transformer_tiny", "transformer", "numbers_en_de_tiny", _TINY, 2, "A tiny Transformer for tests")
 _entry("mat_tiny", "mat", "numbers_en_de_tiny", {**_TINY, "branches": 2, "drop_branch": 0.3}, 2,
        "A tiny MAT for tests")

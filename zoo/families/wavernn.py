@@ -353,6 +353,11 @@ class Vocoding(Task):
         mel, samples = batch
         return mel, samples
 
+    def describe_example(self, entry: ModelEntry) -> str:
+        spec = entry.input
+        return (f"one mel frame, i.e. {spec.hop} samples ({1000 * spec.hop / spec.sample_rate:.0f} ms) of "
+                f"{spec.sample_rate / 1000:g} kHz audio, teacher-forced")
+
 
 register_task(Vocoding())
 
@@ -380,6 +385,7 @@ class _Base:
     batch_size: int
     lr: float
     what: str
+    compare_with: tuple[str, ...] = ()
 
 
 def _register(r: _Base) -> ModelEntry:
@@ -389,7 +395,7 @@ def _register(r: _Base) -> ModelEntry:
         eval_data=DataSpec(r.data, "test"), model_kwargs=r.model_kwargs,
         train=TrainSpec(data=DataSpec(r.data, "train"), epochs=r.epochs, batch_size=r.batch_size, lr=r.lr,
                         weight_decay=0.0, label_smoothing=0.0, seed=0, optimizer="adamw"),
-        keep_dense=KEEP_DENSE, prune_block=PRUNE_BLOCK,
+        keep_dense=KEEP_DENSE, prune_block=PRUNE_BLOCK, compare_with=r.compare_with,
         description=f"{r.what}, trained by the zoo on Harvard sentences spoken by espeak-ng ({r.audio.sample_rate} Hz, "
                     f"16-bit, {r.audio.n_mels} log-mel bands every {r.audio.hop} samples).",
     ))
@@ -399,7 +405,8 @@ _register(_Base("wavernn", "espeak", ESPEAK_AUDIO, {"hidden": 128}, 3, 64, 3e-3,
                 "WaveRNN (dual softmax, GRU of 128 units)"))
 _register(_Base("wavernn_subscale", "espeak", ESPEAK_AUDIO,
                 {"hidden": 128, "subscale": 16, "horizon": 4, "context": 4}, 3, 64, 3e-3,
-                "Subscale WaveRNN (16 samples per step, horizon 4, GRU of 128 units)"))
+                "Subscale WaveRNN (16 samples per step, horizon 4, GRU of 128 units)",
+                compare_with=("wavernn.zoo_espeak",)))
 _register(_Base("test_wavernn", "espeak_tiny", TINY_AUDIO, {"hidden": 16, "cond_channels": 8}, 2, 64,
                 3e-3, "A tiny WaveRNN for tests"))
 _register(_Base("test_wavernn_subscale", "espeak_tiny", TINY_AUDIO,
