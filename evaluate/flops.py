@@ -167,21 +167,38 @@ def _attention_macs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_weight
 
 def _own_layers(model: nn.Module, dense: Mapping[str, Mapping[Any, int]],
                 sparse: Mapping[str, Mapping[Any, int]]) -> list[LayerFlops]:
-    """Per (module, op) FLOPs done by the module itself, not its children, in `named_modules` order.
-    FlopCounterMode credits an op to every module running at the time, under names prefixed with the
-    root's class name; the root's count is the global one."""
-    root = type(model).__name__
+    """Per (module, op) FLOPs done by the module itself, not by modules inside it, in `named_modules`
+    order. FlopCounterMode credits an op to every module running at the time, under names prefixed
+    with the root's class name (the root's count, "Global", is the total). A module's own count is its
+    count less those of the outermost modules inside it that counted the op: not necessarily its
+    children, since containers such as a ModuleList never run themselves."""
+    prefix = type(model).__name__ + "."
+    names = {"": "Global", **{key[len(prefix):]: key for key in dense if key.startswith(prefix)}}
 
-    def key(name: str) -> str:
-        return "Global" if name == "" else f"{root}.{name}"
+    def outer(name: str, op: Any) -> str | None:
+        """The nearest enclosing module of `name` that counted `op` ("" is the root)."""
+        while name:
+            name = name.rpartition(".")[0]
+            if op in dense.get(names.get(name, ""), {}) or name == "":
+                return name
+        return None
 
+    inner_dense: dict[tuple[str, Any], int] = {}
+    inner_sparse: dict[tuple[str, Any], int] = {}
+    for name, key in names.items():
+        for op, count in dense.get(key, {}).items():
+            parent = outer(name, op)
+            if parent is not None:
+                inner_dense[parent, op] = inner_dense.get((parent, op), 0) + count
+                inner_sparse[parent, op] = inner_sparse.get((parent, op), 0) + sparse.get(key, {}).get(op, 0)
+    order = [name for name, _ in model.named_modules()]
+    order += sorted(set(names) - set(order))  # a module shared under two names counts under one of them
     layers = []
-    for name, module in model.named_modules():
-        children = [f"{name}.{child}" if name else child for child, _ in module.named_children()]
-        ops = dense.get(key(name), {})
-        for op in ops:
-            own_dense = ops[op] - sum(dense.get(key(c), {}).get(op, 0) for c in children)
-            own_sparse = sparse.get(key(name), {}).get(op, 0) - sum(sparse.get(key(c), {}).get(op, 0) for c in children)
+    for name in order:
+        key = names.get(name)
+        for op, count in (dense.get(key, {}) if key else {}).items():
+            own_dense = count - inner_dense.get((name, op), 0)
+            own_sparse = sparse.get(key, {}).get(op, 0) - inner_sparse.get((name, op), 0)
             if own_dense or own_sparse:
                 layers.append(LayerFlops(name=name, op=str(op), dense=own_dense, sparse=own_sparse))
     return layers

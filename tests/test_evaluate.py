@@ -145,6 +145,32 @@ def test_ops_of_a_parent_module_are_credited_to_it():
     assert len(attention) == 1 and "scaled_dot_product" in attention[0].op
 
 
+class _Stack(nn.Module):
+    """Layers in a ModuleList (which never runs itself, so FlopCounterMode never credits it), one of them
+    also registered under a second name, and an op of the stack's own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 8), nn.ReLU())])
+        self.alias = self.layers[0]
+        self.mix = nn.Parameter(torch.zeros(8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.alias(x) @ self.mix
+
+
+def test_a_layer_inside_a_container_is_credited_once():
+    report = count_flops(_Stack(), torch.randn(1, 8))
+    assert report.dense == 4 * 2 * 64
+    assert sum(layer.dense for layer in report.layers) == report.dense
+    assert sum(layer.sparse for layer in report.layers) == report.sparse == 3 * 2 * 64
+    own = {(layer.name, layer.op.split(".")[1]): layer.dense for layer in report.layers}
+    shared = ("alias", "addmm") if ("alias", "addmm") in own else ("layers.0", "addmm")  # torch picks the name
+    assert own == {("", "mm"): 128, shared: 256, ("layers.1.0", "addmm"): 128}
+
+
 def test_weights_computed_in_forward_are_refused():
     linear = nn.Linear(4, 4)
     torch.nn.utils.prune.l1_unstructured(linear, "weight", amount=0.5)
