@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Bumped when the evaluator measures differently, so that reports cached by an older one are measured
+# again (2: per-layer FLOPs credited to the outermost module that counted them).
+EVALUATOR_VERSION = 2
+
 
 @dataclass(frozen=True)
 class LayerFlops:
@@ -20,7 +24,8 @@ class LayerFlops:
 @dataclass
 class VariantReport:
     """Measurements of one model variant on its task. FLOPs are 2 x multiply-accumulates, per example
-    at batch 1 (torch's FlopCounterMode convention); metrics are fractions in [0, 1]."""
+    at batch 1 (torch's FlopCounterMode convention); metrics are as their task's `MetricSpec`s say.
+    `evaluator_version` is the `EVALUATOR_VERSION` that measured it (1 for reports that predate it)."""
 
     name: str
     base_model: str
@@ -39,6 +44,11 @@ class VariantReport:
     quant: str | None = None
     recipe: list[dict[str, Any]] | None = None
     layers: list[LayerFlops] = field(default_factory=list)
+    evaluator_version: int = EVALUATOR_VERSION
+
+    @property
+    def is_current(self) -> bool:
+        return self.evaluator_version == EVALUATOR_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,6 +57,7 @@ class VariantReport:
     def from_dict(cls, data: dict[str, Any]) -> VariantReport:
         data = dict(data)
         data["layers"] = [LayerFlops(**layer) for layer in data.get("layers", [])]
+        data.setdefault("evaluator_version", 1)
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

@@ -20,6 +20,7 @@ from zoo.compress.pruning import GradualMagnitudePruningConfig, prunable_weights
 from zoo.compress.quantization import QuantConv2d, QuantLinear
 from zoo.compress.recipe import Recipe
 from zoo.errors import ChecksumError, InvalidArgumentError, UnknownNameError
+from zoo.evaluate.report import EVALUATOR_VERSION
 from zoo.hub import LocalHub
 from zoo.store import REPORT_FILE, Store
 
@@ -274,6 +275,22 @@ def test_a_cache_entry_whose_measurement_was_interrupted_is_measured_on_load(
     assert again.zoo.source == "cache" and again.zoo.report is not None
     assert again.zoo.report.metrics == oneshot90.zoo.report.metrics
     assert report_file.is_file() and set(eval_keys(report_file.read_text())) == set(eval_keys(expected))
+
+
+def test_a_report_of_an_older_evaluator_is_measured_again_on_load(
+    trained: Zoo, oneshot90: nn.Module, no_derivation
+) -> None:
+    import json
+
+    report_file = oneshot90.zoo.path / REPORT_FILE
+    old = json.loads(report_file.read_text())
+    del old["evaluator_version"]  # as written before reports carried one
+    old["layers"] = []
+    report_file.write_text(json.dumps(old))
+    again = zoo.load(BASE, sparsity=0.9, method="oneshot", store=trained.store, progress=False)
+    assert again.zoo.report.is_current and again.zoo.report.layers
+    assert again.zoo.report.metrics == oneshot90.zoo.report.metrics
+    assert json.loads(report_file.read_text())["evaluator_version"] == EVALUATOR_VERSION
 
 
 def eval_keys(text: str) -> list[str]:

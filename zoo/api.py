@@ -239,9 +239,10 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Modu
 
 
 def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False) -> nn.Module:
-    """A cached variant; one whose measurement was interrupted (no report yet) is measured now."""
+    """A cached variant; one whose measurement was interrupted (no report yet) or was made by an older
+    evaluator is measured now."""
     model = _from_checkpoint(spec.base, folder, source="cache")
-    if model.zoo.report is None:
+    if model.zoo.report is None or not model.zoo.report.is_current:
         report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                                  quant=spec.quant, recipe=model.zoo.recipe, progress=progress)
         write_json(folder / REPORT_FILE, report.to_dict())
