@@ -89,6 +89,17 @@ class _InputQuantMixin:
         self.calibrating = False
 
 
+class QuantConv1d(_InputQuantMixin, nn.Conv1d):
+    """nn.Conv1d whose weight is on a per-channel int8 grid and whose input is uint8 fake-quantized."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quant_buffers()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.quantize_input(x))
+
+
 class QuantConv2d(_InputQuantMixin, nn.Conv2d):
     """nn.Conv2d whose weight is on a per-channel int8 grid and whose input is uint8 fake-quantized."""
 
@@ -111,11 +122,15 @@ class QuantLinear(_InputQuantMixin, nn.Linear):
         return F.linear(self.quantize_input(x), self.weight, self.bias)
 
 
+_QUANT_CONVS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d}
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
 def _quant_twin(module: nn.Module) -> nn.Module:
     """A Quant* module sharing the parameters of a plain conv / linear module (built on meta, no init)."""
     with torch.device("meta"):
-        if type(module) is nn.Conv2d:
-            twin: nn.Module = QuantConv2d(
+        if type(module) in _QUANT_CONVS:
+            twin: nn.Module = _QUANT_CONVS[type(module)](
                 module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                 module.dilation, module.groups, module.bias is not None, module.padding_mode,
             )
@@ -131,11 +146,11 @@ def _quant_twin(module: nn.Module) -> nn.Module:
 
 
 def quantizable_layers(model: nn.Module, keep_fp: tuple[str, ...] = ()) -> list[str]:
-    """Names of the plain nn.Conv2d / nn.Linear modules not matched by a `keep_fp` pattern."""
+    """Names of the plain nn.Conv1d / nn.Conv2d / nn.Linear modules not matched by a `keep_fp` pattern."""
     patterns = [re.compile(p) for p in keep_fp]
     return [
         name for name, module in model.named_modules()
-        if type(module) in (nn.Conv2d, nn.Linear) and not any(p.fullmatch(name) for p in patterns)
+        if type(module) in QUANTIZABLE and not any(p.fullmatch(name) for p in patterns)
     ]
 
 
@@ -166,11 +181,11 @@ def apply_int8_ptq(
     progress: bool = False,
 ) -> nn.Module:
     """Quantizes weights (int8 per channel, symmetric) and calibrates input (uint8 affine) of every
-    conv / linear layer not matched by `keep_fp`; returns the model, modified in place."""
+    conv (1-d, 2-d) / linear layer not matched by `keep_fp`; returns the model, modified in place."""
     check_choice("observer", observer, OBSERVERS)
     names = quantizable_layers(model, keep_fp)
     if not names:
-        raise RecipeError("int8 PTQ found no nn.Conv2d / nn.Linear layer to quantize")
+        raise RecipeError("int8 PTQ found no nn.Conv1d / nn.Conv2d / nn.Linear layer to quantize")
     swap_to_quant_modules(model, names)
     layers = [model.get_submodule(n) for n in names]
     for layer in layers:

@@ -19,7 +19,7 @@ import zoo.variants
 from zoo.compress.block import apply_block_pruning
 from zoo.compress.checkpoint import load_checkpoint, save_checkpoint
 from zoo.compress.pruning import prunable_weights
-from zoo.compress.quantization import QuantLinear, apply_int8_ptq
+from zoo.compress.quantization import QuantConv1d, QuantLinear, apply_int8_ptq
 from zoo.errors import InvalidArgumentError
 from zoo.families.wavernn import (
     KEEP_DENSE, PRUNE_BLOCK, WaveRNN, build_wavernn, fold, merge_16bit, nll_nats, split_16bit, unfold,
@@ -182,14 +182,14 @@ def test_compressed_checkpoint_round_trip_is_bit_exact(tmp_path: Path) -> None:
     masks = apply_block_pruning(model, 0.75, block=(16, 1), layers=("recurrent",))
     assert int((~masks["recurrent"]).sum()) == 3 * 16 * 16 * 3 // 4
     apply_int8_ptq(model, [random_batch(entry.input)])
-    assert isinstance(model.recurrent, QuantLinear)
+    assert isinstance(model.recurrent, QuantLinear) and isinstance(model.cond, QuantConv1d), "every layer int8"
     config = {"name": entry.name, "base_model": entry.name, "arch": entry.arch, "model_kwargs": entry.model_kwargs,
               "recipe": None}
     save_checkpoint(tmp_path / "ckpt", model.state_dict(), config=config)
     state, _ = load_checkpoint(tmp_path / "ckpt")
     loaded = zoo.api.instantiate(entry, state)
     original = model.state_dict()
-    assert list(loaded.state_dict()) == list(original)
+    assert list(loaded.state_dict()) == list(original) and isinstance(loaded.cond, QuantConv1d)
     for key, value in loaded.state_dict().items():
         assert value.dtype == original[key].dtype and torch.equal(value, original[key]), key
     mel, samples = random_batch(entry.input)

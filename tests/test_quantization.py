@@ -191,7 +191,7 @@ def test_pruned_then_quantized_weights_keep_their_zeros(entry: ModelEntry, calib
 def test_ptq_refuses_what_it_cannot_do(entry: ModelEntry, calibration) -> None:
     with pytest.raises(RecipeError, match="at least one calibration batch"):
         apply_int8_ptq(build_model(entry), [])
-    with pytest.raises(RecipeError, match="no nn.Conv2d"):
+    with pytest.raises(RecipeError, match="no nn.Conv1d"):
         apply_int8_ptq(build_model(entry), calibration, keep_fp=(".*",))
     with pytest.raises(RecipeError, match="observer"):
         apply_int8_ptq(build_model(entry), calibration, observer="x")
