@@ -177,3 +177,13 @@ def test_prune_block_makes_the_default_recipes_prune_blocks() -> None:
     assert block_os.block == (16, 1) and block_os.scope == plain_os.scope == "global"
     with pytest.raises(InvalidArgumentError, match="block"):
         _entry(prune_block=(0, 4))
+
+
+def test_training_identity_keeps_only_what_decides_the_trained_weights() -> None:
+    entry = _entry()
+    same_weights = dataclasses.replace(entry, description="reworded", compare_with=("other.zoo_test",),
+                                       keep_dense=("fc",), prune_block=(4, 4), license="mit", revision="v2")
+    assert same_weights.training_identity() == entry.training_identity(), "the trained base stays cached"
+    longer = dataclasses.replace(entry, train=dataclasses.replace(entry.train, epochs=2))
+    wider = dataclasses.replace(entry, model_kwargs={"width": 2})
+    assert longer.training_identity() != entry.training_identity() != wider.training_identity()

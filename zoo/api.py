@@ -134,7 +134,7 @@ def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,
         except HubError:
             return download(entry.repo_id, revision=entry.revision, endpoint=endpoint), "upstream", None
     init = None
-    identity = json.dumps(entry.to_dict(), sort_keys=True, default=str)
+    identity = json.dumps(entry.training_identity(), sort_keys=True, default=str)
     if entry.train is not None and entry.train.init_from is not None:  # starts from another entry's weights
         init = load(entry.train.init_from, store=store, endpoint=endpoint, progress=progress)
         identity += _base_fingerprint(init.zoo.path)

@@ -13,6 +13,7 @@ NAME_RE = re.compile(r"(?P<arch>[a-z0-9_]+)\.(?P<tag>[a-z0-9_]+)")
 
 Source = Literal["upstream", "zoo"]
 OPTIMIZERS = ("sgd", "adamw")
+TRAINING_FIELDS = ("name", "family", "task", "input", "num_classes", "label_set", "model_kwargs", "train")
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -112,3 +113,8 @@ class ModelEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def training_identity(self) -> dict[str, Any]:
+        """The fields that decide what weights training produces (a trained base's cache key): not
+        its description, evaluation, publishing or compression defaults, so changing those keeps it."""
+        return {name: value for name, value in self.to_dict().items() if name in TRAINING_FIELDS}
