@@ -2,10 +2,11 @@
 
 Trains each IRN entry by its TrainSpec (as `zoo.load` would), then measures on the test patches of
 scikit-image's chelsea and rocket (never seen in training): PSNR/SSIM of the HR image rebuilt from the
-8-bit LR image and a sampled z, the spread of PSNR over z samples, and the same for bicubic down then
-up-scaling (8-bit LR too). Then trains ILC at a few rate weights (lambda) and reports (bpp, PSNR, SSIM).
+8-bit LR image and a sampled z (z ~ N(0, s^2 I), s the entry's gaussian_scale), PSNR from z = 0 (the
+mode), the spread of PSNR over z samples, and the same for bicubic down then up-scaling (8-bit LR too).
+Then trains ILC at a few rate weights (lambda) and reports (bpp, PSNR, PSNR from z = 0, SSIM).
 
-    python benchmarks/bench_irn.py                              # irn_x2, irn_x4, ILC at 3 lambdas
+    python benchmarks/bench_irn.py                              # irn_x2, irn_x4, ILC at 5 lambdas
     python benchmarks/bench_irn.py --irn irn_x2.zoo_skimage --lambdas   # only IRN x2
     python benchmarks/bench_irn.py --epochs 1 --out /tmp/irn.json --plot /tmp/rd.png
 """
@@ -49,7 +50,8 @@ def bench_irn(name: str, epochs: int | None, progress: bool) -> dict:
         for seed in range(Z_SAMPLES):
             spread.append(psnr_ssim(model(x, generator=torch.Generator().manual_seed(100 + seed)).hr, x)[0])
     bicubic = psnr_ssim(bicubic_round_trip(x, model.scale), x)
-    return {"name": name, "scale": model.scale, "epochs": epochs or entry.train.epochs, "train_s": round(train_s, 1),
+    return {"name": name, "scale": model.scale, "gaussian_scale": model.gaussian_scale,
+            "epochs": epochs or entry.train.epochs, "train_s": round(train_s, 1),
             "test_patches": len(x), "irn": metrics, "psnr_over_z_samples": spread,
             "bicubic": {"psnr": bicubic[0], "ssim": bicubic[1]}}
 
@@ -92,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--irn", nargs="*", default=["irn_x2.zoo_skimage", "irn_x4.zoo_skimage"])
     parser.add_argument("--ilc", default="ilc.zoo_skimage")
-    parser.add_argument("--lambdas", nargs="*", type=float, default=[0.003, 0.01, 0.03])
+    parser.add_argument("--lambdas", nargs="*", type=float, default=[0.001, 0.003, 0.01, 0.03, 0.1])
     parser.add_argument("--epochs", type=int, default=None, help="override the entries' epochs")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -105,7 +107,8 @@ def main() -> None:
     for name in args.irn:
         row = bench_irn(name, args.epochs, args.progress)
         results["irn"].append(row)
-        print(f"{name}: IRN PSNR {row['irn']['psnr']:.2f} dB SSIM {row['irn']['ssim']:.4f} (LR vs bicubic "
+        print(f"{name}: IRN PSNR {row['irn']['psnr']:.2f} dB SSIM {row['irn']['ssim']:.4f} (z = 0: "
+              f"{row['irn']['psnr_z0']:.2f} dB; LR vs bicubic "
               f"{row['irn']['psnr_lr']:.2f} dB; over z samples {min(row['psnr_over_z_samples']):.2f}-"
               f"{max(row['psnr_over_z_samples']):.2f}) | bicubic x{row['scale']} PSNR {row['bicubic']['psnr']:.2f} dB "
               f"SSIM {row['bicubic']['ssim']:.4f} | {row['test_patches']} test patches, trained {row['train_s']} s",
@@ -113,8 +116,8 @@ def main() -> None:
     for rate_lambda in args.lambdas:
         row = bench_ilc(args.ilc, rate_lambda, args.epochs, args.progress)
         results["ilc"].append(row)
-        print(f"{args.ilc} lambda={rate_lambda:g}: {row['bpp']:.3f} bpp, PSNR {row['psnr']:.2f} dB, "
-              f"SSIM {row['ssim']:.4f}, trained {row['train_s']} s", flush=True)
+        print(f"{args.ilc} lambda={rate_lambda:g}: {row['bpp']:.3f} bpp, PSNR {row['psnr']:.2f} dB "
+              f"(z = 0: {row['psnr_z0']:.2f} dB), SSIM {row['ssim']:.4f}, trained {row['train_s']} s", flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     if args.plot and results["ilc"]:
