@@ -321,10 +321,11 @@ FAMILIES.register("ilc", build_ilc)
 
 
 def _entry(name: str, family: str, task: str, patch: PatchInput, model_kwargs: dict, train: TrainSpec,
-           description: str) -> ModelEntry:
+           description: str, compare_with: tuple[str, ...] = ()) -> ModelEntry:
     return register_entry(ModelEntry(
         name=name, family=family, task=task, repo_id=f"zoo/{name}", source="zoo", input=patch,
         eval_data=DataSpec(DATASET_NAME, "test"), model_kwargs=model_kwargs, train=train, description=description,
+        compare_with=compare_with,
     ))
 
 
@@ -355,12 +356,24 @@ _entry("irn_x4.zoo_skimage", "irn", "image-rescaling", _NATIVE_INPUT,
        {"scale": 4, "blocks": 2, "gc": 8, "clamp": 2.0, "gaussian_scale": GAUSSIAN_SCALE}, _adamw(12, 1e-3),
        f"Invertible rescaling x4 (IRN: 2 x (Haar + 2 coupling blocks), gc=8, clamp 2, z sampled from "
        f"N(0, {GAUSSIAN_SCALE:g}^2 I)), trained by the zoo on {_PHOTOS}.")
-_entry("ilc.zoo_skimage", "ilc", "image-compression", _NATIVE_INPUT,
-       {"levels": 2, "blocks": 2, "gc": 8, "clamp": 2.0, "latent_channels": 3, "rate_lambda": 0.01,
-        "gaussian_scale": GAUSSIAN_SCALE}, _adamw(4, 1e-3),
-       f"Invertible lossy compression (ILC: a 2 x (Haar + 2 coupling blocks) invertible encoder, factorized "
-       f"logistic entropy model, lambda=0.01, z sampled from N(0, {GAUSSIAN_SCALE:g}^2 I)), trained by the zoo "
-       f"on {_PHOTOS}.")
+# ILC at five rates, as learned codecs are published (one model per quality level, CompressAI's
+# convention): `ilc.zoo_skimage` is lambda = 0.01, `_q1`..`_q5` span 0.001..0.1 (q3 is ilc.zoo_skimage
+# itself); its cards draw them all on one rate-distortion curve.
+ILC_QUALITIES = {1: 0.001, 2: 0.003, 4: 0.03, 5: 0.1}
+
+
+def _ilc(name: str, rate_lambda: float, compare_with: tuple[str, ...] = ()) -> ModelEntry:
+    return _entry(name, "ilc", "image-compression", _NATIVE_INPUT,
+                  {"levels": 2, "blocks": 2, "gc": 8, "clamp": 2.0, "latent_channels": 3, "rate_lambda": rate_lambda,
+                   "gaussian_scale": GAUSSIAN_SCALE}, _adamw(4, 1e-3),
+                  f"Invertible lossy compression (ILC: a 2 x (Haar + 2 coupling blocks) invertible encoder, "
+                  f"factorized logistic entropy model, lambda={rate_lambda:g}, z sampled from N(0, "
+                  f"{GAUSSIAN_SCALE:g}^2 I)), trained by the zoo on {_PHOTOS}.", compare_with)
+
+
+_ilc("ilc.zoo_skimage", 0.01, compare_with=tuple(f"ilc.zoo_skimage_q{q}" for q in ILC_QUALITIES))
+for quality, rate_lambda in ILC_QUALITIES.items():
+    _ilc(f"ilc.zoo_skimage_q{quality}", rate_lambda)
 _entry("test_irn.zoo_skimage", "irn", "image-rescaling", _TEST_INPUT,
        {"scale": 2, "blocks": 1, "gc": 4, "gaussian_scale": GAUSSIAN_SCALE},
        _adamw(2, 2e-3, 32), "A tiny IRN x2 (1 coupling block, gc=4) for the tests.")
