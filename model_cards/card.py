@@ -289,6 +289,8 @@ VARIANT_TEMPLATE = f"""\
 
 `{{{{ name }}}}` is {{{{ description }}}}. Task: {{{{ task }}}}.
 
+The base model: {{{{ about }}}}
+
 ## Dataset
 
 {{{{ dataset_description }}}}
@@ -325,6 +327,8 @@ BASE_TEMPLATE = f"""\
 `{{{{ name }}}}` is the dense base model of a family of compressed variants (pruned and/or \
 quantized). Task: {{{{ task }}}}.
 
+{{{{ about }}}}
+
 ## The family: {{{{ primary_name }}}} vs FLOPs
 
 {_FAMILY_SECTION}
@@ -345,7 +349,7 @@ Each variant loads the same way under its own name (first column of the table ab
 
 def _render(template: str, report: VariantReport, family: Sequence[VariantReport], *, family_base: str,
             plot_filename: str | None, license: str, dataset_description: str, library_name: str, example: str,
-            extra_plots: Sequence[CardPlot], references: Sequence[VariantReport]) -> ModelCard:
+            about: str, extra_plots: Sequence[CardPlot], references: Sequence[VariantReport]) -> ModelCard:
     check_family([*family, *references])
     base = next((r for r in family if is_base(r)), None)
     data = card_data(report, license=license, library_name=library_name)
@@ -366,6 +370,7 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
         family=_family_table(_family_order(family), report.name, base),
         family_base=family_base,
         example=example,
+        about=about.strip(),
         extra_plots=list(extra_plots),
         references=_family_table(references, None, base) if references else None,
         primary_name=metric_spec(next(iter(report.metrics))).name,
@@ -375,22 +380,23 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
 
 
 def variant_card(report: VariantReport, *, family_reports: list[VariantReport], plot_filename: str | None,
-                 license: str, dataset_description: str, example: str, extra_plots: Sequence[CardPlot] = (),
+                 license: str, dataset_description: str, example: str, about: str, extra_plots: Sequence[CardPlot] = (),
                  references: Sequence[VariantReport] = (), library_name: str = "zoo") -> ModelCard:
     """The card of one variant; `family_reports` (which must include `report`) fill the family table,
     `references` (base models of the same task) the comparison table; `example` says what one example
-    is (FLOPs and latency are per example)."""
+    is (FLOPs and latency are per example), `about` what the base model is (its entry's description)."""
     if report.name not in {r.name for r in family_reports}:
         raise InvalidArgumentError(f"family_reports does not include the variant {report.name!r} itself")
     base = next((r for r in family_reports if is_base(r)), None)
     family_base = base.name if base is not None else report.base_model
     return _render(VARIANT_TEMPLATE, report, family_reports, family_base=family_base,
                    plot_filename=plot_filename, license=license, dataset_description=dataset_description,
-                   library_name=library_name, example=example, extra_plots=extra_plots, references=references)
+                   library_name=library_name, example=example, about=about, extra_plots=extra_plots,
+                   references=references)
 
 
 def base_card(base_report: VariantReport, variant_reports: list[VariantReport], *, plot_filename: str | None,
-              license: str, dataset_description: str, example: str, extra_plots: Sequence[CardPlot] = (),
+              license: str, dataset_description: str, example: str, about: str, extra_plots: Sequence[CardPlot] = (),
               references: Sequence[VariantReport] = (), library_name: str = "zoo") -> ModelCard:
     """The card of a base model: its own results, and the family overview (table + plots) up front.
     `variant_reports` may or may not include the base; each variant must derive from it. The other
@@ -405,4 +411,5 @@ def base_card(base_report: VariantReport, variant_reports: list[VariantReport], 
     family = [base_report, *variants]
     return _render(BASE_TEMPLATE, base_report, family, family_base=base_report.name,
                    plot_filename=plot_filename, license=license, dataset_description=dataset_description,
-                   library_name=library_name, example=example, extra_plots=extra_plots, references=references)
+                   library_name=library_name, example=example, about=about, extra_plots=extra_plots,
+                   references=references)

@@ -23,7 +23,7 @@ BASE = "resnet18.zoo_digits"
 DENSE_FLOPS = 71_234_560
 PARAMS = 11_181_642
 CARD_ARGS = {"license": "apache-2.0", "dataset_description": "Handwritten digits, 8x8 upscaled.",
-             "example": "one 3x32x32 image"}
+             "example": "one 3x32x32 image", "about": "A ResNet-18 trained on the digits."}
 
 
 def _report(suffix: str, *, sparsity: float = 0.0, quant: str | None = None, top1: float,
@@ -298,7 +298,7 @@ def test_family_cards_need_the_compared_models_and_draw_every_plot(reports, tmp_
     assert "## Compared with" in str(family.cards[BASE])
     assert [p.name for p in family.draw_plots(tmp_path / "plain")] == [PLOT_FILE]
 
-    codec = zoo.get_entry("ilc.zoo_skimage")
+    codec = zoo.get_entry("test_ilc.zoo_skimage")
     codecs = [dataclasses.replace(r, name=r.name.replace(BASE, codec.name), base_model=codec.name,
                                   task="image-compression", dataset="skimage_patches", metric_average="patch-mean",
                                   metrics={"psnr": 30 - 2 * r.sparsity, "ssim": 0.9, "bpp": 1.0 - r.sparsity / 4})

@@ -9,6 +9,7 @@ import timm
 import torch
 
 import zoo
+from zoo.data import describe_dataset
 from zoo.entry import DataSpec, InputSpec, ModelEntry, TrainSpec, split_name
 from zoo.errors import DuplicateNameError, InvalidArgumentError, UnknownNameError
 from zoo.models import FAMILIES, build_model, list_entries, register_entry
@@ -51,6 +52,11 @@ def test_every_entry_builds_and_runs_forward(entry: ModelEntry) -> None:
         assert tuple(example.shape) == entry.input.example_shape(1)
         assert tuple(output.shape) == (1, entry.num_classes)
     assert task_of(entry).describe_example(entry).startswith("one "), "cards say what FLOPs are per"
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_every_entry_and_evaluation_data_set_is_described_for_the_cards(entry: ModelEntry) -> None:
+    assert len(entry.description) > 20 and len(describe_dataset(entry.eval_data.name)) > 20
 
 
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.compare_with], ids=lambda e: e.name)

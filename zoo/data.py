@@ -23,6 +23,12 @@ from zoo.registry import Registry
 
 DatasetFactory = Callable[[str, "ModelEntry"], Dataset]
 DATASETS: Registry[DatasetFactory] = Registry("dataset")
+# What each data set is, in a sentence, for the cards (registered beside the data set itself).
+DATASET_DESCRIPTIONS: Registry[str] = Registry("dataset description")
+
+
+def describe_dataset(name: str) -> str:
+    return DATASET_DESCRIPTIONS.get(name)
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -49,6 +55,11 @@ def _digits_tensors(split: str, size: tuple[int, int], mean: tuple[float, ...], 
     return images, labels[index]
 
 
+DATASET_DESCRIPTIONS.register(
+    "digits", "scikit-learn's bundled handwritten digits (1,797 8x8 grey images, 10 classes), stratified 80/20 "
+              "train/test split with seed 0, upsampled to 32x32")
+
+
 @DATASETS.decorator("digits")
 def digits(split: str, entry: ModelEntry) -> Dataset:
     """scikit-learn digits, stratified 80/20 split (seed 0), upsampled to the model's input size."""
@@ -66,6 +77,9 @@ def imagefolder_root(split: str) -> Path:
     if not Path(root).is_dir():
         raise InvalidArgumentError(f"{variable}={root} is not a folder")
     return Path(root)
+
+
+DATASET_DESCRIPTIONS.register("imagefolder", "an ImageNet-style folder of class sub-folders (ImageNet-1k validation)")
 
 
 @DATASETS.decorator("imagefolder")

@@ -33,7 +33,7 @@ from functools import lru_cache
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from zoo.data import DATASETS
+from zoo.data import DATASET_DESCRIPTIONS, DATASETS
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
 
@@ -154,6 +154,14 @@ def pack(token_lists: list[list[int]], max_length: int) -> torch.Tensor:
 def pydoc_sequences(split: str, max_length: int, vocab_size: int) -> torch.Tensor:
     """(sequences, max_length) token ids of the split's paragraphs."""
     return pack(encode(pydoc_split(split), vocab_size), max_length)
+
+
+DATASET_DESCRIPTIONS.register(
+    "pydoc_text", "the paragraphs of Python's own documentation topics (pydoc_data.topics, ~65k words), a tenth of "
+                  "them (by hash) held out for testing")
+DATASET_DESCRIPTIONS.register(
+    "stdlib_topics", f"sentences of standard-library docstrings labelled by the topic of their module "
+                     f"({', '.join(TOPICS)}), classes balanced, stratified train/test split")
 
 
 @DATASETS.decorator("pydoc_text")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from zoo.data import DATASETS
+from zoo.data import DATASET_DESCRIPTIONS, DATASETS
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
 
@@ -87,6 +87,11 @@ def patches(split: str, patch: int, train_stride: int | None = None) -> torch.Te
     if split == "train":
         result = result[result.flatten(1).std(dim=1) >= FLAT_STD]
     return result
+
+
+DATASET_DESCRIPTIONS.register(
+    DATASET_NAME, f"RGB patches of the photographs bundled with scikit-image (train: {', '.join(TRAIN_IMAGES)}; "
+                  f"test, non-overlapping patches: {', '.join(TEST_IMAGES)})")
 
 
 @DATASETS.decorator(DATASET_NAME)

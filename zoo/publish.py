@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard
 from torch import nn
 
 from zoo.compress.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from zoo.data import describe_dataset
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate import VariantReport, pareto_front
@@ -27,11 +28,6 @@ from zoo.store import REPORT_FILE
 
 PLOT_FILE = "accuracy_vs_flops.png"
 RECIPE_FILE = "recipe.json"
-DATASET_DESCRIPTIONS = {
-    "digits": "scikit-learn's bundled handwritten digits (1,797 8x8 grey images, 10 classes), stratified "
-              "80/20 train/test split with seed 0, upsampled to 32x32",
-    "imagefolder": "an ImageNet-style folder of class sub-folders (ImageNet-1k validation)",
-}
 
 
 @dataclass(frozen=True)
@@ -83,8 +79,9 @@ def family_cards(entry: ModelEntry, reports: Sequence[VariantReport],
         raise InvalidArgumentError(f"{entry.name} is compared with {sorted(wanted)}, not {sorted(given)}")
     plots = [CardPlot(p.filename, f"{metric_spec(p.y).name} vs {metric_spec(p.x).name} of the {entry.name} family")
              for p in task.extra_plots]
-    common = dict(license=entry.license, dataset_description=DATASET_DESCRIPTIONS.get(entry.eval_data.name, entry.eval_data.name),
-                  example=task.describe_example(entry), extra_plots=plots, references=list(references))
+    common = dict(license=entry.license, dataset_description=describe_dataset(entry.eval_data.name),
+                  example=task.describe_example(entry), about=entry.description, extra_plots=plots,
+                  references=list(references))
     cards = {base.name: base_card(base, reports, plot_filename=PLOT_FILE, **common)}
     for report in reports:
         if report is not base:

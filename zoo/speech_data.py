@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zoo.data import DATASETS
+from zoo.data import DATASET_DESCRIPTIONS, DATASETS
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError, ZooError
 
@@ -286,6 +286,12 @@ def _audio_spec(entry: ModelEntry) -> AudioSpec:
     if not isinstance(entry.input, AudioSpec):
         raise InvalidArgumentError(f"{entry.name} does not take audio (its input is {type(entry.input).__name__})")
     return entry.input
+
+
+DATASET_DESCRIPTIONS.register(
+    "espeak", "Harvard sentences spoken by Debian's espeak-ng in two voices (en-us, en-us+f3), 16 kHz, 16-bit: "
+              "lists 1-3 for training, list 4 for testing")
+DATASET_DESCRIPTIONS.register("espeak_tiny", "two Harvard sentences (train) and one (test) spoken by espeak-ng, for tests")
 
 
 @DATASETS.decorator("espeak")

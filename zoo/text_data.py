@@ -25,7 +25,7 @@ from functools import lru_cache
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from zoo.data import DATASETS
+from zoo.data import DATASET_DESCRIPTIONS, DATASETS
 from zoo.errors import InvalidArgumentError
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -198,6 +198,11 @@ def trim(ids: torch.Tensor) -> torch.Tensor:
 
 def _register(name: str, spec: CorpusSpec) -> None:
     DATASETS.register(name, lambda split, entry: numbers_en_de(split, spec))
+    DATASET_DESCRIPTIONS.register(
+        name, f"English -> German pairs of numbers, dates and prices spelled out by num2words, generated with seed "
+              f"{spec.seed} ({spec.train_size:,} train / {spec.test_size:,} test pairs, joint BPE of "
+              f"{spec.vocab_size} tokens): real German reordering and compounding, far more regular than news text, "
+              "so only comparisons between models mean anything")
 
 
 for _name, _spec in CORPORA.items():
