@@ -371,9 +371,9 @@ def _ilc(name: str, rate_lambda: float, compare_with: tuple[str, ...] = ()) -> M
                   f"{GAUSSIAN_SCALE:g}^2 I)), trained by the zoo on {_PHOTOS}.", compare_with)
 
 
-_ilc("ilc.zoo_skimage", 0.01, compare_with=tuple(f"ilc.zoo_skimage_q{q}" for q in ILC_QUALITIES))
-for quality, rate_lambda in ILC_QUALITIES.items():
-    _ilc(f"ilc.zoo_skimage_q{quality}", rate_lambda)
+ILC_RATE_ENTRIES = tuple(_ilc(f"ilc.zoo_skimage_q{quality}", rate_lambda)
+                         for quality, rate_lambda in ILC_QUALITIES.items())
+_ilc("ilc.zoo_skimage", 0.01, compare_with=tuple(entry.name for entry in ILC_RATE_ENTRIES))
 _entry("test_irn.zoo_skimage", "irn", "image-rescaling", _TEST_INPUT,
        {"scale": 2, "blocks": 1, "gc": 4, "gaussian_scale": GAUSSIAN_SCALE},
        _adamw(2, 2e-3, 32), "A tiny IRN x2 (1 coupling block, gc=4) for the tests.")
