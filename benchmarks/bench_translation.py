@@ -10,6 +10,12 @@ Runs, each seeded as the zoo trains its bases:
 
     python benchmarks/bench_translation.py [--epochs 16] [--scratch] [--rho0] [--out bench_translation.json]
 
+With `--branches N...` it runs the MAT paper's CPU check instead: transformer_small, then MAT proximally
+initialized from it with each number of branches N and each drop-branch rate in `--rhos` (N = 1 only
+without drop-branch: it continues training the Transformer), EPOCHS/2 more epochs each:
+
+    python benchmarks/bench_translation.py --branches 1 2 3 --rhos 0 0.1 0.3 --out mat_sweep.json
+
 Prints a Markdown table (BLEU, exact match, weights, training seconds) and writes it as JSON.
 """
 from __future__ import annotations
@@ -48,6 +54,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=translation.EPOCHS)
     parser.add_argument("--scratch", action="store_true", help="also train MAT from random init")
     parser.add_argument("--rho0", action="store_true", help="also train MAT without drop-branch")
+    parser.add_argument("--branches", type=int, nargs="*", default=[], help="MAT branch counts to sweep")
+    parser.add_argument("--rhos", type=float, nargs="*", default=[0.0, 0.1, 0.3], help="drop-branch rates to sweep")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="bench_translation.json")
     args = parser.parse_args()
@@ -56,6 +64,10 @@ def main() -> None:
     base, small, mat = (get_entry(n) for n in ("transformer.zoo_numbers", "transformer_small.zoo_numbers",
                                                 "mat.zoo_numbers"))
     rows = []
+    if args.branches:
+        rows = sweep(small, mat, half, args.branches, args.rhos)
+        write(rows, args)
+        return
     start = time.perf_counter()
     model = train_base_model(base, epochs=args.epochs)
     rows.append(row("transformer", model, base, time.perf_counter() - start, args.epochs))
@@ -75,6 +87,24 @@ def main() -> None:
         start = time.perf_counter()
         model = train_base_model(mat, epochs=args.epochs)
         rows.append(row("mat_scratch", model, mat, time.perf_counter() - start, args.epochs))
+    write(rows, args)
+
+
+def sweep(small, mat, epochs: int, branches: list[int], rhos: list[float]) -> list[dict]:
+    """transformer_small, then proximal MAT for every (N, rho); N = 1 only at rho = 0."""
+    start = time.perf_counter()
+    small_model = train_base_model(small, epochs=epochs)
+    rows = [row("transformer_small", small_model, small, time.perf_counter() - start, epochs)]
+    for n in branches:
+        for rho in rhos if n > 1 else [0.0]:
+            entry = dataclasses.replace(mat, model_kwargs={**mat.model_kwargs, "branches": n, "drop_branch": rho})
+            start = time.perf_counter()
+            model = translation.train_proximal_mat(entry, small_model, epochs=epochs)
+            rows.append(row(f"mat N={n} rho={rho:g}", model, entry, time.perf_counter() - start, 2 * epochs))
+    return rows
+
+
+def write(rows: list[dict], args: argparse.Namespace) -> None:
     print("\n| run | entry | epochs | weights | BLEU | exact match | train s |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['run']} | {r['entry']} | {r['epochs']} | {r['weights']:,} | {r['bleu']:.2f} | "
