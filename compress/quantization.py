@@ -89,26 +89,24 @@ class _InputQuantMixin:
         self.calibrating = False
 
 
-class QuantConv1d(_InputQuantMixin, nn.Conv1d):
+class _QuantConvMixin(_InputQuantMixin):
+    """A conv of any dimension (mixed in before nn.ConvNd) with the quantization buffers, whose input
+    is fake-quantized before the conv's own forward."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quant_buffers()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.quantize_input(x))
+
+
+class QuantConv1d(_QuantConvMixin, nn.Conv1d):
     """nn.Conv1d whose weight is on a per-channel int8 grid and whose input is uint8 fake-quantized."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quant_buffers()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.quantize_input(x))
-
-
-class QuantConv2d(_InputQuantMixin, nn.Conv2d):
+class QuantConv2d(_QuantConvMixin, nn.Conv2d):
     """nn.Conv2d whose weight is on a per-channel int8 grid and whose input is uint8 fake-quantized."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quant_buffers()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.quantize_input(x))
 
 
 class QuantLinear(_InputQuantMixin, nn.Linear):
