@@ -35,6 +35,7 @@ from zoo.compress.formats import (
     metas_to_json,
     unshared,
 )
+from zoo.atomic import atomic_path, atomic_write_json, fsync_path
 from zoo.errors import ChecksumError, CheckpointError, InvalidArgumentError
 
 FORMAT_NAME = "zoo-compressed"
@@ -64,16 +65,15 @@ def save_checkpoint(
     try:
         weights = tmp / WEIGHTS_FILE
         save_file(stored, str(weights), metadata={"format": "pt", METAS_KEY: metas_to_json(metas)})
-        _fsync(weights)
+        fsync_path(weights)
         files = {WEIGHTS_FILE: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
         header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **body, "files": files}
-        (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
-        _fsync(tmp / CONFIG_FILE)
+        atomic_write_json(tmp / CONFIG_FILE, header)
         _swap_in(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(folder.parent)
+    fsync_path(folder.parent)
     return folder
 
 
@@ -168,15 +168,8 @@ def export_dense(
         if name.rsplit(".", 1)[-1] not in drop_suffixes
     }
     out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
+    with atomic_path(out) as tmp:
         save_file(unshared(dense), str(tmp), metadata={"format": "pt"})
-        _fsync(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out
 
 
@@ -269,12 +262,3 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Tensor
     if METAS_KEY not in metadata:
         raise CheckpointError(f"{path}: header metadata lacks {METAS_KEY!r}; not a {FORMAT_NAME} weight file")
     return tensors, metas_from_json(metadata[METAS_KEY])
-
-
-def _fsync(path: Path) -> None:
-    """Flushes a file or folder to disk, so a crash after the rename cannot leave empty files."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,6 +42,7 @@ from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
 
+from zoo.atomic import atomic_write_json, fsync_path
 from zoo.errors import HubError, InvalidArgumentError
 from zoo.hub.errors import RepoFileNotFoundError, RevisionNotFoundError, UnknownRepoError
 
@@ -149,10 +150,6 @@ def _copy_hashing(src: Path, dst: Path) -> _Blob:
     return _Blob(size, sha256.hexdigest(), git_sha1.hexdigest(), lfs=binary or size >= _LFS_MIN_SIZE)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-
-
 class LocalHub:
     """A Hub-cache-shaped folder of model repos with versioned, atomic pushes (see the module doc)."""
 
@@ -251,8 +248,8 @@ class LocalHub:
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(os.path.relpath(blobs_dir / blob.name, link.parent), link)
         tree = {"format_version": _TREE_FORMAT, "files": {rel: blob.tree_entry() for rel, blob in blobs.items()}}
-        _write_json(work / "tree.json", tree)
-        _write_json(work / "commit.json", asdict(commit))
+        atomic_write_json(work / "tree.json", tree, indent=1, sort_keys=True)
+        atomic_write_json(work / "commit.json", asdict(commit), indent=1, sort_keys=True)
         (work / "ref").write_text(revision, encoding="utf-8")
 
         for name in ("blobs", "trees", _COMMITS, "snapshots", "refs"):
@@ -260,7 +257,9 @@ class LocalHub:
         for i, blob in enumerate(blobs.values()):
             target = blobs_dir / blob.name
             if not target.exists():  # content-addressed: an existing blob already holds these bytes
+                fsync_path(staged / str(i))
                 os.replace(staged / str(i), target)
+        fsync_path(blobs_dir)
         os.replace(work / "tree.json", repo_dir / "trees" / f"{revision}.json")
         os.replace(work / "commit.json", repo_dir / _COMMITS / f"{revision}.json")
         os.rename(snapshot, repo_dir / "snapshots" / revision)
@@ -315,5 +314,7 @@ class LocalHub:
 
 
 def _publish_ref(staged: Path, ref: Path) -> None:
-    """Point a ref at a new revision in one step: the last move of a push."""
+    """Point a ref at a new revision in one step, durably: the last move of a push."""
+    fsync_path(staged)
     os.replace(staged, ref)
+    fsync_path(ref.parent)
