@@ -50,3 +50,48 @@ def test_installs_beside_huggingface_evaluate(wheel: Path, tmp_path: Path) -> No
     assert Path(hf_file) == Path(evaluate.__file__)
     assert Path(ours_file) == target / "zoo" / "evaluate" / "__init__.py"
     assert hf_has_load == "True"
+
+
+def _declared(requirements: list[str]) -> set[str]:
+    import re
+
+    return {re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower().replace("_", "-") for req in requirements}
+
+
+def _third_party_imports(folders: list[Path]) -> set[str]:
+    """Top-level names imported anywhere in `folders`' Python files (module level or inside functions)."""
+    import ast
+
+    names: set[str] = set()
+    for folder in folders:
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.split(".")[0])
+    return {name for name in names if name not in sys.stdlib_module_names and name != "zoo"}
+
+
+@pytest.mark.parametrize("folders, extra", [
+    (("zoo", "hub", "compress", "evaluate", "model_cards"), None),
+    (("tests",), "test"),
+])
+def test_every_imported_package_is_declared(folders: tuple[str, ...], extra: str | None) -> None:
+    """Each third-party module the code imports comes from a distribution pyproject.toml declares (the
+    package's dependencies; for the tests, those plus the `test` extra)."""
+    import importlib.metadata
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = _declared(project["dependencies"])
+    if extra is not None:
+        declared |= _declared(project["optional-dependencies"][extra])
+    providers = importlib.metadata.packages_distributions()
+    local = {path.stem for path in (ROOT / "tests").glob("*.py")}  # helper modules beside the tests
+    undeclared = {}
+    for name in sorted(_third_party_imports([ROOT / f for f in folders]) - local):
+        dists = {d.lower().replace("_", "-") for d in providers.get(name, [name])}
+        if not dists & declared:
+            undeclared[name] = sorted(dists)
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
