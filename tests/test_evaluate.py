@@ -7,7 +7,10 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import flop_registry
 
+import zoo.evaluate.flops as flops
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate import (
     count_flops,
@@ -109,6 +112,128 @@ def test_attention_with_a_learned_query():
     assert free.sparse == report.sparse
 
 
+aten = torch.ops.aten
+
+
+@pytest.mark.parametrize("shapes", [
+    ((2, 4, 3, 8), (2, 4, 5, 8), (2, 4, 5, 8)),
+    ((1, 8, 7, 16), (1, 2, 11, 16), (1, 2, 11, 4)),  # grouped-query attention, values narrower than keys
+])
+def test_the_attention_formula_is_torchs_where_torch_has_one(shapes):
+    q, k, v = (torch.empty(shape, device="meta") for shape in shapes)
+    (batch, heads, queries, dim), (_, _, keys, value_dim) = q.shape, v.shape
+    ours = flops._attention_flops(q, k, v)
+    assert ours == 2 * batch * heads * queries * keys * (dim + value_dim)
+    torch_counted = [op for op in flops._SDPA_OPS if op in flop_registry]
+    assert aten._scaled_dot_product_flash_attention in torch_counted
+    for op in torch_counted:
+        assert flop_registry[op](q, k, v, out_val=None) == ours, op
+
+
+def test_mismatched_attention_operands_are_refused_by_the_formula():
+    q, k = torch.empty(1, 2, 3, 8, device="meta"), torch.empty(1, 2, 5, 8, device="meta")
+    with pytest.raises(ValueError, match="do not match"):
+        flops._attention_flops(q, k, torch.empty(1, 2, 4, 8, device="meta"))
+    with pytest.raises(ValueError, match="do not divide"):
+        flops._attention_flops(q, torch.empty(1, 3, 5, 8), torch.empty(1, 3, 5, 8))
+
+
+class _Attention(nn.Module):
+    """Calls one attention op directly: `op` None goes through F.scaled_dot_product_attention."""
+
+    def __init__(self, op=None, *extra):
+        super().__init__()
+        self.op, self.extra = op, extra
+
+    def forward(self, q, k, v):
+        if self.op is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        return self.op(q, k, v, *self.extra)[0]
+
+
+_ATTENTION_FLOPS = 2 * 2 * 3 * 5 * (8 + 8)  # heads 2, 3 queries, 5 keys, dims 8
+_QKV = ((1, 2, 3, 8), (1, 2, 5, 8), (1, 2, 5, 8))
+
+
+@pytest.mark.parametrize("backend", [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION])
+def test_attention_counts_the_same_on_every_cpu_backend(backend):
+    with sdpa_kernel(backend):
+        report = count_flops(_Attention(), tuple(torch.randn(shape) for shape in _QKV))
+    assert report.dense == report.sparse == _ATTENTION_FLOPS
+    assert report.uncounted == {}
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("_scaled_dot_product_flash_attention_for_cpu", ()),
+    ("_scaled_dot_product_flash_attention", ()),
+    ("_scaled_dot_product_efficient_attention", (None, False)),
+    ("_scaled_dot_product_cudnn_attention", (None, False)),
+    ("_scaled_dot_product_fused_attention_overrideable", ()),
+])
+def test_every_fused_attention_kernel_is_counted(name, extra):
+    if not hasattr(aten, name):
+        pytest.skip(f"torch {torch.__version__} has no aten.{name}")
+    op = getattr(aten, name)
+    # Meta tensors: the CUDA kernels' shapes and dispatch, without a GPU.
+    report = count_flops(_Attention(op, *extra), tuple(torch.empty(shape, device="meta") for shape in _QKV))
+    assert report.dense == report.sparse == _ATTENTION_FLOPS
+    assert [(layer.name, layer.op) for layer in report.layers] == [("", f"aten.{name}")]
+    assert report.uncounted == {}
+
+
+@torch.library.custom_op("zoo_test::reverse", mutates_args=())
+def _reverse(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
+
+
+@_reverse.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class _Unknowns(nn.Module):
+    """A linear layer (counted), an int8 matrix product torch has no formula for, and a custom op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(32, 32)
+        self.register_buffer("int8_weight", torch.ones(32, 8, dtype=torch.int8))
+
+    def forward(self, x):
+        x = _reverse(self.linear(x))
+        for _ in range(2):
+            product = torch._int_mm(x.round().to(torch.int8), self.int8_weight)
+        return product
+
+
+def test_ops_without_a_formula_are_named_not_counted():
+    report = count_flops(_Unknowns(), torch.randn(3, 32))
+    assert report.dense == report.sparse == 2 * 32 * 32
+    assert report.uncounted == {"aten._int_mm": 2, "zoo_test.reverse": 1}
+    assert [layer.op for layer in report.layers] == ["aten.addmm"]
+
+
+def test_a_formula_that_raises_names_its_op(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no formula for these arguments")
+
+    class Square(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.linear(x)
+            return torch.mm(y.t(), y)
+
+    monkeypatch.setitem(flop_registry, aten.mm, broken)
+    report = count_flops(Square(), torch.randn(1, 4))
+    assert report.dense == report.sparse == 2 * 4 * 4
+    assert report.uncounted == {"aten.mm": 1}
+    monkeypatch.undo()
+    assert count_flops(Square(), torch.randn(1, 4)).uncounted == {}
+
+
 def test_timm_resnet_per_layer_breakdown():
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False)
@@ -143,6 +268,7 @@ def test_ops_of_a_parent_module_are_credited_to_it():
     assert sum(layer.dense for layer in report.layers) == report.dense
     attention = [layer for layer in report.layers if layer.name == "blocks.0.attn"]
     assert len(attention) == 1 and "scaled_dot_product" in attention[0].op
+    assert report.uncounted == {}
 
 
 class _Stack(nn.Module):
