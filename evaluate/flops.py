@@ -2,9 +2,10 @@
 non-zero (what a sparse kernel could skip), with a per-module breakdown.
 
 Both counts come from torch's `FlopCounterMode` (2 x multiply-accumulates, exact for convolutions and
-matrix products) in one forward pass: an outer counter keeps torch's dense formulas; an inner one
-replaces the formulas of the weight-bearing ops by `_get_raw` formulas that see the real tensors and
-scale torch's dense count by the fraction of multiply-accumulates whose weight operand is non-zero.
+matrix products) in one forward pass: an outer counter keeps the dense formulas (torch's, and the
+attention one below); an inner one replaces the formulas of the weight-bearing ops by `_get_raw` formulas
+that see the real tensors and scale the dense count by the fraction of multiply-accumulates whose weight
+operand is non-zero.
 A weight operand is a tensor sharing storage with a parameter or buffer of the model (so `w.t()`
 inside `F.linear` is one); zeros in activations (after a ReLU, say) never count as sparsity.
 
@@ -124,7 +125,8 @@ class _OpRecorder(TorchDispatchMode):
         super().__init__()
         self.calls: Counter[Any] = Counter()
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping[str, Any] | None = None) -> Any:
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: Mapping[str, Any] | None = None) -> Any:
         self.calls[func._overloadpacket] += 1
         return func(*args, **(kwargs or {}))
 
@@ -200,7 +202,8 @@ def _weight_storages(model: nn.Module) -> frozenset[int]:
     return frozenset(t.untyped_storage().data_ptr() for t in tensors if t.numel() > 0)
 
 
-def _sparse_mapping(weights: frozenset[int], formulas: Mapping[Any, Callable[..., int]]) -> dict[Any, Callable[..., int]]:
+def _sparse_mapping(weights: frozenset[int],
+                    formulas: Mapping[Any, Callable[..., int]]) -> dict[Any, Callable[..., int]]:
     """Raw formulas returning the sparse count of each weighted op: its dense count from `formulas`,
     scaled by the share of its multiply-accumulates whose weight operand is non-zero."""
 
