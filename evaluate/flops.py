@@ -2,14 +2,28 @@
 non-zero (what a sparse kernel could skip), with a per-module breakdown.
 
 Both counts come from torch's `FlopCounterMode` (2 x multiply-accumulates, exact for convolutions and
-matrix products) in one forward pass: an outer counter keeps torch's dense formulas; an inner one
-replaces the formulas of the weight-bearing ops by `_get_raw` formulas that see the real tensors and
-scale torch's dense count by the fraction of multiply-accumulates whose weight operand is non-zero.
+matrix products) in one forward pass: an outer counter keeps the dense formulas (torch's, and the
+attention one below); an inner one replaces the formulas of the weight-bearing ops by `_get_raw` formulas
+that see the real tensors and scale the dense count by the fraction of multiply-accumulates whose weight
+operand is non-zero.
 A weight operand is a tensor sharing storage with a parameter or buffer of the model (so `w.t()`
 inside `F.linear` is one); zeros in activations (after a ReLU, say) never count as sparsity.
+
+Scaled dot-product attention is counted here, the same way whichever kernel runs it (torch's registry
+lacks some, such as the CPU flash kernel): 2 x (Lq Lk E + Lq Lk Ev) per batch entry and query head, torch's
+own `sdpa_flop` where torch has one. The math kernel is not one op: it runs as matrix products, counted as
+such, and since it scales the query and key first, a weight among them counts as dense there.
+
+A count never raises for want of a formula: an op that does products of tensors but that neither torch
+nor this module has a formula for (`_PRODUCTS_WITHOUT_FORMULA`), an op of any namespace but aten's (whose
+work is unknown), and an op whose formula raises on its arguments count 0 FLOPs and are named, with their
+number of calls, in `FlopReport.uncounted`. Other aten ops (element-wise ops, normalizations, softmax,
+copies and views) count 0 by torch's convention.
 """
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from zoo.errors import InvalidArgumentError
@@ -27,21 +42,48 @@ aten = torch.ops.aten
 # Op packets (not overloads: FlopCounterMode looks formulas up by packet) whose dense formula we scale.
 _CONV_OPS = (aten.convolution, aten._convolution, aten.cudnn_convolution, aten._slow_conv2d_forward,
              aten.convolution_overrideable)
-_SDPA_OPS = (aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_flash_attention,
-             aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_cudnn_attention)
+# The fused kernels `aten.scaled_dot_product_attention` dispatches to (those this torch has), all taking
+# query, key and value first; counted by `_attention_flops`, not torch's registry.
+_SDPA_OPS = tuple(getattr(aten, name) for name in (
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+) if hasattr(aten, name))
 # Position of the two operands of a matrix product in each op's arguments.
 _MATMUL_OPERANDS = {aten.mm: (0, 1), aten.addmm: (1, 2), aten.bmm: (0, 1), aten.baddbmm: (1, 2)}
+# aten ops doing products of tensors that torch's FLOP registry has no formula for (as of torch 2.14),
+# nor this module: quantized and semi-structured sparse products, in-place and vector products, fused
+# recurrent cells, convolutions torch does not route through `aten.convolution`. Names, not packets, so
+# that ops an older torch lacks need no care; one a later torch counts is counted (its formula wins).
+_PRODUCTS_WITHOUT_FORMULA = frozenset(f"aten.{name}" for name in (
+    "_int_mm", "_weight_int8pack_mm", "_weight_int4pack_mm", "_weight_int4pack_mm_for_cpu",
+    "_weight_int4pack_mm_with_scales_and_zeros", "_dyn_quant_matmul_4bit", "_scaled_mm_v2", "_grouped_mm",
+    "_scaled_grouped_mm", "_scaled_grouped_mm_v2", "_cslt_sparse_mm", "_sparse_semi_structured_linear",
+    "_sparse_semi_structured_mm", "_sparse_semi_structured_addmm", "_sparse_mm", "_sparse_addmm",
+    "_addmm_activation", "addmm_", "baddbmm_", "addbmm", "addbmm_", "addmv", "addmv_", "addr", "addr_", "mv",
+    "dot", "vdot", "mkldnn_linear", "mkldnn_convolution", "mkldnn_rnn_layer", "_thnn_fused_lstm_cell",
+    "_thnn_fused_gru_cell", "_cudnn_rnn", "miopen_rnn", "miopen_convolution", "miopen_depthwise_convolution",
+    "cudnn_convolution_transpose", "cudnn_convolution_relu", "cudnn_convolution_add_relu",
+    "slow_conv3d_forward", "slow_conv_dilated2d", "slow_conv_dilated3d", "slow_conv_transpose2d",
+    "slow_conv_transpose3d", "_conv_depthwise2d", "conv_depthwise3d", "_nnpack_spatial_convolution",
+    "_native_multi_head_attention", "_scaled_dot_product_attention_math_for_mps",
+    "_flash_attention_forward_no_dropout_inplace",
+))
+# Namespaces of bookkeeping ops (devices, profiler ranges) that do no arithmetic.
+_BOOKKEEPING_NAMESPACES = frozenset({"prim", "profiler"})
 
 
 @dataclass(frozen=True)
 class FlopReport:
     """FLOPs for one example (2 x multiply-accumulates). `layers` has one entry per (module, op) that
     counted FLOPs, attributed to the innermost module running the op (the root model is named '');
-    their dense and sparse columns sum to the totals."""
+    their dense and sparse columns sum to the totals. `uncounted` names the ops left out of both counts
+    (see the module's docstring), op name -> number of calls, in name order; empty when none was."""
 
     dense: int
     sparse: int
     layers: list[LayerFlops] = field(default_factory=list)
+    uncounted: dict[str, int] = field(default_factory=dict)
 
 
 def count_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> FlopReport:
@@ -50,18 +92,97 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     _refuse_reparametrized(model)
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     inputs = tuple(x[:1] if isinstance(x, torch.Tensor) else x for x in inputs)
-    mapping = _sparse_mapping(_weight_storages(model))
+    formulas = _dense_formulas()
+    dense_failures: Counter[str] = Counter()
+    sparse_failures: Counter[str] = Counter()
+    dense_mapping = _guarded(formulas, dense_failures)
+    sparse_mapping = {**_guarded(formulas, sparse_failures),
+                      **_guarded(_sparse_mapping(_weight_storages(model), formulas), sparse_failures)}
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as dense, \
-                FlopCounterMode(display=False, custom_mapping=mapping) as sparse:
+        # The op recorder is entered first so that it sees the ops the counters run, after they decomposed
+        # those they have no formula for.
+        with torch.no_grad(), _OpRecorder() as ran, \
+                FlopCounterMode(display=False, custom_mapping=dense_mapping) as dense, \
+                FlopCounterMode(display=False, custom_mapping=sparse_mapping) as sparse:
             model(*inputs)
     finally:
         model.train(was_training)
     dense_counts, sparse_counts = dense.get_flop_counts(), sparse.get_flop_counts()
     layers = _own_layers(model, dense_counts, sparse_counts)
-    return FlopReport(dense=dense.get_total_flops(), sparse=sparse.get_total_flops(), layers=layers)
+    without_formula = Counter({_op_name(op): calls for op, calls in ran.calls.items()
+                               if op not in formulas and _does_products(op)})
+    uncounted = without_formula + (dense_failures | sparse_failures)
+    return FlopReport(dense=dense.get_total_flops(), sparse=sparse.get_total_flops(), layers=layers,
+                      uncounted=dict(sorted(uncounted.items())))
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Counts the calls of each op (by packet) that reaches it, then runs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[Any] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: Mapping[str, Any] | None = None) -> Any:
+        self.calls[func._overloadpacket] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _op_name(op: Any) -> str:
+    """"aten.mm" for `torch.ops.aten.mm` (a packet), the object's own string for other formula keys."""
+    return str(op)
+
+
+def _does_products(op: Any) -> bool:
+    """Whether an op with no formula is left out of the counts rather than counted 0 by convention."""
+    name = _op_name(op)
+    namespace = name.partition(".")[0]
+    if namespace == "aten":
+        return name in _PRODUCTS_WITHOUT_FORMULA
+    return namespace not in _BOOKKEEPING_NAMESPACES
+
+
+def _dense_formulas() -> dict[Any, Callable[..., int]]:
+    """Raw dense formulas (taking the op's tensors, `out_val` by keyword): torch's registry as it stands
+    now (formulas registered after import included), with attention counted by `_attention_flops`."""
+    return {**flop_registry, **{packet: _attention_flops for packet in _SDPA_OPS}}
+
+
+def _guarded(mapping: Mapping[Any, Callable[..., int]], failures: Counter[str]) -> dict[Any, Callable[..., int]]:
+    """custom_mapping entries for FlopCounterMode: `mapping`'s raw formulas, each counting 0 and adding
+    its op to `failures` where it raises."""
+
+    def guard(op: Any, formula: Callable[..., int]) -> Callable[..., int]:
+        def counted(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
+            try:
+                return formula(*args, out_val=out_val, **kwargs)
+            except Exception:  # any error of a formula on these arguments: the op is reported uncounted
+                failures[_op_name(op)] += 1
+                return 0
+
+        counted._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode passes raw tensors
+        return counted
+
+    return {op: guard(op, formula) for op, formula in mapping.items()}
+
+
+def _attention_flops(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any,
+                     out_val: Any = None, **kwargs: Any) -> int:
+    """Dense FLOPs of softmax(q k^T) v for (..., L, E) operands: 2 Lq Lk E for the scores and 2 Lq Lk Ev
+    for the weighted values, per entry of the query's leading dimensions (batch, heads); the key's and
+    value's leading dimensions divide the query's (grouped-query attention repeats their heads)."""
+    *batch, queries, dim = query.shape
+    *key_batch, keys, key_dim = key.shape
+    *value_batch, values, value_dim = value.shape
+    if key_dim != dim or values != keys or key_batch != value_batch or len(key_batch) != len(batch):
+        raise ValueError(f"attention operands do not match: query {tuple(query.shape)}, key "
+                         f"{tuple(key.shape)}, value {tuple(value.shape)}")
+    if any(kv == 0 or q % kv for q, kv in zip(batch, key_batch)):
+        raise ValueError(f"the key's leading dimensions {key_batch} do not divide the query's {batch}")
+    return 2 * math.prod(batch) * queries * keys * (dim + value_dim)
 
 
 def _refuse_reparametrized(model: nn.Module) -> None:
@@ -81,15 +202,17 @@ def _weight_storages(model: nn.Module) -> frozenset[int]:
     return frozenset(t.untyped_storage().data_ptr() for t in tensors if t.numel() > 0)
 
 
-def _sparse_mapping(weights: frozenset[int]) -> dict[Any, Callable[..., int]]:
-    """custom_mapping for FlopCounterMode: raw formulas returning the sparse count of each weighted op."""
+def _sparse_mapping(weights: frozenset[int],
+                    formulas: Mapping[Any, Callable[..., int]]) -> dict[Any, Callable[..., int]]:
+    """Raw formulas returning the sparse count of each weighted op: its dense count from `formulas`,
+    scaled by the share of its multiply-accumulates whose weight operand is non-zero."""
 
     def is_weight(t: Any) -> bool:
         return isinstance(t, torch.Tensor) and t.numel() > 0 and t.untyped_storage().data_ptr() in weights
 
     def conv(packet: Any) -> Callable[..., int]:
         def formula(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
-            dense_flops = _dense(packet, args, kwargs, out_val)
+            dense_flops = formulas[packet](*args, out_val=out_val, **kwargs)
             weight = args[1]
             if not is_weight(weight):
                 return dense_flops
@@ -102,7 +225,7 @@ def _sparse_mapping(weights: frozenset[int]) -> dict[Any, Callable[..., int]]:
         first, second = _MATMUL_OPERANDS[packet]
 
         def formula(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
-            dense_flops = _dense(packet, args, kwargs, out_val)
+            dense_flops = formulas[packet](*args, out_val=out_val, **kwargs)
             a, b = args[first], args[second]
             if not (is_weight(a) or is_weight(b)):
                 return dense_flops
@@ -114,7 +237,7 @@ def _sparse_mapping(weights: frozenset[int]) -> dict[Any, Callable[..., int]]:
 
     def attention(packet: Any) -> Callable[..., int]:
         def formula(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
-            dense_flops = _dense(packet, args, kwargs, out_val)
+            dense_flops = formulas[packet](*args, out_val=out_val, **kwargs)
             q, k, v = args[:3]
             if not any(is_weight(t) for t in (q, k, v)):
                 return dense_flops
@@ -129,14 +252,7 @@ def _sparse_mapping(weights: frozenset[int]) -> dict[Any, Callable[..., int]]:
         mapping[packet] = matmul(packet)
     for packet in _SDPA_OPS:
         mapping[packet] = attention(packet)
-    for formula in mapping.values():
-        formula._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode passes raw tensors
     return mapping
-
-
-def _dense(packet: Any, args: tuple, kwargs: Mapping[str, Any], out_val: Any) -> int:
-    """torch's own (dense) formula for `packet`, on the same arguments."""
-    return flop_registry[packet](*args, out_val=out_val, **kwargs)
 
 
 def _count(t: torch.Tensor, dim: int, weighted: bool) -> torch.Tensor:

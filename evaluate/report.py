@@ -6,9 +6,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zoo.evaluate.machine import MachineInfo
+
 # Bumped when the evaluator measures differently, so that reports cached by an older one are measured
-# again (2: per-layer FLOPs credited to the outermost module that counted them).
-EVALUATOR_VERSION = 2
+# again (2: per-layer FLOPs credited to the outermost module that counted them; 3: attention counted on
+# every SDPA kernel, the ops left out of the FLOPs named, the machine recorded).
+EVALUATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,9 @@ class LayerFlops:
 @dataclass
 class VariantReport:
     """Measurements of one model variant on its task. FLOPs are 2 x multiply-accumulates, per example
-    at batch 1 (torch's FlopCounterMode convention); metrics are as their task's `MetricSpec`s say.
+    at batch 1 (torch's FlopCounterMode convention), leaving out the ops named in `flops_uncounted`
+    (op name -> calls, see `zoo.evaluate.flops`); metrics are as their task's `MetricSpec`s say.
+    `machine` is where it was measured (None for reports that predate it).
     `evaluator_version` is the `EVALUATOR_VERSION` that measured it (1 for reports that predate it)."""
 
     name: str
@@ -44,6 +49,8 @@ class VariantReport:
     quant: str | None = None
     recipe: list[dict[str, Any]] | None = None
     layers: list[LayerFlops] = field(default_factory=list)
+    flops_uncounted: dict[str, int] = field(default_factory=dict)
+    machine: MachineInfo | None = None
     evaluator_version: int = EVALUATOR_VERSION
 
     @property
@@ -57,6 +64,8 @@ class VariantReport:
     def from_dict(cls, data: dict[str, Any]) -> VariantReport:
         data = dict(data)
         data["layers"] = [LayerFlops(**layer) for layer in data.get("layers", [])]
+        machine = data.get("machine")
+        data["machine"] = MachineInfo.from_dict(machine) if machine is not None else None
         data.setdefault("evaluator_version", 1)
         return cls(**data)
 

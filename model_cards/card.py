@@ -1,7 +1,8 @@
 """Hugging Face model cards for zoo variants: YAML front matter with a model-index of the measured
 results (so the Hub shows them and they parse back exactly), and a Markdown body with the recipe, the
-metrics, the table of the whole family, the accuracy-vs-FLOPs plot (and any plot the task adds), and the
-other models of the same task it is compared with."""
+metrics (with the ops left out of the FLOPs, if any, and the machine they were measured on), the table of
+the whole family, the accuracy-vs-FLOPs plot (and any plot the task adds), and the other models of the
+same task it is compared with."""
 from __future__ import annotations
 
 import json
@@ -197,6 +198,23 @@ def _metric_rows(report: VariantReport) -> list[tuple[str, str]]:
     ]
 
 
+def machine_line(report: VariantReport) -> str:
+    """The sentence under the results table saying where they were measured: "Measured on <CPU> (<ISA>),
+    torch <version>, <n> threads; ..." (`MachineInfo.summary`)."""
+    if report.machine is None:
+        return "The machine these numbers were measured on was not recorded."
+    return f"Measured on {report.machine.summary()}."
+
+
+def uncounted_line(report: VariantReport) -> str | None:
+    """"FLOPs exclude: `op` (n calls), ...": the ops no FLOP formula counted; None when there were none."""
+    if not report.flops_uncounted:
+        return None
+    ops = ", ".join(f"`{op}` ({calls} call{'' if calls == 1 else 's'})"
+                    for op, calls in sorted(report.flops_uncounted.items()))
+    return f"FLOPs exclude: {ops}; no FLOP formula counts them."
+
+
 def _family_table(family: Sequence[VariantReport], current: str | None, base: VariantReport | None) -> dict[str, Any]:
     """Header and pre-formatted rows of a table of reports; the current variant's name is in bold, and
     FLOPs are also given relative to `base`'s dense FLOPs."""
@@ -245,7 +263,11 @@ input.
 |---|---|
 {% for label, value in metric_rows -%}
 | {{ label }} | {{ value }} |
-{% endfor %}"""
+{% endfor %}
+{% if flops_exclude %}{{ flops_exclude }}
+
+{% endif %}{{ machine_line }}
+"""
 
 _FAMILY_SECTION = """\
 {% if plot_filename %}![{{ plot_alt }}]({{ plot_filename }})
@@ -367,6 +389,8 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
         recipe_json=_recipe_json(report),
         base_model_name=report.base_model,
         metric_rows=_metric_rows(report),
+        flops_exclude=uncounted_line(report),
+        machine_line=machine_line(report),
         family=_family_table(_family_order(family), report.name, base),
         family_base=family_base,
         example=example,

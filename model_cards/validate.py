@@ -15,7 +15,7 @@ from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 from zoo.errors import CardValidationError
 from zoo.evaluate.report import VariantReport
-from zoo.model_cards.card import eval_results
+from zoo.model_cards.card import eval_results, machine_line
 
 README = "README.md"
 
@@ -65,13 +65,16 @@ def _check_expected(parsed: ModelCard, expected: VariantReport) -> None:
     for key, value in wanted.items():
         if found[key] != value:
             raise CardValidationError(f"{key[-1]}: card says {found[key]!r}, report measured {value!r}")
+    if machine_line(expected) not in parsed.text:
+        raise CardValidationError(f"the card does not say where {expected.name!r} was measured: "
+                                  f"{machine_line(expected)!r} is missing")
 
 
 def validate_card(card: ModelCard | str, expected: VariantReport | None = None) -> None:
     """Raise `CardValidationError` unless the card has front matter with a parseable model-index whose
     every result has task, dataset, metric type and a numeric value; with `expected`, unless its results
     are exactly (float equality after the YAML round trip) the report's metrics, for the report's name,
-    task, dataset and split."""
+    task, dataset and split, and its body states the report's machine (`machine_line`)."""
     parsed = parse_card(card)
     results = parsed.data.eval_results
     if not results:

@@ -1,5 +1,11 @@
-"""Tests of the evaluator's measuring functions: FLOPs, parameters, latency, accuracy, Pareto front."""
+"""Tests of the evaluator's measuring functions: FLOPs, parameters, latency, accuracy, Pareto front, the
+machine, and the report that holds them."""
 from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -7,7 +13,12 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import flop_registry
 
+import zoo.evaluate.flops as flops
+import zoo.evaluate.machine as machine
+from zoo.compress.checkpoint import save_checkpoint
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate import (
     count_flops,
@@ -16,6 +27,10 @@ from zoo.evaluate import (
     measure_latency,
     pareto_front,
 )
+from zoo.evaluate.machine import MachineInfo, cpu_flags, cpu_name, current_machine, isa_level
+from zoo.evaluate.report import EVALUATOR_VERSION, LayerFlops, VariantReport
+from zoo.evaluation import measure_variant
+from zoo.models import build_model, get_entry
 
 
 def _zero_first(weight: torch.Tensor, k: int) -> None:
@@ -109,6 +124,128 @@ def test_attention_with_a_learned_query():
     assert free.sparse == report.sparse
 
 
+aten = torch.ops.aten
+
+
+@pytest.mark.parametrize("shapes", [
+    ((2, 4, 3, 8), (2, 4, 5, 8), (2, 4, 5, 8)),
+    ((1, 8, 7, 16), (1, 2, 11, 16), (1, 2, 11, 4)),  # grouped-query attention, values narrower than keys
+])
+def test_the_attention_formula_is_torchs_where_torch_has_one(shapes):
+    q, k, v = (torch.empty(shape, device="meta") for shape in shapes)
+    (batch, heads, queries, dim), (_, _, keys, value_dim) = q.shape, v.shape
+    ours = flops._attention_flops(q, k, v)
+    assert ours == 2 * batch * heads * queries * keys * (dim + value_dim)
+    torch_counted = [op for op in flops._SDPA_OPS if op in flop_registry]
+    assert aten._scaled_dot_product_flash_attention in torch_counted
+    for op in torch_counted:
+        assert flop_registry[op](q, k, v, out_val=None) == ours, op
+
+
+def test_mismatched_attention_operands_are_refused_by_the_formula():
+    q, k = torch.empty(1, 2, 3, 8, device="meta"), torch.empty(1, 2, 5, 8, device="meta")
+    with pytest.raises(ValueError, match="do not match"):
+        flops._attention_flops(q, k, torch.empty(1, 2, 4, 8, device="meta"))
+    with pytest.raises(ValueError, match="do not divide"):
+        flops._attention_flops(q, torch.empty(1, 3, 5, 8), torch.empty(1, 3, 5, 8))
+
+
+class _Attention(nn.Module):
+    """Calls one attention op directly: `op` None goes through F.scaled_dot_product_attention."""
+
+    def __init__(self, op=None, *extra):
+        super().__init__()
+        self.op, self.extra = op, extra
+
+    def forward(self, q, k, v):
+        if self.op is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        return self.op(q, k, v, *self.extra)[0]
+
+
+_ATTENTION_FLOPS = 2 * 2 * 3 * 5 * (8 + 8)  # heads 2, 3 queries, 5 keys, dims 8
+_QKV = ((1, 2, 3, 8), (1, 2, 5, 8), (1, 2, 5, 8))
+
+
+@pytest.mark.parametrize("backend", [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION])
+def test_attention_counts_the_same_on_every_cpu_backend(backend):
+    with sdpa_kernel(backend):
+        report = count_flops(_Attention(), tuple(torch.randn(shape) for shape in _QKV))
+    assert report.dense == report.sparse == _ATTENTION_FLOPS
+    assert report.uncounted == {}
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("_scaled_dot_product_flash_attention_for_cpu", ()),
+    ("_scaled_dot_product_flash_attention", ()),
+    ("_scaled_dot_product_efficient_attention", (None, False)),
+    ("_scaled_dot_product_cudnn_attention", (None, False)),
+    ("_scaled_dot_product_fused_attention_overrideable", ()),
+])
+def test_every_fused_attention_kernel_is_counted(name, extra):
+    if not hasattr(aten, name):
+        pytest.skip(f"torch {torch.__version__} has no aten.{name}")
+    op = getattr(aten, name)
+    # Meta tensors: the CUDA kernels' shapes and dispatch, without a GPU.
+    report = count_flops(_Attention(op, *extra), tuple(torch.empty(shape, device="meta") for shape in _QKV))
+    assert report.dense == report.sparse == _ATTENTION_FLOPS
+    assert [(layer.name, layer.op) for layer in report.layers] == [("", f"aten.{name}")]
+    assert report.uncounted == {}
+
+
+@torch.library.custom_op("zoo_test::reverse", mutates_args=())
+def _reverse(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
+
+
+@_reverse.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class _Unknowns(nn.Module):
+    """A linear layer (counted), an int8 matrix product torch has no formula for, and a custom op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(32, 32)
+        self.register_buffer("int8_weight", torch.ones(32, 8, dtype=torch.int8))
+
+    def forward(self, x):
+        x = _reverse(self.linear(x))
+        for _ in range(2):
+            product = torch._int_mm(x.round().to(torch.int8), self.int8_weight)
+        return product
+
+
+def test_ops_without_a_formula_are_named_not_counted():
+    report = count_flops(_Unknowns(), torch.randn(3, 32))
+    assert report.dense == report.sparse == 2 * 32 * 32
+    assert report.uncounted == {"aten._int_mm": 2, "zoo_test.reverse": 1}
+    assert [layer.op for layer in report.layers] == ["aten.addmm"]
+
+
+def test_a_formula_that_raises_names_its_op(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no formula for these arguments")
+
+    class Square(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.linear(x)
+            return torch.mm(y.t(), y)
+
+    monkeypatch.setitem(flop_registry, aten.mm, broken)
+    report = count_flops(Square(), torch.randn(1, 4))
+    assert report.dense == report.sparse == 2 * 4 * 4
+    assert report.uncounted == {"aten.mm": 1}
+    monkeypatch.undo()
+    assert count_flops(Square(), torch.randn(1, 4)).uncounted == {}
+
+
 def test_timm_resnet_per_layer_breakdown():
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False)
@@ -143,6 +280,7 @@ def test_ops_of_a_parent_module_are_credited_to_it():
     assert sum(layer.dense for layer in report.layers) == report.dense
     attention = [layer for layer in report.layers if layer.name == "blocks.0.attn"]
     assert len(attention) == 1 and "scaled_dot_product" in attention[0].op
+    assert report.uncounted == {}
 
 
 class _Stack(nn.Module):
@@ -287,3 +425,115 @@ def test_pareto_front():
 def test_pareto_front_refuses_bad_points(bad):
     with pytest.raises(InvalidArgumentError):
         pareto_front(bad)
+
+
+# The machine ------------------------------------------------------------------------------------
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R)   Platinum 8480+
+flags\t\t: fpu sse4_1 sse4_2 avx avx2 fma avx512f avx512bw avx512_vnni amx_tile amx_int8
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse4_2
+"""
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 2000.00
+Features\t: fp asimd evtstrm aes crc32 asimddp i8mm bf16
+CPU implementer\t: 0x41
+
+Hardware\t: BCM2835
+Model\t: Raspberry Pi 5 Model B Rev 1.0
+"""
+
+
+def test_the_cpu_and_its_flags_come_from_cpuinfo():
+    assert cpu_name(X86_CPUINFO) == "Intel(R) Xeon(R) Platinum 8480+"
+    assert cpu_name(ARM_CPUINFO) == "BCM2835"
+    assert isa_level(cpu_flags(X86_CPUINFO)) == "AVX-512 + VNNI, AMX, AMX-INT8"  # the first core's flags
+    assert isa_level(cpu_flags(ARM_CPUINFO)) == "NEON + DOTPROD, I8MM, BF16"
+
+
+@pytest.mark.parametrize("flags, level", [
+    ({"sse4_2", "avx2", "avx512f", "avx512_bf16"}, "AVX-512 + BF16"),
+    ({"sse4_2", "avx2", "avx_vnni"}, "AVX2 + VNNI"),
+    ({"sse4_2", "avx"}, "SSE4.2"),
+    ({"asimd", "sve", "sve2"}, "SVE2"),
+    ({"fpu", "mmx"}, "baseline"),
+    (set(), "baseline"),
+])
+def test_isa_level_is_the_best_level_present(flags, level):
+    assert isa_level(flags) == level
+
+
+def test_without_cpuinfo_the_machine_is_still_described(monkeypatch, tmp_path):
+    monkeypatch.setattr(machine, "_CPUINFO", tmp_path / "absent")
+    monkeypatch.setattr(platform, "processor", lambda: "Apple M3")
+    info = current_machine(threads=3)
+    assert (info.cpu, info.isa, info.threads) == ("Apple M3", "unknown", 3)
+    assert info.torch_cpu_capability == torch.backends.cpu.get_cpu_capability()
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "")
+    assert cpu_name(None) == "unknown CPU"
+
+
+def test_current_machine_records_torch_and_the_libraries():
+    info = current_machine()
+    assert info.threads == torch.get_num_threads()
+    assert info.torch == torch.__version__ and info.python == platform.python_version()
+    assert info.arch == platform.machine()
+    assert info.libraries == {name: metadata.version(name) for name in ("timm", "transformers", "torchmetrics")}
+    summary = info.summary()
+    assert summary.startswith(f"{info.cpu} ({info.isa}), torch {torch.__version__}, {info.threads} thread")
+    assert f"timm {metadata.version('timm')}" in summary
+    assert "1 thread;" in dataclasses.replace(info, threads=1).summary()
+
+
+# The report --------------------------------------------------------------------------------------
+
+MACHINE = MachineInfo(cpu="AMD EPYC 9654", isa="AVX-512 + VNNI, BF16", torch_cpu_capability="AVX512",
+                      os="Linux 6.8.0", arch="x86_64", python="3.11.7", torch="2.14.1", threads=4,
+                      libraries={"timm": "1.0.31"})
+
+
+def _report(**fields):
+    base = dict(name="net_sp50", base_model="net", task="image-classification", dataset="digits", split="test",
+                metrics={"top1": 0.5}, metric_average="micro", flops_dense=10, flops_sparse=5, params_total=4,
+                params_nonzero=2, bytes_on_disk=100, latency_ms=1.5, sparsity=0.5,
+                layers=[LayerFlops(name="fc", op="aten.addmm", dense=10, sparse=5)])
+    return VariantReport(**{**base, **fields})
+
+
+def test_a_report_keeps_its_machine_and_uncounted_ops_through_json(tmp_path):
+    report = _report(flops_uncounted={"aten._int_mm": 2}, machine=MACHINE)
+    report.save(tmp_path / "report.json")
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["machine"]["cpu"] == "AMD EPYC 9654" and data["machine"]["libraries"] == {"timm": "1.0.31"}
+    assert data["flops_uncounted"] == {"aten._int_mm": 2}
+    loaded = VariantReport.load(tmp_path / "report.json")
+    assert loaded == report and loaded.machine == MACHINE and loaded.is_current
+
+
+def test_a_report_of_the_previous_evaluator_loads_without_a_machine_and_is_not_current():
+    old = _report().to_dict()
+    del old["machine"], old["flops_uncounted"]
+    old["evaluator_version"] = 2
+    loaded = VariantReport.from_dict(old)
+    assert loaded.machine is None and loaded.flops_uncounted == {}
+    assert not loaded.is_current and EVALUATOR_VERSION == 3
+
+
+def test_measure_variant_records_the_machine_and_the_uncounted_ops(tmp_path):
+    entry = get_entry("test_resnet.zoo_digits")
+    torch.manual_seed(0)
+    model = build_model(entry)
+    config = {"name": entry.name, "base_model": entry.name, "arch": "test_resnet",
+              "model_kwargs": {"num_classes": 10}, "recipe": None}
+    folder = save_checkpoint(tmp_path / "ck", model.state_dict(), config=config)
+    before = torch.get_num_threads()
+    report = measure_variant(model, entry, name=entry.name, checkpoint_dir=folder, sparsity=0.0, quant=None,
+                             recipe=None, progress=False, latency_seconds=0.05)
+    assert report.machine == current_machine(before)
+    assert report.flops_uncounted == {} and report.flops_dense > 0
+    assert report.is_current

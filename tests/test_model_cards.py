@@ -13,6 +13,7 @@ from matplotlib.image import imread
 
 import zoo
 from zoo.errors import CardValidationError, InvalidArgumentError, UnknownNameError
+from zoo.evaluate.machine import MachineInfo
 from zoo.evaluate.report import VariantReport
 from zoo.model_cards import (
     CardPlot, base_card, plot_accuracy_vs_flops, plot_metric_vs_metric, validate_card, variant_card, write_card,
@@ -156,6 +157,51 @@ def _with_metrics(reports: list[VariantReport], metrics: dict[str, float]) -> Mo
     report = _report("_sp50", sparsity=0.5, top1=0.0, top5=0.0)
     report.metrics = metrics
     return variant_card(report, family_reports=[reports[0], report], plot_filename=None, **CARD_ARGS)
+
+
+MACHINE = MachineInfo(cpu="AMD EPYC 9654", isa="AVX-512 + VNNI, BF16", torch_cpu_capability="AVX512",
+                      os="Linux 6.8.0", arch="x86_64", python="3.11.7", torch="2.14.1", threads=4,
+                      libraries={"timm": "1.0.31", "torchmetrics": "1.9.0"})
+MACHINE_LINE = ("Measured on AMD EPYC 9654 (AVX-512 + VNNI, BF16), torch 2.14.1, 4 threads; torch CPU kernels "
+                "AVX512, Linux 6.8.0 x86_64, Python 3.11.7, timm 1.0.31, torchmetrics 1.9.0.")
+
+
+def _body(card: ModelCard) -> str:
+    text = str(card)
+    return text[REGEX_YAML_BLOCK.search(text).end():]
+
+
+def test_cards_say_under_the_results_table_where_they_were_measured(reports):
+    reports = [dataclasses.replace(r, machine=MACHINE) for r in reports]
+    reports[3] = dataclasses.replace(reports[3], machine=dataclasses.replace(MACHINE, threads=1))
+    body = _body(_variant(reports, 2))
+    assert "| latency, batch 1 | 1.37 ms |\n\n" + MACHINE_LINE + "\n\n## The family" in body
+    assert body.count("Measured on AMD") == 1
+    assert "1 thread;" in _body(_variant(reports, 3))
+    base = _body(base_card(reports[0], reports, plot_filename=None, **CARD_ARGS))
+    assert "| latency, batch 1 | 1.37 ms |\n\n" + MACHINE_LINE + "\n\n## How to use" in base
+    unrecorded = _body(_variant([dataclasses.replace(r, machine=None) for r in reports], 2))
+    assert "| 1.37 ms |\n\nThe machine these numbers were measured on was not recorded.\n" in unrecorded
+    assert "Measured on AMD" not in unrecorded
+
+
+def test_cards_name_the_ops_left_out_of_the_flops(reports):
+    assert "FLOPs exclude" not in _body(_variant(reports, 2))
+    reports[2] = dataclasses.replace(reports[2], machine=MACHINE,
+                                     flops_uncounted={"zoo_test.reverse": 1, "aten._int_mm": 2})
+    body = _body(_variant(reports, 2))
+    exclude = "FLOPs exclude: `aten._int_mm` (2 calls), `zoo_test.reverse` (1 call); no FLOP formula counts them."
+    assert "| 1.37 ms |\n\n" + exclude + "\n\n" + MACHINE_LINE + "\n" in body
+
+
+def test_validation_wants_the_reports_machine(reports):
+    reports = [dataclasses.replace(r, machine=MACHINE) for r in reports]
+    text = str(_variant(reports, 2))
+    validate_card(text, reports[2])
+    with pytest.raises(CardValidationError, match="where 'resnet18.zoo_digits_sp90' was measured"):
+        validate_card(text, dataclasses.replace(reports[2], machine=dataclasses.replace(MACHINE, threads=8)))
+    with pytest.raises(CardValidationError, match="was measured"):
+        validate_card(text.replace(MACHINE_LINE, ""), reports[2])
 
 
 def _without_model_index(text: str) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from zoo.compress.checkpoint import checkpoint_bytes
 from zoo.compress.recipe import Recipe
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
-from zoo.evaluate import VariantReport, count_flops, count_parameters, measure_latency
+from zoo.evaluate import VariantReport, count_flops, count_parameters, current_machine, measure_latency
 from zoo.tasks import task_of
 
 EVAL_BATCH_SIZE = 256
@@ -44,7 +45,8 @@ def measure_variant(
         metrics, average = {}, task.average
     flops = count_flops(model, example)
     params = count_parameters(model)
-    latency = measure_latency(model, example, min_run_time=latency_seconds)
+    threads = torch.get_num_threads()
+    latency = measure_latency(model, example, min_run_time=latency_seconds, num_threads=threads)
     return VariantReport(
         name=name, base_model=entry.name, task=entry.task, dataset=entry.eval_data.name,
         split=entry.eval_data.split, metrics=metrics, metric_average=average,
@@ -52,4 +54,5 @@ def measure_variant(
         params_nonzero=params.nonzero, bytes_on_disk=checkpoint_bytes(checkpoint_dir),
         latency_ms=latency.median_ms, sparsity=sparsity, quant=quant,
         recipe=recipe.to_list() if recipe is not None and recipe.steps else None, layers=flops.layers,
+        flops_uncounted=flops.uncounted, machine=current_machine(threads),
     )
