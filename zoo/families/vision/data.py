@@ -1,4 +1,4 @@
-"""Data sets the zoo trains and evaluates on, registered by name.
+"""The vision family's data sets.
 
 `digits` is scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): real data that
 ships with a dependency, so the zoo-native models train and evaluate offline. `imagefolder` is the real
@@ -8,27 +8,16 @@ comes from the `ZOO_IMAGEFOLDER_<SPLIT>` environment variable or an explicit pat
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
-from zoo.entry import DataSpec, ModelEntry
+from zoo.data import DATASET_DESCRIPTIONS, DATASETS
+from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
-from zoo.registry import Registry
-
-DatasetFactory = Callable[[str, "ModelEntry"], Dataset]
-DATASETS: Registry[DatasetFactory] = Registry("dataset")
-# What each data set is, in a sentence, for the cards (registered beside the data set itself).
-DATASET_DESCRIPTIONS: Registry[str] = Registry("dataset description")
-
-
-def describe_dataset(name: str) -> str:
-    return DATASET_DESCRIPTIONS.get(name)
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -94,28 +83,3 @@ def imagefolder(split: str, entry: ModelEntry) -> Dataset:
         crop_pct=spec.crop_pct, is_training=False,
     )
     return ImageFolder(str(imagefolder_root(split)), transform=transform)
-
-
-def dataset(spec: DataSpec, entry: ModelEntry) -> Dataset:
-    """The `spec.split` split of the registered data set `spec.name`, prepared for `entry`'s model."""
-    return DATASETS.get(spec.name)(spec.split, entry)
-
-
-@dataclass(frozen=True)
-class Batches:
-    """Re-iterable, deterministic batches of a dataset: epoch `e` is shuffled with seed `seed + e`."""
-
-    data: Dataset
-    batch_size: int
-    shuffle: bool = False
-    seed: int = 0
-
-    def epoch(self, epoch: int = 0) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        return DataLoader(self.data, batch_size=self.batch_size, shuffle=self.shuffle, generator=generator)
-
-    def __iter__(self) -> Iterator:
-        return iter(self.epoch(0))
-
-    def __len__(self) -> int:
-        return len(self.epoch(0))
