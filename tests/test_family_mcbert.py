@@ -9,24 +9,20 @@ import pytest
 import torch
 
 import zoo
-import zoo.api
-import zoo.families.mcbert as family
-import zoo.native
-import zoo.variants
-from zoo import english_data
+import zoo.families.mcbert.model as family
 from zoo.api import instantiate
 from zoo.compress import apply_int8_ptq, apply_magnitude_pruning, prunable_weights
 from zoo.compress.checkpoint import load_checkpoint, save_checkpoint
-from zoo.english_data import CLS_ID, NEITHER_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS
 from zoo.errors import CheckpointError, InvalidArgumentError
+from zoo.families.mcbert import data as english_data
+from zoo.families.mcbert.entries import CLS_ID, NEITHER_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS
+from zoo.families.mcbert.model import MCBertForPreTraining, build_cloze, choose_masked, load_pretrained_encoder
 from zoo.hub import LocalHub
-from zoo.mcbert_models import (
-    MCBertForPreTraining, build_cloze, choose_masked, load_pretrained_encoder,
-)
 from zoo.models import build_model, get_entry
+from zoo.native import train_base_model
 from zoo.store import Store
 from zoo.tasks import task_of
-from tiny_zoo import short_training
+from tiny_zoo import SHORT
 
 MCBERT, MLM, CLASSIFIER = "test_mcbert.zoo_pydoc", "test_bert.zoo_pydoc", "test_mcbert.zoo_pydoc_ft_stdlib"
 
@@ -209,18 +205,16 @@ def test_the_pretrained_main_encoder_initializes_the_classifier_and_the_controll
 def test_a_mismatched_or_missing_pretrained_model_is_refused() -> None:
     with pytest.raises(CheckpointError):
         load_pretrained_encoder(model_of(CLASSIFIER), model_of("bert_mini.zoo_pydoc"))
-    with pytest.raises(InvalidArgumentError):
-        family.fine_tune(get_entry(CLASSIFIER), None, progress=False, epochs=1)
+    with pytest.raises(InvalidArgumentError, match="starts from"):
+        train_base_model(get_entry(CLASSIFIER), progress=False, options=SHORT)
 
 
 # zoo.load with a sparsity ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, task, metric", [(MLM, "fill-mask", "mlm_accuracy"),
                                                 (MCBERT, "multi-choice-cloze", "mc_accuracy")])
-def test_zoo_load_trains_then_prunes_a_tiny_entry(name: str, task: str, metric: str, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    short_training(monkeypatch)
-    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+def test_zoo_load_trains_then_prunes_a_tiny_entry(name: str, task: str, metric: str, tmp_path: Path) -> None:
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache", options=SHORT)
     entry = get_entry(name)
     sparse = zoo.load(name, sparsity=0.5, store=store, progress=False)
     assert sparse.zoo.name == f"{name}_gmp50" and sparse.zoo.source == "derived"
