@@ -29,6 +29,9 @@ def test_wheel_installs_only_the_zoo_package(wheel: Path) -> None:
     assert top_level == {"zoo"}
     for sub in ("hub", "compress", "evaluate", "model_cards"):
         assert f"zoo/{sub}/__init__.py" in names
+    for family in ("vision", "translation", "mcbert", "wavernn", "invertible"):
+        for module in ("__init__", "entries", "model", "task", "data"):
+            assert f"zoo/families/{family}/{module}.py" in names
 
 
 def test_installs_beside_huggingface_evaluate(wheel: Path, tmp_path: Path) -> None:
@@ -50,3 +53,13 @@ def test_installs_beside_huggingface_evaluate(wheel: Path, tmp_path: Path) -> No
     assert Path(hf_file) == Path(evaluate.__file__)
     assert Path(ours_file) == target / "zoo" / "evaluate" / "__init__.py"
     assert hf_has_load == "True"
+
+
+def test_pyproject_lists_every_package_under_zoo() -> None:
+    """setuptools installs only the packages pyproject lists: every folder of `zoo/` with an
+    `__init__.py` (the family sub-packages included) must be there."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "zoo").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
