@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-import zoo.families.invertible  # noqa: F401  (registers the entries)
-from zoo.image_data import patches
-from zoo.invertible_tasks import bicubic_round_trip, to_8bit
+from zoo.families.invertible.data import patches
+from zoo.families.invertible.task import bicubic_round_trip, to_8bit
 from zoo.models import get_entry
 from zoo.native import train_base_model
+from zoo.options import TrainOptions
 from zoo.tasks import task_of
 
 Z_SAMPLES = 3
@@ -39,7 +39,7 @@ def psnr_ssim(decoded: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
 def bench_irn(name: str, epochs: int | None, progress: bool) -> dict:
     entry = get_entry(name)
     start = time.perf_counter()
-    model = train_base_model(entry, epochs=epochs, progress=progress)
+    model = train_base_model(entry, options=TrainOptions(epochs=epochs), progress=progress)
     train_s = time.perf_counter() - start
     task = task_of(entry)
     batches = task.batches(entry, entry.eval_data, batch_size=64, shuffle=False)
@@ -60,7 +60,7 @@ def bench_ilc(name: str, rate_lambda: float, epochs: int | None, progress: bool)
     base = get_entry(name)
     entry = dataclasses.replace(base, model_kwargs={**base.model_kwargs, "rate_lambda": rate_lambda})
     start = time.perf_counter()
-    model = train_base_model(entry, epochs=epochs, progress=progress)
+    model = train_base_model(entry, options=TrainOptions(epochs=epochs), progress=progress)
     train_s = time.perf_counter() - start
     task = task_of(entry)
     batches = task.batches(entry, entry.eval_data, batch_size=64, shuffle=False)

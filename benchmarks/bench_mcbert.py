@@ -18,7 +18,6 @@ import time
 
 import torch
 
-import zoo.families.mcbert as family
 from zoo.evaluate import count_flops
 from zoo.models import MODELS, get_entry
 from zoo.native import train_base_model
@@ -55,13 +54,13 @@ def main() -> None:
         classifier = f"{arch}.zoo_pydoc_ft_stdlib"
         if classifier in MODELS:
             start = time.perf_counter()
-            model = family.fine_tune(get_entry(classifier), pretrained)
+            model = train_base_model(get_entry(classifier), init=pretrained)
             rows[classifier] = {**evaluate(model, classifier), "train_seconds": time.perf_counter() - start}
             print(classifier, rows[classifier], flush=True)
     scratch = f"{prefix[1]}.zoo_stdlib"
     if scratch in MODELS and args.part in ("all", "scratch"):
         start = time.perf_counter()
-        model = family.fine_tune(get_entry(scratch), None)
+        model = train_base_model(get_entry(scratch))
         rows[scratch] = {**evaluate(model, scratch), "train_seconds": time.perf_counter() - start}
     print("| model | metric | value | train s | GFLOPs/seq |\n|---|---|---|---|---|")
     for name, row in rows.items():

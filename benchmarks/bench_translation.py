@@ -27,10 +27,11 @@ import time
 
 import torch
 
-import zoo.families.translation as translation
+from zoo.families.translation.entries import EPOCHS
 from zoo.evaluation import EVAL_BATCH_SIZE
 from zoo.models import get_entry
 from zoo.native import train_base_model
+from zoo.options import TrainOptions
 from zoo.tasks import task_of
 
 
@@ -51,7 +52,7 @@ def row(name: str, model, entry, seconds: float, epochs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=translation.EPOCHS)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--scratch", action="store_true", help="also train MAT from random init")
     parser.add_argument("--rho0", action="store_true", help="also train MAT without drop-branch")
     parser.add_argument("--branches", type=int, nargs="*", default=[], help="MAT branch counts to sweep")
@@ -69,37 +70,38 @@ def main() -> None:
         write(rows, args)
         return
     start = time.perf_counter()
-    model = train_base_model(base, epochs=args.epochs)
+    model = train_base_model(base, options=TrainOptions(epochs=args.epochs))
     rows.append(row("transformer", model, base, time.perf_counter() - start, args.epochs))
     start = time.perf_counter()
-    small_model = train_base_model(small, epochs=half)
+    small_model = train_base_model(small, options=TrainOptions(epochs=half))
     small_seconds = time.perf_counter() - start
     rows.append(row("transformer_small", small_model, small, small_seconds, half))
     start = time.perf_counter()
-    model = translation.train_proximal_mat(mat, small_model, epochs=half)
+    model = train_base_model(mat, init=small_model, options=TrainOptions(epochs=half))
     rows.append(row("mat_proximal", model, mat, small_seconds + time.perf_counter() - start, args.epochs))
     if args.rho0:
         rho0 = dataclasses.replace(mat, model_kwargs={**mat.model_kwargs, "drop_branch": 0.0})
         start = time.perf_counter()
-        model = translation.train_proximal_mat(rho0, small_model, epochs=half)
+        model = train_base_model(rho0, init=small_model, options=TrainOptions(epochs=half))
         rows.append(row("mat_proximal_rho0", model, rho0, small_seconds + time.perf_counter() - start, args.epochs))
     if args.scratch:
         start = time.perf_counter()
-        model = train_base_model(mat, epochs=args.epochs)
-        rows.append(row("mat_scratch", model, mat, time.perf_counter() - start, args.epochs))
+        scratch = dataclasses.replace(mat, train=dataclasses.replace(mat.train, init_from=None))
+        model = train_base_model(scratch, options=TrainOptions(epochs=args.epochs))
+        rows.append(row("mat_scratch", model, scratch, time.perf_counter() - start, args.epochs))
     write(rows, args)
 
 
 def sweep(small, mat, epochs: int, branches: list[int], rhos: list[float]) -> list[dict]:
     """transformer_small, then proximal MAT for every (N, rho); N = 1 only at rho = 0."""
     start = time.perf_counter()
-    small_model = train_base_model(small, epochs=epochs)
+    small_model = train_base_model(small, options=TrainOptions(epochs=epochs))
     rows = [row("transformer_small", small_model, small, time.perf_counter() - start, epochs)]
     for n in branches:
         for rho in rhos if n > 1 else [0.0]:
             entry = dataclasses.replace(mat, model_kwargs={**mat.model_kwargs, "branches": n, "drop_branch": rho})
             start = time.perf_counter()
-            model = translation.train_proximal_mat(entry, small_model, epochs=epochs)
+            model = train_base_model(entry, init=small_model, options=TrainOptions(epochs=epochs))
             rows.append(row(f"mat N={n} rho={rho:g}", model, entry, time.perf_counter() - start, 2 * epochs))
     return rows
 

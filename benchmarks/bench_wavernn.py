@@ -25,9 +25,10 @@ import torch
 from zoo.compress.block import apply_gradual_block_pruning
 from zoo.compress.recipe import RecipeContext
 from zoo.data import Batches
-from zoo.families.wavernn import WaveRNN, nll_nats
+from zoo.families.wavernn.data import speech_windows
+from zoo.families.wavernn.model import WaveRNN
+from zoo.families.wavernn.task import nll_nats
 from zoo.models import get_entry
-from zoo.speech_data import speech_windows
 from zoo.training import train
 
 

@@ -1,19 +1,51 @@
-"""Compression recipes: config dataclasses (data), one handler per config type, and functional forms."""
-from zoo.compress.block import (
-    BlockPruningConfig, GradualBlockPruningConfig, apply_block_pruning, apply_gradual_block_pruning,
-)
-from zoo.compress.config import CONFIG_TYPES, CompressionConfig, register_config
-from zoo.compress.pruning import (
-    GradualMagnitudePruningConfig, MagnitudePruningConfig, apply_gradual_magnitude_pruning,
-    apply_magnitude_pruning, cubic_sparsity, magnitude_masks, prunable_weights,
-)
-from zoo.compress.quantization import Int8PTQConfig, apply_int8_ptq
-from zoo.compress.recipe import HANDLERS, Recipe, RecipeContext, handles
+"""Compression recipes: config dataclasses (data), one handler per config type, and functional forms.
 
-__all__ = [
-    "BlockPruningConfig", "GradualBlockPruningConfig", "apply_block_pruning", "apply_gradual_block_pruning",
-    "CONFIG_TYPES", "CompressionConfig", "GradualMagnitudePruningConfig", "HANDLERS", "Int8PTQConfig",
-    "MagnitudePruningConfig", "Recipe", "RecipeContext", "apply_gradual_magnitude_pruning",
-    "apply_int8_ptq", "apply_magnitude_pruning", "cubic_sparsity", "handles", "magnitude_masks",
-    "prunable_weights", "register_config",
-]
+Names are imported on first use (PEP 562 module `__getattr__`), so `import zoo.compress` imports
+neither torch nor the handlers until one of them is asked for; then every config module is imported at
+once, so that a recipe read from JSON or YAML finds every registered config type and handler.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zoo.compress.block import (
+        BlockPruningConfig, GradualBlockPruningConfig, apply_block_pruning, apply_gradual_block_pruning,
+    )
+    from zoo.compress.config import CONFIG_TYPES, CompressionConfig, register_config
+    from zoo.compress.pruning import (
+        GradualMagnitudePruningConfig, MagnitudePruningConfig, apply_gradual_magnitude_pruning,
+        apply_magnitude_pruning, cubic_sparsity, magnitude_masks, prunable_weights,
+    )
+    from zoo.compress.quantization import Int8PTQConfig, apply_int8_ptq
+    from zoo.compress.recipe import HANDLERS, Recipe, RecipeContext, handles
+
+_MODULES = {
+    "zoo.compress.block": ("BlockPruningConfig", "GradualBlockPruningConfig", "apply_block_pruning",
+                           "apply_gradual_block_pruning"),
+    "zoo.compress.config": ("CONFIG_TYPES", "CompressionConfig", "register_config"),
+    "zoo.compress.pruning": ("GradualMagnitudePruningConfig", "MagnitudePruningConfig",
+                             "apply_gradual_magnitude_pruning", "apply_magnitude_pruning", "cubic_sparsity",
+                             "magnitude_masks", "prunable_weights"),
+    "zoo.compress.quantization": ("Int8PTQConfig", "apply_int8_ptq"),
+    "zoo.compress.recipe": ("HANDLERS", "Recipe", "RecipeContext", "handles"),
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zoo.compress' has no attribute {name!r}")
+    for each in _MODULES:  # registers every config type and handler
+        importlib.import_module(each)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from zoo.compress.config import (
-    CompressionConfig, check_choice, check_fraction, check_patterns, register_config,
+    CompressionConfig, check_block, check_choice, check_fraction, check_patterns, register_config,
 )
 from zoo.compress.pruning import (
     SCOPES, Masks, apply_masks, check_gradual_schedule, cubic_sparsity, prunable_weights,
@@ -28,13 +28,6 @@ from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.training import steps_per_epoch, train
 
-
-
-def check_block(block: tuple[int, int]) -> tuple[int, int]:
-    if (not isinstance(block, tuple) or len(block) != 2
-            or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in block)):
-        raise InvalidArgumentError(f"block must be a (rows, cols) tuple of positive integers, got {block!r}")
-    return block
 
 
 def block_weights(model: nn.Module, *, layers: tuple[str, ...] = (), keep_dense: tuple[str, ...] = ()

@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any, ClassVar, TypeVar
 
-from zoo.errors import RecipeError
+from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.registry import Registry
 
 CONFIG_TYPES: Registry[type["CompressionConfig"]] = Registry("recipe config type")
@@ -105,3 +105,10 @@ def check_patterns(name: str, patterns: tuple[str, ...]) -> None:
         except (re.error, TypeError) as err:
             raise RecipeError(f"{name}: {pattern!r} is not a regular expression ({err})") from None
 
+
+def check_block(block: tuple[int, int]) -> tuple[int, int]:
+    """A pruning block shape: (rows, cols), positive integers (kept here, torch-free, for the registry)."""
+    if (not isinstance(block, tuple) or len(block) != 2
+            or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in block)):
+        raise InvalidArgumentError(f"block must be a (rows, cols) tuple of positive integers, got {block!r}")
+    return block

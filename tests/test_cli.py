@@ -19,7 +19,7 @@ import zoo
 import zoo.hub.remote as remote
 import zoo.publish
 from olah_server import OlahServer
-from tiny_zoo import BASE, one_torch_thread, refuse_derivation, short_training, store_env, store_with_base
+from tiny_zoo import BASE, SHORT, one_torch_thread, refuse_derivation, store_env, store_with_base
 from zoo.catalog import family_models
 from zoo.cli import main
 from zoo.compress.checkpoint import load_checkpoint
@@ -44,11 +44,9 @@ def _one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """The base (trained) and its one-shot 50% variant, cached; the hub is empty."""
-    with pytest.MonkeyPatch.context() as mp:
-        short_training(mp)
-        store = store_with_base(tmp_path_factory, tmp_path_factory.mktemp("cli"))
-        zoo.load(BASE, sparsity=0.5, method="oneshot", store=store, progress=False)
-        yield store
+    store = store_with_base(tmp_path_factory, tmp_path_factory.mktemp("cli"))
+    zoo.load(BASE, sparsity=0.5, method="oneshot", store=store, progress=False)
+    yield store
 
 
 def run(args: list[str], env: dict[str, str]) -> Result:
@@ -336,16 +334,17 @@ def test_train_trains_once_then_finds_the_cached_base(tmp_path: Path, monkeypatc
     calls: list[str] = []
     original = zoo.api.train_base_model
 
-    def one_epoch(entry, **kwargs):
+    def counted(entry, **kwargs):
         calls.append(entry.name)
-        return original(entry, **{**kwargs, "epochs": 1})
+        return original(entry, **kwargs)
 
-    monkeypatch.setattr(zoo.api, "train_base_model", one_epoch)
+    monkeypatch.setattr(zoo.api, "train_base_model", counted)  # a spy: the budget is the SHORT options
+    env = {"ZOO_TRAIN_OPTIONS": SHORT.to_text()}
     args = ["train", BASE, "--hub", str(tmp_path / "hub"), "--cache", str(tmp_path / "cache")]
-    first = CliRunner().invoke(main, [*args, "--publish"])
+    first = CliRunner().invoke(main, [*args, "--publish"], env=env)
     assert first.exit_code == 0, first.output
     assert "trained" in first.output and "published" in first.output and calls == [BASE]
-    second = CliRunner().invoke(main, args)
+    second = CliRunner().invoke(main, args, env=env)
     assert second.exit_code == 0 and calls == [BASE], second.output
     refused = CliRunner().invoke(main, ["train", "test_resnet.r160_in1k", "--cache", str(tmp_path / "cache")])
     assert refused.exit_code == 1 and "not a zoo-native base" in refused.output

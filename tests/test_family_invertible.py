@@ -11,23 +11,22 @@ import torch
 
 import zoo
 import zoo.api
-import zoo.native
-import zoo.variants
 from zoo.compress.checkpoint import load_checkpoint, save_checkpoint
 from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
 from zoo.compress.quantization import apply_int8_ptq
 from zoo.errors import InvalidArgumentError
-from zoo.families.invertible import (
-    GAUSSIAN_SCALE, ILC, IRN, DenseBlock, FactorizedLogistic, InvertibleNet, haar_forward, haar_inverse,
-    high_rate_gain, quantize_8bit,
+from zoo.families.invertible.data import TEST_IMAGES, TRAIN_IMAGES, bundled_image, grid_patches, patches
+from zoo.families.invertible.entries import GAUSSIAN_SCALE, PatchInput
+from zoo.families.invertible.model import (
+    ILC, IRN, DenseBlock, FactorizedLogistic, InvertibleNet, haar_forward, haar_inverse, high_rate_gain, quantize_8bit,
 )
+from zoo.families.invertible.task import bicubic_down, bicubic_round_trip, ilc_loss, irn_loss
 from zoo.hub import LocalHub
-from zoo.image_data import TEST_IMAGES, TRAIN_IMAGES, PatchInput, bundled_image, grid_patches, patches
-from zoo.invertible_tasks import bicubic_down, bicubic_round_trip, ilc_loss, irn_loss
 from zoo.models import build_model, get_entry
+from zoo.native import train_base_model
 from zoo.store import Store
 from zoo.tasks import task_of
-from tiny_zoo import short_training
+from tiny_zoo import SHORT
 
 TEST_IRN, TEST_ILC = "test_irn.zoo_skimage", "test_ilc.zoo_skimage"
 
@@ -198,7 +197,7 @@ def test_after_its_short_training_the_decoder_is_insensitive_to_the_sampled_late
     In the zoo's few hundred steps it cannot: unit-variance z cost the tiny IRN 13-17 dB (22 dB vs
     bicubic's 40). With the prior at GAUSSIAN_SCALE, sampled z and z = 0 decode alike."""
     entry = get_entry(name)
-    model = zoo.native.train_base_model(entry, progress=False)
+    model = train_base_model(entry, progress=False)
     task = task_of(entry)
     batches = task.batches(entry, entry.eval_data, batch_size=64, shuffle=False)
     metrics = task.evaluate(model, batches, entry, progress=False).metrics
@@ -255,10 +254,8 @@ def test_a_pruned_int8_model_round_trips_the_compressed_format_bit_for_bit(name:
     (TEST_IRN, "image-rescaling", {"psnr", "ssim", "psnr_z0", "psnr_lr"}),
     (TEST_ILC, "image-compression", {"psnr", "ssim", "psnr_z0", "bpp"}),
 ])
-def test_zoo_load_trains_then_prunes_a_tiny_entry(name: str, task: str, metrics: set[str], tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    short_training(monkeypatch)
-    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+def test_zoo_load_trains_then_prunes_a_tiny_entry(name: str, task: str, metrics: set[str], tmp_path: Path) -> None:
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache", options=SHORT)
     entry = get_entry(name)
     assert task_of(entry).name == task
     sparse = zoo.load(name, sparsity=0.5, store=store, progress=False)

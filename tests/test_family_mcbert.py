@@ -9,24 +9,20 @@ import pytest
 import torch
 
 import zoo
-import zoo.api
-import zoo.families.mcbert as family
-import zoo.native
-import zoo.variants
-from zoo import english_data
+import zoo.families.mcbert.model as family
 from zoo.api import instantiate
 from zoo.compress import apply_int8_ptq, apply_magnitude_pruning, prunable_weights
 from zoo.compress.checkpoint import load_checkpoint, save_checkpoint
-from zoo.english_data import CLS_ID, NEITHER_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS
 from zoo.errors import CheckpointError, InvalidArgumentError
+from zoo.families.mcbert import data as mcbert_data
+from zoo.families.mcbert.entries import CLS_ID, NEITHER_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS
+from zoo.families.mcbert.model import MCBertForPreTraining, build_cloze, choose_masked, load_pretrained_encoder
 from zoo.hub import LocalHub
-from zoo.mcbert_models import (
-    MCBertForPreTraining, build_cloze, choose_masked, load_pretrained_encoder,
-)
 from zoo.models import build_model, get_entry
+from zoo.native import train_base_model
 from zoo.store import Store
 from zoo.tasks import task_of
-from tiny_zoo import short_training
+from tiny_zoo import SHORT
 
 MCBERT, MLM, CLASSIFIER = "test_mcbert.zoo_pydoc", "test_bert.zoo_pydoc", "test_mcbert.zoo_pydoc_ft_stdlib"
 
@@ -44,38 +40,38 @@ def model_of(name: str, seed: int = 0) -> torch.nn.Module:
 # Data --------------------------------------------------------------------------------------------
 
 def test_the_tokenizer_puts_the_special_tokens_first_and_splits_are_disjoint() -> None:
-    tok = english_data.tokenizer(512)
+    tok = mcbert_data.tokenizer(512)
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
-    train, test = set(english_data.pydoc_split("train")), set(english_data.pydoc_split("test"))
+    train, test = set(mcbert_data.pydoc_split("train")), set(mcbert_data.pydoc_split("test"))
     assert train and test and not train & test
     assert 0.05 < len(test) / (len(train) + len(test)) < 0.15
-    rows = english_data.pydoc_sequences("test", 32, 512)
+    rows = mcbert_data.pydoc_sequences("test", 32, 512)
     assert rows.shape[1] == 32 and bool((rows[:, 0] == CLS_ID).all())
     assert bool(((rows == SEP_ID).sum(1) == 1).all())
 
 
 def test_the_tokenizer_is_trained_deterministically() -> None:
-    first = english_data.tokenizer(512).get_vocab()
-    english_data.tokenizer.cache_clear()
-    assert english_data.tokenizer(512).get_vocab() == first
+    first = mcbert_data.tokenizer(512).get_vocab()
+    mcbert_data.tokenizer.cache_clear()
+    assert mcbert_data.tokenizer(512).get_vocab() == first
 
 
 def test_the_downstream_task_is_balanced_stratified_and_deterministic() -> None:
-    ids, labels = english_data.topic_tensors("train", 32, 512)
-    test_ids, test_labels = english_data.topic_tensors("test", 32, 512)
-    counts = torch.bincount(torch.cat([labels, test_labels]), minlength=len(english_data.TOPICS))
+    ids, labels = mcbert_data.topic_tensors("train", 32, 512)
+    test_ids, test_labels = mcbert_data.topic_tensors("test", 32, 512)
+    counts = torch.bincount(torch.cat([labels, test_labels]), minlength=len(mcbert_data.TOPICS))
     assert int(counts.max() - counts.min()) == 0, counts
     assert torch.bincount(test_labels).min() >= int(0.19 * counts.min())
     assert len(test_labels) == pytest.approx(0.2 * (len(labels) + len(test_labels)), abs=5)
-    english_data.topic_tensors.cache_clear()
-    assert torch.equal(english_data.topic_tensors("test", 32, 512)[0], test_ids)
+    mcbert_data.topic_tensors.cache_clear()
+    assert torch.equal(mcbert_data.topic_tensors("test", 32, 512)[0], test_ids)
 
 
 def test_a_model_without_text_input_is_refused() -> None:
     with pytest.raises(InvalidArgumentError):
-        english_data.pydoc_text("train", zoo.get_entry("test_resnet.zoo_digits"))
+        mcbert_data.pydoc_text("train", zoo.get_entry("test_resnet.zoo_digits"))
     with pytest.raises(InvalidArgumentError):
-        english_data.pydoc_split("validation")
+        mcbert_data.pydoc_split("validation")
 
 
 # Masking, candidates and the reject option ----------------------------------------------------------
@@ -148,7 +144,7 @@ def test_forward_and_a_training_step(name: str) -> None:
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) == len(before)
     if name == CLASSIFIER:
-        assert model.eval()(batch[0]).shape == (len(batch[0]), len(english_data.TOPICS))
+        assert model.eval()(batch[0]).shape == (len(batch[0]), len(mcbert_data.TOPICS))
 
 
 def test_the_controller_is_a_narrower_bert_reading_the_main_embeddings() -> None:
@@ -209,18 +205,16 @@ def test_the_pretrained_main_encoder_initializes_the_classifier_and_the_controll
 def test_a_mismatched_or_missing_pretrained_model_is_refused() -> None:
     with pytest.raises(CheckpointError):
         load_pretrained_encoder(model_of(CLASSIFIER), model_of("bert_mini.zoo_pydoc"))
-    with pytest.raises(InvalidArgumentError):
-        family.fine_tune(get_entry(CLASSIFIER), None, progress=False, epochs=1)
+    with pytest.raises(InvalidArgumentError, match="starts from"):
+        train_base_model(get_entry(CLASSIFIER), progress=False, options=SHORT)
 
 
 # zoo.load with a sparsity ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, task, metric", [(MLM, "fill-mask", "mlm_accuracy"),
                                                 (MCBERT, "multi-choice-cloze", "mc_accuracy")])
-def test_zoo_load_trains_then_prunes_a_tiny_entry(name: str, task: str, metric: str, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    short_training(monkeypatch)
-    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+def test_zoo_load_trains_then_prunes_a_tiny_entry(name: str, task: str, metric: str, tmp_path: Path) -> None:
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache", options=SHORT)
     entry = get_entry(name)
     sparse = zoo.load(name, sparsity=0.5, store=store, progress=False)
     assert sparse.zoo.name == f"{name}_gmp50" and sparse.zoo.source == "derived"

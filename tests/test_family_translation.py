@@ -12,18 +12,19 @@ import pytest
 import torch
 
 import zoo
-import zoo.api
-import zoo.families.translation as translation
+import zoo.families.translation.model as translation
 from zoo.api import instantiate
 from zoo.compress.checkpoint import load_checkpoint, save_checkpoint
 from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
 from zoo.errors import InvalidArgumentError
 from zoo.hub import LocalHub
+from zoo.families.translation.data import CORPORA, EOS_ID, PAD_ID, decode, encode, sentence_pairs
+from zoo.families.translation.task import model_arguments, translate
 from zoo.models import build_model, get_entry
+from zoo.native import train_base_model
+from zoo.options import TrainOptions
 from zoo.store import Store
 from zoo.tasks import task_of
-from zoo.text_data import CORPORA, EOS_ID, PAD_ID, decode, encode, sentence_pairs
-from zoo.translation_task import model_arguments, translate
 
 TINY = "transformer_tiny.zoo_numbers_tiny"
 MAT_TINY = "mat_tiny.zoo_numbers_tiny"
@@ -157,10 +158,8 @@ def test_compressed_round_trip_is_bit_exact_and_reties(name: str, tmp_path) -> N
     assert torch.equal(model.eval()(*inputs).logits, loaded(*inputs).logits)
 
 
-def test_zoo_load_with_sparsity(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = zoo.api.train_base_model
-    monkeypatch.setattr(zoo.api, "train_base_model", lambda entry, **kw: original(entry, **{**kw, "epochs": 1}))
-    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+def test_zoo_load_with_sparsity(tmp_path) -> None:
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache", options=TrainOptions(epochs=1))
     model = zoo.load(MAT_TINY, sparsity=0.5, store=store, progress=False)
     entry = get_entry(MAT_TINY)
     weights = prunable_weights(model, entry.keep_dense)
@@ -175,7 +174,9 @@ def test_zoo_load_with_sparsity(tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_mat_training_starts_from_the_transformer() -> None:
     transformer = seeded(TINY)
-    mat = translation.train_proximal_mat(get_entry(MAT_TINY), transformer, epochs=1, progress=False)
+    entry = get_entry(MAT_TINY)  # proximally initialized, as mat.zoo_numbers is from transformer_small
+    entry = dataclasses.replace(entry, train=dataclasses.replace(entry.train, init_from=TINY))
+    mat = train_base_model(entry, init=transformer, options=TrainOptions(epochs=1), progress=False)
     assert not mat.training and len(translation.attention_modules(mat)) == 3
     branch = mat.model.encoder.layers[0].self_attn.branches
     start = transformer.model.encoder.layers[0].self_attn.q_proj.weight

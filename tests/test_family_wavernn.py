@@ -3,7 +3,6 @@ teacher forcing that agrees with generation (plain and subscale), a training ste
 save/load round trip bit for bit, and `zoo.load` with a sparsity on the tiny entry (training cut short)."""
 from __future__ import annotations
 
-import functools
 import math
 import shutil
 from pathlib import Path
@@ -13,20 +12,20 @@ import torch
 
 import zoo
 import zoo.api
-import zoo.evaluation
-import zoo.native
-import zoo.variants
 from zoo.compress.block import apply_block_pruning
 from zoo.compress.checkpoint import load_checkpoint, save_checkpoint
 from zoo.compress.pruning import prunable_weights
 from zoo.compress.quantization import QuantConv1d, QuantLinear, apply_int8_ptq
 from zoo.errors import InvalidArgumentError
-from zoo.families.wavernn import (
-    KEEP_DENSE, PRUNE_BLOCK, WaveRNN, build_wavernn, fold, merge_16bit, nll_nats, split_16bit, unfold,
+from zoo.families.wavernn.data import (
+    CORPORA, AudioSpec, log_mel, mel_filterbank, offset_to_pcm, pcm_to_offset, speech_windows,
 )
+from zoo.families.wavernn.entries import KEEP_DENSE, PRUNE_BLOCK
+from zoo.families.wavernn.model import WaveRNN, build_wavernn, fold, merge_16bit, split_16bit, unfold
+from zoo.families.wavernn.task import nll_nats
 from zoo.hub import LocalHub
 from zoo.models import get_entry
-from zoo.speech_data import CORPORA, AudioSpec, log_mel, mel_filterbank, offset_to_pcm, pcm_to_offset, speech_windows
+from zoo.options import TrainOptions
 from zoo.store import Store
 
 TINY = "test_wavernn.zoo_espeak"
@@ -201,12 +200,9 @@ def test_compressed_checkpoint_round_trip_is_bit_exact(tmp_path: Path) -> None:
 # zoo.load with a sparsity -------------------------------------------------------------------------
 
 @needs_espeak
-def test_zoo_load_derives_a_sparse_wavernn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(zoo.api, "train_base_model", functools.partial(zoo.native.train_base_model, epochs=1))
-    measure = zoo.evaluation.measure_latency
-    monkeypatch.setattr(zoo.evaluation, "measure_latency",
-                        lambda model, example, *, min_run_time, **kw: measure(model, example, min_run_time=0.05, **kw))
-    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+def test_zoo_load_derives_a_sparse_wavernn(tmp_path: Path) -> None:
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache",
+                  options=TrainOptions(epochs=1, latency_seconds=0.05))
     base = zoo.load(TINY, store=store, progress=False)
     assert base.zoo.source == "trained"
     sparse = zoo.load(TINY, sparsity=0.5, store=store, progress=False)

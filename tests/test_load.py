@@ -22,6 +22,7 @@ from zoo.compress.recipe import Recipe
 from zoo.errors import ChecksumError, InvalidArgumentError, UnknownNameError
 from zoo.evaluate.report import EVALUATOR_VERSION
 from zoo.hub import LocalHub
+from zoo.options import TrainOptions
 from zoo.store import REPORT_FILE, Store
 
 BASE = "test_resnet.zoo_digits"
@@ -44,13 +45,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     original = zoo.api.train_base_model
     trainings: list[str] = []
 
-    def one_epoch(entry, **kwargs):
+    def counted(entry, **kwargs):
         trainings.append(entry.name)
-        return original(entry, **{**kwargs, "epochs": 1})
+        return original(entry, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(zoo.api, "train_base_model", one_epoch)
-        store = Store(hub=LocalHub(root / "hub"), cache_root=root / "cache")
+        patch.setattr(zoo.api, "train_base_model", counted)  # a spy: the budget is the store's options
+        store = Store(hub=LocalHub(root / "hub"), cache_root=root / "cache", options=TrainOptions(epochs=1))
         base = zoo.load(BASE, store=store, progress=False)
         yield Zoo(root, store, trainings, base)
 
@@ -236,7 +237,7 @@ def test_a_corrupted_cached_weight_file_raises_and_is_not_replaced(
 ) -> None:
     cache = tmp_path / "cache"
     shutil.copytree(trained.store.cache_root, cache)
-    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=cache)
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=cache, options=trained.store.options)
     source = trained.base.zoo.path if which == "base" else oneshot90.zoo.path
     folder = cache / source.relative_to(trained.store.cache_root)
     corrupt(folder / WEIGHTS_FILE, how)
@@ -253,7 +254,7 @@ def test_a_published_variant_is_preferred_over_the_cache(trained: Zoo, oneshot90
                                                         no_derivation) -> None:
     hub, repo_id = LocalHub(tmp_path / "hub"), f"zoo/{BASE}_os90"
     revision = hub.push(repo_id, oneshot90.zoo.path, message="publish os90")
-    store = Store(hub=hub, cache_root=trained.store.cache_root)
+    store = Store(hub=hub, cache_root=trained.store.cache_root, options=trained.store.options)
     model = zoo.load(BASE, sparsity=0.9, method="oneshot", store=store, progress=False)
     assert model.zoo.source == "hub"
     assert model.zoo.path == hub.snapshot(repo_id, revision)
@@ -320,11 +321,30 @@ def test_a_base_that_starts_from_another_entry_gets_its_trained_weights(tmp_path
         return model
 
     monkeypatch.setitem(INITIALIZERS._items, "resnet", copy_weights)
-    original = zoo.api.train_base_model
-    monkeypatch.setattr(zoo.api, "train_base_model", lambda entry, **kw: original(entry, **{**kw, "epochs": 1}))
-    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache", options=TrainOptions(epochs=1))
     model = zoo.load(child.name, store=store, progress=False)
     assert seen == [BASE] and model.zoo.source == "trained"
     assert zoo.load(child.name, store=store, progress=False).zoo.source == "cache" and seen == [BASE]
     with pytest.raises(InvalidArgumentError, match="starts from"):
         zoo.native.train_base_model(child, progress=False)
+
+
+def test_a_briefly_trained_base_is_never_taken_for_the_fully_trained_one(
+        trained: Zoo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's training options are part of the trained base's cache key, and its config says them."""
+    import json
+
+    def refuse(entry, **kwargs):
+        raise RuntimeError(f"would train {entry.name} by its own recipe")
+
+    assert trained.base.zoo.path.parent.parent == trained.store.cache_root
+    config = json.loads((trained.base.zoo.path / "config.json").read_text())
+    assert config["train_options"] == {"epochs": 1, "finetune_epochs": None, "latency_seconds": 0.5}
+    monkeypatch.setattr(zoo.api, "train_base_model", refuse)
+    by_recipe = Store(hub=trained.store.hub, cache_root=trained.store.cache_root, options=TrainOptions())
+    with pytest.raises(RuntimeError, match="would train"):
+        zoo.load(BASE, store=by_recipe, progress=False)
+    with pytest.raises(RuntimeError, match="would train"):  # options given to load() override the store's
+        zoo.load(BASE, store=trained.store, options=TrainOptions(epochs=2), progress=False)
+    assert zoo.load(BASE, store=trained.store, progress=False).zoo.source == "cache"
+

@@ -29,6 +29,9 @@ def test_wheel_installs_only_the_zoo_package(wheel: Path) -> None:
     assert top_level == {"zoo"}
     for sub in ("hub", "compress", "evaluate", "model_cards"):
         assert f"zoo/{sub}/__init__.py" in names
+    for family in ("vision", "translation", "mcbert", "wavernn", "invertible"):
+        for module in ("__init__", "entries", "model", "task", "data"):
+            assert f"zoo/families/{family}/{module}.py" in names
 
 
 def test_installs_beside_huggingface_evaluate(wheel: Path, tmp_path: Path) -> None:
@@ -95,3 +98,13 @@ def test_every_imported_package_is_declared(folders: tuple[str, ...], extra: str
         if not dists & declared:
             undeclared[name] = sorted(dists)
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+def test_pyproject_lists_every_package_under_zoo() -> None:
+    """setuptools installs only the packages pyproject lists: every folder of `zoo/` with an
+    `__init__.py` (the family sub-packages included) must be there."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "zoo").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

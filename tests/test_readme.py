@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import zoo.api
-import zoo.variants
 from zoo.compress import Recipe
 from zoo.hub import LocalHub
+from zoo.options import ENV_VAR, TrainOptions
 from zoo.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,13 +22,13 @@ def blocks(language: str) -> list[str]:
 
 @pytest.fixture
 def quick_store(tmp_path, monkeypatch) -> Store:
-    """A private hub and cache, and training cut to one epoch, so the README's loads run in seconds."""
-    train = zoo.api.train_base_model
-    monkeypatch.setattr(zoo.api, "train_base_model", lambda entry, **kw: train(entry, **{**kw, "epochs": 1}))
-    monkeypatch.setattr(zoo.variants, "GMP_FINETUNE_EPOCH_FRACTION", 0.01)
+    """A private hub and cache, and training and fine-tuning cut to one epoch (the default store's
+    options, from the environment), so the README's loads run in seconds."""
+    options = TrainOptions(epochs=1, finetune_epochs=1, latency_seconds=0.05)
     monkeypatch.setenv("ZOO_HUB", str(tmp_path / "hub"))
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
-    return Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+    monkeypatch.setenv(ENV_VAR, options.to_text())
+    return Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache", options=options)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 import zoo
-from tiny_zoo import BASE, one_torch_thread, refuse_derivation, short_training, store_env, store_with_base
+from tiny_zoo import BASE, one_torch_thread, refuse_derivation, store_env, store_with_base
 from zoo.cli import main
 from zoo.compress.checkpoint import load_checkpoint
 from zoo.compress.recipe import Recipe
@@ -51,7 +51,6 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Swept:
         return original_apply(self, model, context)
 
     with pytest.MonkeyPatch.context() as mp:
-        short_training(mp)
         mp.setattr(Recipe, "apply", spy)
         result = run_sweep(PLAN, store=store, cards_dir=root / "cards", progress=False)
     return Swept(store, result, root / "cards", applied)

@@ -1,14 +1,14 @@
 """Shared by test_sweep.py and test_cli.py: the tiny zoo entry `test_resnet.zoo_digits`, trained for one
 epoch (not its ten) once per test session, and stores (local hub + variant cache) seeded with it.
 
-Training is what costs, so `short_training` makes every fine-tune one epoch and every latency measure
-short, and `one_torch_thread` runs torch on one thread: on a busy 2-core machine two OpenMP threads
-fighting other processes made an epoch ten times slower than one thread did (28 s against 2.3 s).
-Nothing else about the zoo changes. Not a test module: pytest does not collect it.
+Training is what costs, so the stores here carry `SHORT` training options (base training and every
+fine-tune one epoch, every latency measure short: explicit, and part of the cache keys), and
+`one_torch_thread` runs torch on one thread: on a busy 2-core machine two OpenMP threads fighting other
+processes made an epoch ten times slower than one thread did (28 s against 2.3 s). Nothing else about
+the zoo changes. Not a test module: pytest does not collect it.
 """
 from __future__ import annotations
 
-import functools
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,13 +19,12 @@ import torch
 
 import zoo
 import zoo.api
-import zoo.evaluation
-import zoo.native
-import zoo.variants
 from zoo.hub import LocalHub
+from zoo.options import TrainOptions
 from zoo.store import Store
 
 BASE = "test_resnet.zoo_digits"
+SHORT = TrainOptions(epochs=1, finetune_epochs=1, latency_seconds=0.05)
 _TRAINED: dict[str, Path] = {}  # base name -> a variant cache holding only it, for this session
 
 
@@ -40,13 +39,9 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def short_training(mp: pytest.MonkeyPatch) -> None:
-    """Base training: 1 epoch; GMP fine-tune: 10% of the entry's 10 epochs = 1; latency: 0.05 s runs."""
-    mp.setattr(zoo.api, "train_base_model", functools.partial(zoo.native.train_base_model, epochs=1))
-    mp.setattr(zoo.variants, "GMP_FINETUNE_EPOCH_FRACTION", 0.1)
-    measure = zoo.evaluation.measure_latency
-    mp.setattr(zoo.evaluation, "measure_latency",
-               lambda model, example, *, min_run_time, **kw: measure(model, example, min_run_time=0.05, **kw))
+def short_store(folder: Path) -> Store:
+    """An empty store under `folder` whose derivations get the `SHORT` options."""
+    return Store(hub=LocalHub(folder / "hub"), cache_root=folder / "cache", options=SHORT)
 
 
 def refuse_derivation(mp: pytest.MonkeyPatch) -> None:
@@ -63,10 +58,8 @@ def refuse_derivation(mp: pytest.MonkeyPatch) -> None:
 def _trained_base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if BASE not in _TRAINED:
         root = tmp_path_factory.mktemp("trained-base")
-        with pytest.MonkeyPatch.context() as mp, one_torch_thread():
-            short_training(mp)
-            model = zoo.load(BASE, store=Store(hub=LocalHub(root / "hub"), cache_root=root / "cache"),
-                             progress=False)
+        with one_torch_thread():
+            model = zoo.load(BASE, store=short_store(root), progress=False)
         assert model.zoo.source == "trained"
         _TRAINED[BASE] = root / "cache"
     return _TRAINED[BASE]
@@ -75,9 +68,10 @@ def _trained_base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def store_with_base(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Store:
     """A store under `folder` (empty hub, cache holding the briefly trained base)."""
     shutil.copytree(_trained_base_cache(tmp_path_factory), folder / "cache")
-    return Store(hub=LocalHub(folder / "hub"), cache_root=folder / "cache")
+    return short_store(folder)
 
 
 def store_env(store: Store) -> dict[str, str]:
-    """What the CLI reads to find `store` (its --hub/--cache defaults)."""
-    return {"ZOO_HUB": str(store.hub.root), "ZOO_CACHE": str(store.cache_root)}
+    """What the CLI reads to find `store` (its --hub/--cache defaults, and its training options)."""
+    return {"ZOO_HUB": str(store.hub.root), "ZOO_CACHE": str(store.cache_root),
+            "ZOO_TRAIN_OPTIONS": store.options.to_text()}

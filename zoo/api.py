@@ -22,18 +22,19 @@ from torch import nn
 
 from zoo.compress.checkpoint import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from zoo.compress.quantization import quantized_layer_names, swap_to_quant_modules
-from zoo.compress.recipe import Recipe, RecipeContext
+from zoo.compress import Recipe, RecipeContext
 from zoo.data import Batches
 from zoo.entry import DataSpec, ModelEntry
-from zoo.errors import CheckpointError, HubError, InvalidArgumentError, UnknownNameError
+from zoo.errors import CheckpointError, HubError, InvalidArgumentError
 from zoo.evaluate import VariantReport
 from zoo.evaluation import measure_variant
 from zoo.hub import download
-from zoo.models import MODELS, build_empty_model, get_entry
+from zoo.models import build_empty_model
 from zoo.native import train_base_model
+from zoo.options import TrainOptions
 from zoo.store import REPORT_FILE, Store, write_json
 from zoo.tasks import Task, task_of
-from zoo.variants import VariantSpec, parse_variant_name
+from zoo.variants import VariantSpec, default_method, info, resolve  # noqa: F401  (zoo.api's public names)
 
 
 @dataclass(frozen=True)
@@ -50,32 +51,6 @@ class LoadedVariant:
     report: VariantReport | None
 
 
-def resolve(
-    name: str, *, sparsity: float = 0.0, quant: str | None = None, method: str | None = None,
-    recipe: Recipe | None = None,
-) -> VariantSpec:
-    """The VariantSpec for a base name plus arguments, or for a variant name such as
-    `resnet18.zoo_digits_gmp90_int8` (then no further compression arguments are accepted)."""
-    if name in MODELS or "_" not in name.rpartition(".")[2]:
-        entry, parsed = get_entry(name), {}
-    else:
-        base_name, parsed = parse_variant_name(name)
-        if not parsed:
-            get_entry(name)  # raises UnknownNameError listing close names
-        entry = get_entry(base_name)
-    if parsed and (sparsity or quant or recipe is not None or method):
-        raise InvalidArgumentError(f"{name!r} already names a variant; pass its base name with arguments instead")
-    if parsed:
-        return VariantSpec(entry, **parsed)
-    return VariantSpec(entry, sparsity=sparsity, quant=quant, method=method or default_method(entry),
-                       custom_recipe=recipe)
-
-
-def default_method(entry: ModelEntry) -> str:
-    """Gradual pruning with fine-tuning where the zoo has the entry's training data, else one-shot."""
-    return "gmp" if entry.train is not None else "oneshot"
-
-
 def load(
     name: str,
     *,
@@ -87,15 +62,20 @@ def load(
     store: Store | None = None,
     endpoint: str | None = None,
     progress: bool = True,
+    options: TrainOptions | None = None,
 ) -> nn.Module:
     """A model in eval mode for `name` (`arch.tag`), optionally compressed; `model.zoo` says what it is.
 
     `sparsity` in [0, 1), `quant` None or "int8", `method` "gmp" or "oneshot" (default: gmp where the
-    zoo can fine-tune, else oneshot), `recipe` a custom Recipe instead of the default one.
+    zoo can fine-tune, else oneshot), `recipe` a custom Recipe instead of the default one. `options`
+    (default: the store's) shortens training, fine-tuning or latency measurement of whatever is made
+    now; what it makes is cached apart from what the entry's own recipe makes.
     """
     spec = name if isinstance(name, VariantSpec) else resolve(
         name, sparsity=sparsity, quant=quant, method=method, recipe=recipe)
     store = store or Store()
+    if options is not None:
+        store = dataclasses.replace(store, options=options)
     published = _load_published(spec, store, revision)
     if published is not None:
         return published
@@ -118,7 +98,9 @@ def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bo
     folder, source, model = _base_folder(spec.base, store, endpoint=endpoint, progress=progress)
     if model is not None:
         return model
-    return load_cached(spec, folder, progress=progress) if source == "cache" else _from_folder(spec.base, folder, source=source)
+    if source == "cache":
+        return load_cached(spec, folder, progress=progress, options=store.options)
+    return _from_folder(spec.base, folder, source=source)
 
 
 def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,
@@ -134,16 +116,16 @@ def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,
         except HubError:
             return download(entry.repo_id, revision=entry.revision, endpoint=endpoint), "upstream", None
     init = None
-    identity = json.dumps(entry.training_identity(), sort_keys=True, default=str)
+    identity = json.dumps(entry.training_identity(), sort_keys=True, default=str) + store.options.cache_key()
     if entry.train is not None and entry.train.init_from is not None:  # starts from another entry's weights
         init = load(entry.train.init_from, store=store, endpoint=endpoint, progress=progress)
         identity += _base_fingerprint(init.zoo.path)
     folder = store.cache_dir(entry.name, "trained-" + _digest(identity))
     if _is_zoo_checkpoint(folder):
         return folder, "cache", None
-    model = train_base_model(entry, progress=progress, init=init)
-    return folder, "trained", _save_and_measure(model, VariantSpec(entry), folder, recipe=None, source="trained",
-                                                progress=progress)
+    model = train_base_model(entry, progress=progress, init=init, options=store.options)
+    return folder, "trained", _save_and_measure(model, VariantSpec(entry), folder, store.options, recipe=None,
+                                                source="trained", progress=progress)
 
 
 def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bool) -> nn.Module:
@@ -151,21 +133,21 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
     cache key is the recipe and the base weights' identity, found without loading any weights."""
     base_folder, base_source, base_model = _base_folder(spec.base, store, endpoint=endpoint, progress=progress)
     base_fingerprint = _base_fingerprint(base_folder)
-    recipe = spec.recipe()
-    folder = store.cache_dir(spec.name, _digest(recipe.to_json() + base_fingerprint))
+    recipe = spec.recipe(store.options)
+    folder = store.cache_dir(spec.name, _digest(recipe.to_json() + base_fingerprint + store.options.cache_key()))
     if _is_zoo_checkpoint(folder):
-        return load_cached(spec, folder, progress=progress)
+        return load_cached(spec, folder, progress=progress, options=store.options)
     start, done = None, 0
     if spec.sparse_parent is not None:
         parent = load(spec.sparse_parent, store=store, endpoint=endpoint, progress=progress)
         if _base_fingerprint(parent.zoo.path) == base_fingerprint:  # a parent made from these base weights
-            start, done = parent, len(spec.sparse_parent.recipe().steps)
+            start, done = parent, len(spec.sparse_parent.recipe(store.options).steps)
     if start is None:
         start = base_model or _from_folder(spec.base, base_folder, source=base_source)
     torch.manual_seed(spec.base.train.seed if spec.base.train else 0)
     model = Recipe(recipe.steps[done:]).apply(start.train(False), _recipe_context(spec.base, progress))
-    return _save_and_measure(model.eval(), spec, folder, recipe=recipe, source="derived", progress=progress,
-                             extra={"base_fingerprint": base_fingerprint})
+    return _save_and_measure(model.eval(), spec, folder, store.options, recipe=recipe, source="derived",
+                             progress=progress, extra={"base_fingerprint": base_fingerprint})
 
 
 def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
@@ -193,16 +175,21 @@ def _inputs(task: Task, batches: Batches) -> Iterator[Any]:
     return (task.model_inputs(batch) for batch in batches.epoch(0))
 
 
-def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, *, recipe: Recipe | None,
-                      source: str, progress: bool, extra: dict | None = None) -> nn.Module:
+def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options: TrainOptions, *,
+                      recipe: Recipe | None, source: str, progress: bool, extra: dict | None = None) -> nn.Module:
+    """Saves `model` into `folder` (its config says which training options, when not the entry's own
+    recipe, made it), measures it and writes the report."""
     config = {
         "name": spec.name, "base_model": spec.base.name, "arch": spec.base.arch,
         "model_kwargs": spec.base.model_kwargs, "recipe": recipe.to_list() if recipe else None,
         "sparsity": spec.sparsity, "quant": spec.quant, **(extra or {}),
     }
+    if not options.is_default:
+        config["train_options"] = dataclasses.asdict(options)
     save_checkpoint(folder, model.state_dict(), config=config)
     report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
-                             quant=spec.quant, recipe=recipe, progress=progress)
+                             quant=spec.quant, recipe=recipe, progress=progress,
+                             latency_seconds=options.latency_seconds)
     write_json(folder / REPORT_FILE, report.to_dict())
     model.zoo = LoadedVariant(spec.name, spec.base.name, spec.sparsity, spec.quant, recipe, source, folder, report)
     return model
@@ -238,13 +225,15 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Modu
     return model
 
 
-def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False) -> nn.Module:
+def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
+                options: TrainOptions | None = None) -> nn.Module:
     """A cached variant; one whose measurement was interrupted (no report yet) or was made by an older
-    evaluator is measured now."""
+    evaluator is measured now (latency for `options.latency_seconds`)."""
     model = _from_checkpoint(spec.base, folder, source="cache")
     if model.zoo.report is None or not model.zoo.report.is_current:
         report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
-                                 quant=spec.quant, recipe=model.zoo.recipe, progress=progress)
+                                 quant=spec.quant, recipe=model.zoo.recipe, progress=progress,
+                                 latency_seconds=(options or TrainOptions()).latency_seconds)
         write_json(folder / REPORT_FILE, report.to_dict())
         model.zoo = dataclasses.replace(model.zoo, report=report)
     return model
@@ -288,14 +277,3 @@ def _base_fingerprint(folder: Path) -> str:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def info(name: str) -> dict:
-    """What the zoo knows of a name: its registry entry (for a variant, the base's) and the variant."""
-    try:
-        spec = resolve(name)
-    except UnknownNameError:
-        raise
-    return {"name": spec.name, "repo_id": spec.repo_id, "entry": spec.base.to_dict(),
-            "sparsity": spec.sparsity, "quant": spec.quant,
-            "recipe": spec.recipe().to_list() if not spec.is_base else None}

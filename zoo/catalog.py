@@ -3,16 +3,18 @@ cached, for `zoo list`, `zoo card` and `zoo push`; and the reports a family's ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from zoo.api import load, load_cached, resolve
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError, ZooError
-from zoo.evaluate import VariantReport
 from zoo.models import list_entries
 from zoo.store import Store
-from zoo.variants import VariantSpec
+from zoo.variants import VariantSpec, resolve
+
+if TYPE_CHECKING:  # loading models imports torch: `catalog` (what `zoo list` shows) does not need it
+    from torch import nn
+
+    from zoo.evaluate import VariantReport
 
 ZOO_ORG = "zoo/"
 
@@ -70,6 +72,8 @@ def catalog(store: Store, *, family: str | None = None, task: str | None = None,
 def family_models(base: str, store: Store) -> list[nn.Module]:
     """The base model and every variant of it that the hub or cache holds, loaded (no derivation for
     the variants: they are found, not made)."""
+    from zoo.api import load, load_cached
+
     base_spec = resolve(base)
     if not base_spec.is_base:  # else its family would lack the base's report, and list the variant twice
         raise InvalidArgumentError(f"{base!r} names a variant; its family is that of {base_spec.base.name}")
@@ -82,11 +86,13 @@ def family_models(base: str, store: Store) -> list[nn.Module]:
             models.append(load(spec, store=store, progress=False))
         else:  # the newest cached copy, whatever base weights or recipe made it: found, not made
             newest = max(store.cached_entries(name), key=lambda folder: folder.stat().st_mtime)
-            models.append(load_cached(spec, newest))
+            models.append(load_cached(spec, newest, options=store.options))
     return models
 
 
 def reference_reports(entry: ModelEntry, store: Store, *, progress: bool = False) -> list[VariantReport]:
     """The measured reports of the base models `entry.compare_with` names, loaded like the family's own
     base (from the hub or cache; trained by their recipe if neither has them)."""
+    from zoo.api import load
+
     return [load(name, store=store, progress=progress).zoo.report for name in entry.compare_with]

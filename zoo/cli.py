@@ -78,7 +78,11 @@ def _load(name, sparsity, quant, method, recipe_file, hub_root, cache_root, prog
 @click.group()
 @click.version_option(package_name="the-zoo")
 def main() -> None:
-    """A compression-aware model zoo: dense, sparse and quantized checkpoints, measured and carded."""
+    """A compression-aware model zoo: dense, sparse and quantized checkpoints, measured and carded.
+
+    What is trained or derived here follows each entry's own recipe unless $ZOO_TRAIN_OPTIONS says
+    otherwise (e.g. epochs=1,finetune_epochs=1,latency_seconds=0.05); what such options make is cached
+    apart."""
 
 
 @main.command("list")
@@ -164,12 +168,14 @@ def evaluate(names, as_json, hub_root, cache_root):
     from zoo.evaluation import measure_variant
     from zoo.publish import quality_front, report_json, report_table
 
+    store = _store(hub_root, cache_root)
     reports = []
     for name in names:
         model = _load(name, 0.0, None, None, None, hub_root, cache_root)
         reports.append(measure_variant(model, _entry(model.zoo.base_model), name=model.zoo.name,
                                        checkpoint_dir=model.zoo.path, sparsity=model.zoo.sparsity,
-                                       quant=model.zoo.quant, recipe=model.zoo.recipe))
+                                       quant=model.zoo.quant, recipe=model.zoo.recipe,
+                                       latency_seconds=store.options.latency_seconds))
     if as_json:
         click.echo(report_json(reports))
         return

@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from zoo.compress.block import check_block
+from zoo.compress.config import check_block
 from zoo.errors import InvalidArgumentError
 
 NAME_RE = re.compile(r"(?P<arch>[a-z0-9_]+)\.(?P<tag>[a-z0-9_]+)")

@@ -1,4 +1,9 @@
-"""Training of the zoo-native base models: seeded, deterministic data order, with a progress bar."""
+"""Training of the zoo-native base models: seeded, deterministic data order, with a progress bar.
+
+`train_base_model` is the one entry point: from scratch, or from another entry's trained weights
+through the family's registered initializer (`zoo.models.INITIALIZERS`: MC-BERT's classifiers start
+from a pre-trained encoder, MAT from a Transformer by proximal initialization).
+"""
 from __future__ import annotations
 
 import torch
@@ -6,31 +11,32 @@ from torch import nn
 
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
-from zoo.models import INITIALIZERS, build_model
+from zoo.models import build_model, family_initializer
+from zoo.options import TrainOptions
 from zoo.tasks import task_of
 from zoo.training import train
 
 
-def train_base_model(entry: ModelEntry, *, progress: bool = True, epochs: int | None = None,
-                     init: nn.Module | None = None) -> nn.Module:
+def train_base_model(entry: ModelEntry, *, progress: bool = True, init: nn.Module | None = None,
+                     options: TrainOptions | None = None) -> nn.Module:
     """Trains `entry` by its TrainSpec, from scratch or, when it names `init_from`, from `init` (that
-    entry's trained model) through its family's initializer; same seed, same data order, same weights."""
+    entry's trained model) through its family's initializer; same seed, same data order, same weights.
+    `options.epochs` replaces the TrainSpec's epochs (None: keep them)."""
     spec = entry.train
     if spec is None:
         raise InvalidArgumentError(f"{entry.name} is an upstream checkpoint: it is downloaded, not trained here")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise InvalidArgumentError(f"epochs must be a positive integer, got {epochs!r}")
+    options = options or TrainOptions()
     if (init is None) != (spec.init_from is None):
         raise InvalidArgumentError(f"{entry.name} starts from {spec.init_from or 'random weights'}; "
                                    f"got {'no' if init is None else 'an'} initial model")
     torch.manual_seed(spec.seed)
-    model = build_model(entry) if init is None else INITIALIZERS.get(entry.family)(entry, init).train()
+    model = build_model(entry) if init is None else family_initializer(entry)(entry, init).train()
     task = task_of(entry)
     batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
     train(
         model, batches.epoch, lambda m, b: task.loss(m, b, entry),
-        epochs=spec.epochs if epochs is None else epochs, lr=spec.lr, weight_decay=spec.weight_decay,
-        optimizer=spec.optimizer, progress=progress,
-        desc=f"train {entry.name}",
+        epochs=spec.epochs if options.epochs is None else options.epochs, lr=spec.lr,
+        weight_decay=spec.weight_decay, optimizer=spec.optimizer, progress=progress,
+        desc=f"train {entry.name}" + (f" from {spec.init_from}" if init is not None else ""),
     )
     return model.eval()

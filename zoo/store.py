@@ -2,6 +2,8 @@
 
 Defaults: `$ZOO_HUB` or `~/.cache/zoo/hub`, and `$ZOO_CACHE` or `~/.cache/zoo/variants`.
 A cache entry is a checkpoint folder written atomically (zoo.compress.checkpoint) plus `report.json`.
+`Store.options` (default: `$ZOO_TRAIN_OPTIONS`, else each entry's own recipe) says how much training
+and measuring what this store derives gets; departures from the recipe are part of the cache keys.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo.hub import LocalHub
+from zoo.hub.local import LocalHub
+from zoo.options import TrainOptions
 
 REPORT_FILE = "report.json"
 
@@ -22,10 +25,12 @@ def default_cache_root() -> Path:
 
 @dataclass
 class Store:
-    """The local hub and the variant cache a `zoo.load` call reads and writes."""
+    """The local hub and the variant cache a `zoo.load` call reads and writes, and the training options
+    of what it derives there."""
 
     hub: LocalHub = field(default_factory=LocalHub)
     cache_root: Path = field(default_factory=default_cache_root)
+    options: TrainOptions = field(default_factory=TrainOptions.from_env)
 
     def cache_dir(self, name: str, key: str) -> Path:
         return self.cache_root / name / key

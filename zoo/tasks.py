@@ -1,6 +1,7 @@
 """Tasks: how a family's models are fed, trained and scored, and which metrics they report.
 
-A `Task` is registered once under its name (`ModelEntry.task` names it). Its `metrics` are
+A `Task` is registered once under its name (`ModelEntry.task` names it) by its family's `task`
+module (`zoo.families.<family>.task`), which is imported the first time the task is asked for. Its `metrics` are
 `MetricSpec`s: metrics[0] is the primary one (the y axis of the card's plot, and the Pareto front,
 in the direction `higher_is_better` says). Metric keys and averaging conventions are registered with
 the task, so cards can describe every number a report holds.
@@ -8,16 +9,17 @@ the task, so cards can describe every number a report holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.nn import functional as F
-
-from zoo.data import Batches, dataset
 from zoo.entry import DataSpec, ModelEntry
 from zoo.errors import DuplicateNameError, InvalidArgumentError
 from zoo.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from zoo.data import Batches
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Task:
         return self.metrics[0]
 
     def batches(self, entry: ModelEntry, data: DataSpec, *, batch_size: int, shuffle: bool, seed: int = 0) -> Batches:
+        from zoo.data import Batches, dataset
+
         return Batches(dataset(data, entry), batch_size=batch_size, shuffle=shuffle, seed=seed)
 
     def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
@@ -119,60 +123,32 @@ def register_task(task: Task) -> Task:
     return task
 
 
-def _registered(registry: Registry) -> Registry:
-    """`registry` once every family has registered its tasks (they do on import: a report read back
-    from disk may name a task whose family nothing has imported yet)."""
-    import zoo.families  # noqa: F401
-
-    return registry
-
-
 def metric_spec(key: str) -> MetricSpec:
-    return _registered(METRICS).get(key)
+    """The spec of metric `key`. A report read back from disk may name a metric whose family nothing
+    has imported yet: on a miss every family's task module is imported, then the lookup is repeated."""
+    return _all_tasks_on_miss(METRICS, key)
 
 
 def average_meaning(average: str) -> str:
-    return _registered(AVERAGES).get(average)
+    return _all_tasks_on_miss(AVERAGES, average)
 
 
 def task_of(entry: ModelEntry) -> Task:
-    return _registered(TASKS).get(entry.task)
+    return task_named(entry.task)
 
 
 def task_named(name: str) -> Task:
-    return _registered(TASKS).get(name)
+    """The task registered as `name`, its family's task module imported on first use."""
+    if name not in TASKS:
+        from zoo.families import ensure_task
+
+        ensure_task(name)
+    return TASKS.get(name)
 
 
-class ImageClassification(Task):
-    """Cross-entropy training (with the entry's label smoothing); top-1/top-5 accuracy via torchmetrics,
-    `average="micro"` (the fraction of all examples classified right, as ImageNet results are quoted)."""
+def _all_tasks_on_miss(registry: Registry, key: str) -> Any:
+    if key not in registry:
+        from zoo.families import ensure_all
 
-    name = "image-classification"
-    pipeline_tag = "image-classification"
-    metrics = (
-        MetricSpec("top1", "top-1 accuracy", "accuracy", unit="fraction"),
-        MetricSpec("top5", "top-5 accuracy", "accuracy", unit="fraction"),
-    )
-    average = "micro"
-    average_meaning = "over all examples"
-
-    def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
-        images, labels = batch
-        smoothing = entry.train.label_smoothing if entry.train is not None else 0.0
-        return F.cross_entropy(model(images), labels, label_smoothing=smoothing)
-
-    def evaluate(self, model: nn.Module, batches: Batches, entry: ModelEntry, *, progress: bool = True) -> TaskResult:
-        from zoo.evaluate.metrics import evaluate_classifier
-
-        result = evaluate_classifier(model, batches, entry.num_classes, average=self.average, progress=progress)
-        return TaskResult(result.metrics, result.average, result.num_examples)
-
-    def example_input(self, entry: ModelEntry) -> torch.Tensor:
-        return torch.zeros(entry.input.example_shape(1))
-
-    def describe_example(self, entry: ModelEntry) -> str:
-        channels, (height, width) = entry.input.channels, entry.input.size
-        return f"one {channels}x{height}x{width} image"
-
-
-register_task(ImageClassification())
+        ensure_all()
+    return registry.get(key)

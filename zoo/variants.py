@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from zoo.compress import (
-    BlockPruningConfig, GradualBlockPruningConfig, GradualMagnitudePruningConfig, Int8PTQConfig,
-    MagnitudePruningConfig, Recipe,
-)
-from zoo.compress.quantization import QUANT_SCHEMES
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
+from zoo.models import MODELS, get_entry
+from zoo.options import TrainOptions
+
+if TYPE_CHECKING:  # the recipe modules import torch: loaded when a recipe is first built
+    from zoo.compress.recipe import Recipe
 
 METHODS = ("gmp", "oneshot")
 _METHOD_CODES = {"gmp": "gmp", "oneshot": "os"}
@@ -26,6 +27,7 @@ _SUFFIX_RE = re.compile(
     r"(?:_(?P<method>gmp|os)(?P<pct>\d+(?:p\d+)?))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
 )
 GMP_FINETUNE_EPOCH_FRACTION = 0.5
+QUANT_SCHEMES = ("int8",)  # the schemes zoo.compress.quantization implements (a test checks they agree)
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -94,22 +96,33 @@ class VariantSpec:
     def repo_id(self) -> str:
         return self.base.repo_id if self.is_base else f"zoo/{self.name}"
 
-    def recipe(self) -> Recipe:
-        """The recipe that derives this variant from its base: the custom one, else the default."""
+    def recipe(self, options: TrainOptions | None = None) -> Recipe:
+        """The recipe that derives this variant from its base: the custom one, else the default (whose
+        fine-tuning `options.finetune_epochs` may shorten)."""
         if self.custom_recipe is not None:
             return self.custom_recipe
-        return default_recipe(self.base, self.sparsity, self.quant, self.method)
+        return default_recipe(self.base, self.sparsity, self.quant, self.method, options)
 
 
-def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method: str) -> Recipe:
+def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method: str,
+                   options: TrainOptions | None = None) -> Recipe:
     """The zoo's default: gradual pruning (per layer, cubic schedule, `entry.keep_dense` modules left
-    dense) fine-tuned for half the base's epochs at the base's peak learning rate, or one-shot global
-    pruning; then int8 PTQ. Pruning removes single weights by magnitude, or whole blocks of
-    `entry.prune_block` by mean magnitude (Sparse WaveRNN)."""
+    dense) fine-tuned for half the base's epochs (or `options.finetune_epochs`) at the base's peak
+    learning rate, or one-shot global pruning; then int8 PTQ. Pruning removes single weights by
+    magnitude, or whole blocks of `entry.prune_block` by mean magnitude (Sparse WaveRNN)."""
+    from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
+    from zoo.compress.pruning import GradualMagnitudePruningConfig, MagnitudePruningConfig
+    from zoo.compress.quantization import Int8PTQConfig
+    from zoo.compress.recipe import Recipe
+
+    finetune_epochs = (options or TrainOptions()).finetune_epochs
     steps = []
     if sparsity > 0 and method == "gmp":
-        assert entry.train is not None  # VariantSpec refuses gmp without training data
-        schedule = dict(epochs=max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION)), lr=entry.train.lr,
+        if entry.train is None:
+            raise InvalidArgumentError(f"{entry.name} has no training data here: use method='oneshot'")
+        if finetune_epochs is None:
+            finetune_epochs = max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION))
+        schedule = dict(epochs=finetune_epochs, lr=entry.train.lr,
                         keep_dense=entry.keep_dense, scope="layer", optimizer=entry.train.optimizer)
         if entry.prune_block is None:
             steps.append(GradualMagnitudePruningConfig(final_sparsity=sparsity, **schedule))
@@ -139,3 +152,37 @@ def parse_variant_name(name: str) -> tuple[str, dict]:
     if match["quant"]:
         kwargs["quant"] = match["quant"]
     return match["base"], kwargs
+
+
+def resolve(
+    name: str, *, sparsity: float = 0.0, quant: str | None = None, method: str | None = None,
+    recipe: Recipe | None = None,
+) -> VariantSpec:
+    """The VariantSpec for a base name plus arguments, or for a variant name such as
+    `resnet18.zoo_digits_gmp90_int8` (then no further compression arguments are accepted)."""
+    if name in MODELS or "_" not in name.rpartition(".")[2]:
+        entry, parsed = get_entry(name), {}
+    else:
+        base_name, parsed = parse_variant_name(name)
+        if not parsed:
+            get_entry(name)  # raises UnknownNameError listing close names
+        entry = get_entry(base_name)
+    if parsed and (sparsity or quant or recipe is not None or method):
+        raise InvalidArgumentError(f"{name!r} already names a variant; pass its base name with arguments instead")
+    if parsed:
+        return VariantSpec(entry, **parsed)
+    return VariantSpec(entry, sparsity=sparsity, quant=quant, method=method or default_method(entry),
+                       custom_recipe=recipe)
+
+
+def default_method(entry: ModelEntry) -> str:
+    """Gradual pruning with fine-tuning where the zoo has the entry's training data, else one-shot."""
+    return "gmp" if entry.train is not None else "oneshot"
+
+
+def info(name: str) -> dict:
+    """What the zoo knows of a name: its registry entry (for a variant, the base's) and the variant."""
+    spec = resolve(name)
+    return {"name": spec.name, "repo_id": spec.repo_id, "entry": spec.base.to_dict(),
+            "sparsity": spec.sparsity, "quant": spec.quant,
+            "recipe": spec.recipe().to_list() if not spec.is_base else None}

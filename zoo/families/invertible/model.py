@@ -7,12 +7,12 @@ resolution) followed by affine coupling blocks whose sub-networks are small dens
 first 3 channels of `h` are what is kept (IRN: the low-resolution image; ILC: the latent that is
 quantized and entropy-coded); the rest, `z`, is the information lost on the way, pulled towards 0 by
 a sum z^2 loss and sampled from N(0, s^2 I) when going back (s = `gaussian_scale`: 1 in the paper, 1e-3
-in the zoo's entries, see GAUSSIAN_SCALE). All weights live in nn.Conv2d modules, so pruning, int8
+in the zoo's entries, see `entries.GAUSSIAN_SCALE`). All weights live in nn.Conv2d modules, so pruning, int8
 PTQ, the checkpoint format and FLOP counting (both directions) work unchanged.
 
-Entries: `irn_x2.zoo_skimage`, `irn_x4.zoo_skimage` (task image-rescaling), `ilc.zoo_skimage` (task
-image-compression), trained on patches of scikit-image's bundled photographs; `test_irn.zoo_skimage`
-and `test_ilc.zoo_skimage` are tiny versions used by the tests.
+Entries (`entries.py`): `irn_x2.zoo_skimage`, `irn_x4.zoo_skimage` (task image-rescaling, `task.py`),
+`ilc.zoo_skimage` (task image-compression), trained on patches of scikit-image's bundled photographs
+(`data.py`); `test_irn.zoo_skimage` and `test_ilc.zoo_skimage` are tiny versions used by the tests.
 """
 from __future__ import annotations
 
@@ -23,11 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
-from zoo import invertible_tasks  # noqa: F401  (registers image-rescaling and image-compression)
-from zoo.image_data import DATASET_NAME, PatchInput
-from zoo.models import FAMILIES, register_entry
+from zoo.models import FAMILIES
 
 IMAGE_CHANNELS = 3
 
@@ -306,7 +304,7 @@ class ILC(nn.Module):
         return CodecOutput(latent, bits, z, self.synthesis(latent, sample_latent(z, generator, self.gaussian_scale)))
 
 
-# Builders and entries -----------------------------------------------------------------------------
+# Builders -----------------------------------------------------------------------------
 
 def build_irn(entry: ModelEntry) -> nn.Module:
     return IRN(**entry.model_kwargs)
@@ -318,66 +316,3 @@ def build_ilc(entry: ModelEntry) -> nn.Module:
 
 FAMILIES.register("irn", build_irn)
 FAMILIES.register("ilc", build_ilc)
-
-
-def _entry(name: str, family: str, task: str, patch: PatchInput, model_kwargs: dict, train: TrainSpec,
-           description: str, compare_with: tuple[str, ...] = ()) -> ModelEntry:
-    return register_entry(ModelEntry(
-        name=name, family=family, task=task, repo_id=f"zoo/{name}", source="zoo", input=patch,
-        eval_data=DataSpec(DATASET_NAME, "test"), model_kwargs=model_kwargs, train=train, description=description,
-        compare_with=compare_with,
-    ))
-
-
-def _adamw(epochs: int, lr: float, batch_size: int = 16) -> TrainSpec:
-    """Adam as IRN (weight decay 1e-5), with the zoo's warm-up + cosine schedule."""
-    return TrainSpec(data=DataSpec(DATASET_NAME, "train"), epochs=epochs, batch_size=batch_size, lr=lr,
-                     weight_decay=1e-5, label_smoothing=0.0, optimizer="adamw")
-
-
-# The zoo's entries sample z ~ N(0, GAUSSIAN_SCALE^2 I), not N(0, I). The Haar detail bands of these
-# photos have a standard deviation of about 0.017, while unit-variance z, spread by the inverse Haar
-# transform, puts noise of std 1.7 on every pixel (6 dB from an untrained net). The paper's net learns
-# over 500k steps to damp it; the loss sum z^2 pulls the forward z towards 0 rather than to unit
-# variance, so the damping it can reach is set by how well HF is predicted from LR, and in a few hundred
-# steps the tiny nets stayed at 22 dB (x2) against bicubic's 39.7. At this scale the sampled z costs
-# under 1 dB against z = 0 (the task reports both: psnr and psnr_z0).
-GAUSSIAN_SCALE = 1e-3
-_PHOTOS = "32x32 patches of scikit-image's bundled photographs (held out for testing: chelsea, rocket)"
-# The paper's clamp is 1 with 8 blocks per level; with 2-4 blocks, clamp 2 keeps the same bound on how
-# much the blocks together can scale (and so, going back, damp a sampled z): exp(clamp * blocks).
-_NATIVE_INPUT = PatchInput(32, train_stride=48)
-_TEST_INPUT = PatchInput(32, train_stride=128)
-_entry("irn_x2.zoo_skimage", "irn", "image-rescaling", _NATIVE_INPUT,
-       {"scale": 2, "blocks": 4, "gc": 8, "clamp": 2.0, "gaussian_scale": GAUSSIAN_SCALE}, _adamw(12, 1e-3),
-       f"Invertible rescaling x2 (IRN: Haar + 4 coupling blocks, dense blocks gc=8, clamp 2, z sampled from "
-       f"N(0, {GAUSSIAN_SCALE:g}^2 I)), trained by the zoo on {_PHOTOS}.")
-_entry("irn_x4.zoo_skimage", "irn", "image-rescaling", _NATIVE_INPUT,
-       {"scale": 4, "blocks": 2, "gc": 8, "clamp": 2.0, "gaussian_scale": GAUSSIAN_SCALE}, _adamw(12, 1e-3),
-       f"Invertible rescaling x4 (IRN: 2 x (Haar + 2 coupling blocks), gc=8, clamp 2, z sampled from "
-       f"N(0, {GAUSSIAN_SCALE:g}^2 I)), trained by the zoo on {_PHOTOS}.")
-# ILC at five rates, as learned codecs are published (one model per quality level, CompressAI's
-# convention): `ilc.zoo_skimage` is lambda = 0.01, `_q1`..`_q5` span 0.001..0.1 (q3 is ilc.zoo_skimage
-# itself); its cards draw them all on one rate-distortion curve.
-ILC_QUALITIES = {1: 0.001, 2: 0.003, 4: 0.03, 5: 0.1}
-
-
-def _ilc(name: str, rate_lambda: float, compare_with: tuple[str, ...] = ()) -> ModelEntry:
-    return _entry(name, "ilc", "image-compression", _NATIVE_INPUT,
-                  {"levels": 2, "blocks": 2, "gc": 8, "clamp": 2.0, "latent_channels": 3, "rate_lambda": rate_lambda,
-                   "gaussian_scale": GAUSSIAN_SCALE}, _adamw(4, 1e-3),
-                  f"Invertible lossy compression (ILC: a 2 x (Haar + 2 coupling blocks) invertible encoder, "
-                  f"factorized logistic entropy model, lambda={rate_lambda:g}, z sampled from N(0, "
-                  f"{GAUSSIAN_SCALE:g}^2 I)), trained by the zoo on {_PHOTOS}.", compare_with)
-
-
-ILC_RATE_ENTRIES = tuple(_ilc(f"ilc.zoo_skimage_q{quality}", rate_lambda)
-                         for quality, rate_lambda in ILC_QUALITIES.items())
-_ilc("ilc.zoo_skimage", 0.01, compare_with=tuple(entry.name for entry in ILC_RATE_ENTRIES))
-_entry("test_irn.zoo_skimage", "irn", "image-rescaling", _TEST_INPUT,
-       {"scale": 2, "blocks": 1, "gc": 4, "gaussian_scale": GAUSSIAN_SCALE},
-       _adamw(2, 2e-3, 32), "A tiny IRN x2 (1 coupling block, gc=4) for the tests.")
-_entry("test_ilc.zoo_skimage", "ilc", "image-compression", _TEST_INPUT,
-       {"levels": 1, "blocks": 1, "gc": 4, "latent_channels": 3, "rate_lambda": 0.01, "gaussian_scale": GAUSSIAN_SCALE},
-       _adamw(2, 2e-3, 32),
-       "A tiny ILC (1 Haar level, 1 coupling block, gc=4) for the tests.")

@@ -3,7 +3,6 @@ for evaluation (torchmetrics' `SacreBLEUScore`, 13a tokenization, one reference 
 level: n-gram counts summed over the whole test set before the score, as WMT results are quoted)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,25 +13,10 @@ from tqdm.auto import tqdm
 from zoo.data import Batches
 from zoo.entry import ModelEntry
 from zoo.tasks import MetricSpec, Task, TaskResult, register_task
-from zoo.text_data import CORPORA, PAD_ID, UNK_ID, decode, trim
+from zoo.families.translation.data import CORPORA, PAD_ID, UNK_ID, decode, trim
 
 IGNORE_INDEX = -100
 FIRST_TOKEN_ID = UNK_ID + 1  # an ordinary token: the first id after the special ones
-
-
-@dataclass(frozen=True)
-class TranslationInput:
-    """What a translation model eats: token ids of the registered corpus' joint BPE vocabulary. Beam
-    size and the cap on generated tokens are how it is evaluated; the example lengths (the corpus'
-    mean source/target lengths in tokens) size the input used for FLOPs and latency."""
-
-    corpus: str
-    source_lang: str = "en"
-    target_lang: str = "de"
-    num_beams: int = 4
-    max_new_tokens: int = 40
-    example_source_len: int = 12
-    example_target_len: int = 9
 
 
 def decoder_inputs(labels: torch.Tensor) -> torch.Tensor:

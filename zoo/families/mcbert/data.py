@@ -27,7 +27,6 @@ import importlib
 import inspect
 import platform
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -36,51 +35,13 @@ from torch.utils.data import Dataset, TensorDataset
 from zoo.data import DATASET_DESCRIPTIONS, DATASETS
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
+from zoo.families.mcbert.entries import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, TOPIC_MODULES, TOPICS, TextInput
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[NEITHER]")
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, NEITHER_ID = range(len(SPECIAL_TOKENS))
 SPLITS = ("train", "test")
 TEST_BUCKET_MODULUS = 10  # a paragraph is a test paragraph when md5(text) % 10 == 0
 MIN_SENTENCE_WORDS = 6
 CLASSIFICATION_TEST_FRACTION = 0.2
 CLASSIFICATION_SEED = 0
-
-TOPIC_MODULES: dict[str, tuple[str, ...]] = {
-    "files": ("os", "os.path", "pathlib", "shutil", "glob", "fnmatch", "tempfile", "filecmp", "stat", "io",
-              "zipfile", "tarfile", "gzip", "bz2", "lzma"),
-    "text": ("re", "string", "textwrap", "difflib", "unicodedata", "codecs", "html", "html.parser", "locale",
-             "gettext"),
-    "numbers": ("math", "cmath", "decimal", "fractions", "random", "statistics", "numbers", "operator", "heapq",
-                "bisect"),
-    "network": ("socket", "ssl", "http.client", "http.server", "http.cookies", "urllib.request", "urllib.parse",
-                "email.message", "email.utils", "smtplib", "ftplib", "imaplib", "poplib", "xmlrpc.client",
-                "ipaddress", "mimetypes"),
-    "concurrency": ("threading", "multiprocessing", "multiprocessing.pool", "concurrent.futures", "asyncio",
-                    "asyncio.tasks", "asyncio.events", "asyncio.streams", "queue", "subprocess", "sched",
-                    "selectors", "signal"),
-}
-TOPICS = tuple(TOPIC_MODULES)
-
-
-@dataclass(frozen=True)
-class TextInput:
-    """What a BERT-style model eats: token ids of at most `max_length`, from the BPE vocabulary of
-    `vocab_size` entries trained on the pre-training text."""
-
-    max_length: int
-    vocab_size: int
-
-    def __post_init__(self) -> None:
-        if self.max_length < 8:
-            raise InvalidArgumentError(f"max_length must be at least 8, got {self.max_length}")
-        if self.vocab_size <= len(SPECIAL_TOKENS) + 64:
-            raise InvalidArgumentError(f"vocab_size must exceed {len(SPECIAL_TOKENS) + 64}, got {self.vocab_size}")
-
-    def example_ids(self, batch: int = 1) -> torch.Tensor:
-        """A `[CLS] tok ... [SEP]` batch of full length (FLOPs and latency are measured on it)."""
-        ids = torch.full((batch, self.max_length), len(SPECIAL_TOKENS), dtype=torch.long)
-        ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
-        return ids
 
 
 def python_version() -> str:

@@ -1,6 +1,7 @@
 """WaveRNN (Kalchbrenner et al. 2018): a GRU vocoder with a dual softmax over 16-bit samples,
 conditioned on mel frames; Sparse WaveRNN is this model block-pruned (`zoo.compress.block`); Subscale
-WaveRNN generates a batch of `subscale` samples per step.
+WaveRNN generates a batch of `subscale` samples per step. Entries: `entries.py`; the vocoding task:
+`task.py`; the espeak-ng speech data: `data.py`.
 
 One step of the cell (the paper's equations; every matrix is an nn.Linear, so pruning, int8 PTQ and
 FLOP counting apply unchanged):
@@ -24,22 +25,14 @@ row j at step j * (F + 1), so everything it sees is already generated: after a w
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
-
 import torch
-import torchmetrics
 from torch import nn
 from torch.nn import functional as F
 
-import zoo.compress.block  # noqa: F401  (registers the block-pruning recipe steps)
-from zoo.data import Batches
-from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
-from zoo.models import FAMILIES, register_entry
-from zoo.speech_data import LOG_FLOOR, AudioSpec, SpeechWindows, log_mel, offset_to_pcm, pcm_to_float
-from zoo.tasks import MetricSpec, Task, TaskResult, register_task
+from zoo.families.wavernn.entries import AudioSpec
+from zoo.models import FAMILIES
 
 LEVELS = 256  # values of an 8-bit half
 SILENCE = 32768  # offset-binary zero: the "previous sample" before the first one
@@ -276,139 +269,3 @@ def build_wavernn(entry: ModelEntry) -> nn.Module:
 
 
 FAMILIES.register("wavernn", build_wavernn)
-
-
-# The task ------------------------------------------------------------------------------------------
-
-def nll_nats(model: nn.Module, mel: torch.Tensor, samples: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Teacher-forced negative log-likelihood of 16-bit samples, -log P(c) - log P(f | c), in nats."""
-    logits_c, logits_f = model(mel, samples)
-    coarse, fine = split_16bit(samples)
-    nll = (F.cross_entropy(logits_c.flatten(0, 1), coarse.flatten(), reduction="sum")
-           + F.cross_entropy(logits_f.flatten(0, 1), fine.flatten(), reduction="sum"))
-    return nll / samples.numel() if reduction == "mean" else nll
-
-
-def mel_db(samples: torch.Tensor, spec: AudioSpec) -> torch.Tensor:
-    """Log-mel spectrogram in dB (20 log10 of the mel magnitude, floored at -100 dB) of offset-binary samples."""
-    return log_mel(pcm_to_float(offset_to_pcm(samples)), spec) * (20.0 / math.log(10.0))
-
-
-class Vocoding(Task):
-    """Mel-to-waveform vocoding. Trained by teacher-forced NLL. Metrics: bits per sample (teacher-forced
-    NLL over every test sample, log2) and the log-mel distance between audio the model generates
-    (sampled, seed 0) from the test clips' mel frames and the reference audio: mean |dB difference| over
-    frames and mel bands, through torchmetrics' MeanAbsoluteError. A sample-by-sample metric (SI-SDR,
-    SNR) is not used: a sampled waveform matches the reference's spectrum, not its phase, so even a
-    perfect vocoder scores near or below 0 dB SI-SDR; the mel distance measures what the conditioning
-    controls."""
-
-    name = "vocoding"
-    metrics = (
-        MetricSpec("bits_per_sample", "bits per sample (teacher-forced NLL)", "nll", higher_is_better=False,
-                   unit="bits"),
-        MetricSpec("mel_distance", "log-mel distance of generated audio", "log_mel_distance",
-                   higher_is_better=False, unit="dB"),
-    )
-    average = "samples"
-    average_meaning = "NLL over every test sample; mel distance over every frame and band of the generated clips"
-
-    def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
-        mel, samples = batch
-        return nll_nats(model, mel, samples)
-
-    def evaluate(self, model: nn.Module, batches: Batches, entry: ModelEntry, *, progress: bool = True) -> TaskResult:
-        total, count = 0.0, 0
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for mel, samples in batches:
-                    total += float(nll_nats(model, mel, samples, reduction="sum"))
-                    count += samples.numel()
-            distance = self._mel_distance(model, batches.data, entry.input)
-        finally:
-            model.train(was_training)
-        return TaskResult({"bits_per_sample": total / count / math.log(2.0), "mel_distance": distance},
-                          self.average, count)
-
-    @staticmethod
-    def _mel_distance(model: nn.Module, data: Any, spec: AudioSpec) -> float:
-        if not isinstance(data, SpeechWindows):
-            raise InvalidArgumentError(f"vocoding evaluates on speech windows, got {type(data).__name__}")
-        metric = torchmetrics.MeanAbsoluteError()
-        generator = torch.Generator().manual_seed(0)
-        for mel, samples in data.clips():
-            generated = model.generate(mel[None], generator=generator)[0]
-            metric.update(mel_db(generated, spec), mel_db(samples, spec))
-        return float(metric.compute())
-
-    def example_input(self, entry: ModelEntry) -> tuple[torch.Tensor, torch.Tensor]:
-        """One mel frame and its `hop` samples: FLOPs and latency are per frame of audio."""
-        spec = entry.input
-        return (torch.full((1, spec.n_mels, 1 + 2 * spec.mel_pad), math.log(LOG_FLOOR)),
-                torch.full((1, spec.hop), SILENCE, dtype=torch.long))
-
-    def model_inputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        mel, samples = batch
-        return mel, samples
-
-    def describe_example(self, entry: ModelEntry) -> str:
-        spec = entry.input
-        return (f"one mel frame, i.e. {spec.hop} samples ({1000 * spec.hop / spec.sample_rate:.0f} ms) of "
-                f"{spec.sample_rate / 1000:g} kHz audio, teacher-forced")
-
-
-register_task(Vocoding())
-
-
-# Entries -------------------------------------------------------------------------------------------
-
-# Sparse WaveRNN prunes the recurrent matrix only, in 16x1 blocks (16 output units of one input: the
-# shape the paper chose for mobile CPUs); every other layer stays dense.
-PRUNE_BLOCK = (16, 1)
-KEEP_DENSE = ("cond", "cond_input", "sample_input", "fine_input", "context", "context_input",
-              "coarse_hidden", "coarse_out", "fine_hidden", "fine_out")
-ESPEAK_AUDIO = AudioSpec(sample_rate=16000, n_fft=1024, hop=256, n_mels=40, mel_pad=2, segment_frames=2,
-                         eval_clips=2, eval_frames=16)
-TINY_AUDIO = AudioSpec(sample_rate=16000, n_fft=256, hop=64, n_mels=16, mel_pad=1, segment_frames=2,
-                       eval_clips=1, eval_frames=2)
-
-
-@dataclass(frozen=True)
-class _Base:
-    arch: str
-    data: str
-    audio: AudioSpec
-    model_kwargs: dict
-    epochs: int
-    batch_size: int
-    lr: float
-    what: str
-    compare_with: tuple[str, ...] = ()
-
-
-def _register(r: _Base) -> ModelEntry:
-    name = f"{r.arch}.zoo_espeak"
-    return register_entry(ModelEntry(
-        name=name, family="wavernn", task="vocoding", repo_id=f"zoo/{name}", source="zoo", input=r.audio,
-        eval_data=DataSpec(r.data, "test"), model_kwargs=r.model_kwargs,
-        train=TrainSpec(data=DataSpec(r.data, "train"), epochs=r.epochs, batch_size=r.batch_size, lr=r.lr,
-                        weight_decay=0.0, label_smoothing=0.0, seed=0, optimizer="adamw"),
-        keep_dense=KEEP_DENSE, prune_block=PRUNE_BLOCK, compare_with=r.compare_with,
-        description=f"{r.what}, trained by the zoo on Harvard sentences spoken by espeak-ng ({r.audio.sample_rate} Hz, "
-                    f"16-bit, {r.audio.n_mels} log-mel bands every {r.audio.hop} samples).",
-    ))
-
-
-_register(_Base("wavernn", "espeak", ESPEAK_AUDIO, {"hidden": 128}, 3, 64, 3e-3,
-                "WaveRNN (dual softmax, GRU of 128 units)"))
-_register(_Base("wavernn_subscale", "espeak", ESPEAK_AUDIO,
-                {"hidden": 128, "subscale": 16, "horizon": 4, "context": 4}, 3, 64, 3e-3,
-                "Subscale WaveRNN (16 samples per step, horizon 4, GRU of 128 units)",
-                compare_with=("wavernn.zoo_espeak",)))
-_register(_Base("test_wavernn", "espeak_tiny", TINY_AUDIO, {"hidden": 16, "cond_channels": 8}, 2, 64,
-                3e-3, "A tiny WaveRNN for tests"))
-_register(_Base("test_wavernn_subscale", "espeak_tiny", TINY_AUDIO,
-                {"hidden": 16, "cond_channels": 8, "subscale": 4, "horizon": 2, "context": 2,
-                 "context_channels": 8}, 2, 64, 3e-3, "A tiny Subscale WaveRNN for tests"))

@@ -1,4 +1,4 @@
-"""The MC-BERT family and its masked-LM baseline: builder and registry entries.
+"""The MC-BERT family and its masked-LM baseline: registry entries, and the vocabulary and input they share.
 
 How the registry represents pre-training vs fine-tuning (as timm names `vit_*.augreg_in21k` and
 `vit_*.augreg_in21k_ft_in1k`): the architecture is the encoder size (`mcbert_mini`, `bert_mini`),
@@ -6,77 +6,81 @@ the tag says which weights.
 
 - `<arch>.zoo_pydoc`: the pre-trained model with its pre-training heads, task `multi-choice-cloze`
   (MC-BERT: main model + meta controller) or `fill-mask` (the MLM baseline), trained on the Python
-  documentation (`zoo.english_data`). Its metrics are the pre-training task's accuracies.
+  documentation (`zoo.families.mcbert.data`). Its metrics are the pre-training task's accuracies.
 - `<arch>.zoo_pydoc_ft_stdlib`: a `text-classification` model whose encoder starts from
   `<arch>.zoo_pydoc`'s main encoder (`TrainSpec.init_from`; MC-BERT's controller is dropped,
   as in the paper only the main model is fine-tuned), fine-tuned on `stdlib_topics`.
 - `bert_mini.zoo_stdlib`: the same classifier trained from random initialization: the control that
   says what pre-training is worth on this task.
 
-The two families are `mcbert` and `bert` (the baseline); both are built by `build_text_model`
+The two families are `mcbert` and `bert` (the baseline); both are built by `model.build_text_model`
 from `model_kwargs["kind"]` ("mcbert", "mlm" or "classifier"). `test_*` entries are tiny versions the
 tests use. Every size is in `model_kwargs`; vocabulary and sequence length are in the `TextInput`.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-import zoo.mcbert_tasks  # noqa: F401  (registers the tasks the entries name)
-from zoo.english_data import TOPICS, TextInput
 from zoo.entry import DataSpec, ModelEntry, TrainSpec
 from zoo.errors import InvalidArgumentError
-from zoo.mcbert_models import (
-    BertMaskedLM, BertTextClassifier, EncoderSpec, MCBertForPreTraining, load_pretrained_encoder,
-)
-from zoo.models import FAMILIES, INITIALIZERS, build_model, register_entry
-from zoo.tasks import task_of
-from zoo.training import train
+from zoo.models import register_entry
 
-KINDS = ("mcbert", "mlm", "classifier")
-ENCODER_KEYS = ("hidden", "layers", "heads", "intermediate", "max_positions", "dropout")
+if TYPE_CHECKING:
+    import torch
+
+MODEL_FAMILIES = ("mcbert", "bert")
+TASKS = ("multi-choice-cloze", "fill-mask", "text-classification")
+DATASETS = ("pydoc_text", "stdlib_topics")
 PRETRAIN_DATA = DataSpec("pydoc_text", "train")
 CLASSIFY_DATA = DataSpec("stdlib_topics", "train")
 PRETRAIN_KEEP_DENSE = (r"bert\.embeddings\.token_type_embeddings", "candidate_bias",
                        r"controller\.encoder\.embeddings\.token_type_embeddings")
 CLASSIFIER_KEEP_DENSE = (r"bert\.embeddings\.token_type_embeddings", "classifier")
 
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[NEITHER]")
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, NEITHER_ID = range(len(SPECIAL_TOKENS))
 
-def encoder_spec(entry: ModelEntry) -> EncoderSpec:
-    if not isinstance(entry.input, TextInput):
-        raise InvalidArgumentError(f"{entry.name}: a BERT-style entry needs a TextInput, "
-                                   f"got {type(entry.input).__name__}")
-    return EncoderSpec(vocab_size=entry.input.vocab_size, **{k: entry.model_kwargs[k] for k in ENCODER_KEYS})
-
-
-def build_text_model(entry: ModelEntry) -> nn.Module:
-    """MC-BERT pre-training model, the MLM baseline, or a classifier, by `model_kwargs["kind"]`."""
-    kwargs = entry.model_kwargs
-    kind = kwargs.get("kind")
-    spec = encoder_spec(entry)
-    if kind == "mcbert":
-        return MCBertForPreTraining(spec, divider=kwargs["divider"], num_candidates=kwargs["num_candidates"],
-                                    loss_weight=kwargs["loss_weight"], mask_rate=kwargs["mask_rate"])
-    if kind == "mlm":
-        return BertMaskedLM(spec, mask_rate=kwargs["mask_rate"])
-    if kind == "classifier":
-        return BertTextClassifier(spec, entry.num_classes)
-    raise InvalidArgumentError(f"{entry.name}: model_kwargs['kind'] must be one of {', '.join(KINDS)}, got {kind!r}")
+TOPIC_MODULES: dict[str, tuple[str, ...]] = {
+    "files": ("os", "os.path", "pathlib", "shutil", "glob", "fnmatch", "tempfile", "filecmp", "stat", "io",
+              "zipfile", "tarfile", "gzip", "bz2", "lzma"),
+    "text": ("re", "string", "textwrap", "difflib", "unicodedata", "codecs", "html", "html.parser", "locale",
+             "gettext"),
+    "numbers": ("math", "cmath", "decimal", "fractions", "random", "statistics", "numbers", "operator", "heapq",
+                "bisect"),
+    "network": ("socket", "ssl", "http.client", "http.server", "http.cookies", "urllib.request", "urllib.parse",
+                "email.message", "email.utils", "smtplib", "ftplib", "imaplib", "poplib", "xmlrpc.client",
+                "ipaddress", "mimetypes"),
+    "concurrency": ("threading", "multiprocessing", "multiprocessing.pool", "concurrent.futures", "asyncio",
+                    "asyncio.tasks", "asyncio.events", "asyncio.streams", "queue", "subprocess", "sched",
+                    "selectors", "signal"),
+}
+TOPICS = tuple(TOPIC_MODULES)
 
 
-FAMILIES.register("mcbert", build_text_model)
-FAMILIES.register("bert", build_text_model)
+@dataclass(frozen=True)
+class TextInput:
+    """What a BERT-style model eats: token ids of at most `max_length`, from the BPE vocabulary of
+    `vocab_size` entries trained on the pre-training text."""
 
+    max_length: int
+    vocab_size: int
 
-def pretrained_source(entry: ModelEntry) -> str | None:
-    """The entry whose main encoder initializes `entry` before fine-tuning (None: random init)."""
-    return entry.train.init_from if entry.train is not None else None
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise InvalidArgumentError(f"max_length must be at least 8, got {self.max_length}")
+        if self.vocab_size <= len(SPECIAL_TOKENS) + 64:
+            raise InvalidArgumentError(f"vocab_size must exceed {len(SPECIAL_TOKENS) + 64}, got {self.vocab_size}")
 
+    def example_ids(self, batch: int = 1) -> torch.Tensor:
+        """A `[CLS] tok ... [SEP]` batch of full length (FLOPs and latency are measured on it)."""
+        import torch
 
-# Entries ------------------------------------------------------------------------------------------
+        ids = torch.full((batch, self.max_length), len(SPECIAL_TOKENS), dtype=torch.long)
+        ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
+        return ids
+
 
 MINI = {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 512, "max_positions": 64, "dropout": 0.1}
 TINY = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64, "max_positions": 32, "dropout": 0.1}
@@ -149,36 +153,3 @@ _pretrained("test_bert", "bert", TINY, TINY_PRETRAIN_INPUT, _pretrain_spec(2, PR
 _classifier("test_mcbert", "mcbert", "zoo_pydoc_ft_stdlib", TINY, TINY_CLASSIFY_INPUT,
             _finetune_spec(2, FINETUNE_LR, batch_size=128),
             "test_mcbert.zoo_pydoc", "A tiny MC-BERT main model for the tests")
-
-
-def fine_tune(entry: ModelEntry, pretrained: nn.Module | None, *, progress: bool = True,
-              epochs: int | None = None) -> nn.Module:
-    """Trains classifier `entry` by its TrainSpec, its encoder first copied from `pretrained`'s main
-    encoder (None: from random initialization, for entries without `init_from`). Seeded as
-    `zoo.native.train_base_model` is: same seed, same data order, same weights."""
-    if (pretrained is None) != (pretrained_source(entry) is None):
-        raise InvalidArgumentError(f"{entry.name} starts from {pretrained_source(entry) or 'random weights'}; "
-                                   f"got {'no' if pretrained is None else 'a'} pre-trained model")
-    spec = entry.train
-    if spec is None:
-        raise InvalidArgumentError(f"{entry.name} has no TrainSpec")
-    torch.manual_seed(spec.seed)
-    model = build_model(entry)
-    if pretrained is not None:
-        load_pretrained_encoder(model, pretrained)
-    task = task_of(entry)
-    batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
-    train(model, batches.epoch, lambda m, b: task.loss(m, b, entry), epochs=epochs or spec.epochs, lr=spec.lr,
-          weight_decay=spec.weight_decay, optimizer=spec.optimizer, progress=progress, desc=f"fine-tune {entry.name}")
-    return model.eval()
-
-
-def _init_from_pretrained(entry: ModelEntry, pretrained: nn.Module) -> nn.Module:
-    """`zoo.load` / `zoo train` of a classifier entry: its encoder copied from the pre-trained model."""
-    model = build_model(entry)
-    load_pretrained_encoder(model, pretrained)
-    return model
-
-
-for _family in ("mcbert", "bert"):
-    INITIALIZERS.register(_family, _init_from_pretrained)

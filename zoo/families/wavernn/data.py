@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from zoo.data import DATASET_DESCRIPTIONS, DATASETS
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError, ZooError
+from zoo.families.wavernn.entries import AudioSpec
 
 ESPEAK = "espeak-ng"
 ESPEAK_RATE = 22050
@@ -86,37 +87,6 @@ CORPORA = {
     "espeak": Corpus(train=HARVARD[:30], test=HARVARD[30:], voices=("en-us", "en-us+f3")),
     "espeak_tiny": Corpus(train=HARVARD[:2], test=HARVARD[30:31], voices=("en-us",)),
 }
-
-
-@dataclass(frozen=True)
-class AudioSpec:
-    """What a vocoder eats: audio at `sample_rate`, log-mel frames every `hop` samples (`n_fft`-point
-    Hann STFT, `n_mels` bands), `mel_pad` frames of context on each side of a window, training windows
-    of `segment_frames` frames; evaluation generates `eval_clips` clips of `eval_frames` frames."""
-
-    sample_rate: int = 16000
-    n_fft: int = 1024
-    hop: int = 256
-    n_mels: int = 40
-    mel_pad: int = 2
-    segment_frames: int = 4
-    eval_clips: int = 2
-    eval_frames: int = 16
-
-    def __post_init__(self) -> None:
-        for name in ("sample_rate", "n_fft", "hop", "n_mels", "segment_frames", "eval_clips", "eval_frames"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"AudioSpec.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.mel_pad, bool) or not isinstance(self.mel_pad, int) or self.mel_pad < 0:
-            raise InvalidArgumentError(f"AudioSpec.mel_pad must be an integer >= 0, got {self.mel_pad!r}")
-        if self.hop > self.n_fft:
-            raise InvalidArgumentError(f"hop ({self.hop}) must not exceed n_fft ({self.n_fft})")
-
-    @property
-    def segment(self) -> int:
-        """Samples in one training window."""
-        return self.segment_frames * self.hop
 
 
 # Synthesis and cache ------------------------------------------------------------------------------

@@ -33,8 +33,10 @@ from torch.nn import functional as F
 from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
-from zoo.english_data import MASK_ID, NEITHER_ID, PAD_ID, SPECIAL_TOKENS
+from zoo.entry import ModelEntry
 from zoo.errors import CheckpointError, InvalidArgumentError
+from zoo.families.mcbert.entries import MASK_ID, MODEL_FAMILIES, NEITHER_ID, PAD_ID, SPECIAL_TOKENS, TextInput
+from zoo.models import FAMILIES, INITIALIZERS, build_model
 
 NUM_SPECIAL = len(SPECIAL_TOKENS)
 
@@ -308,3 +310,48 @@ def load_pretrained_encoder(model: nn.Module, pretrained: nn.Module) -> list[str
         for name in names:
             target[name].copy_(source[name])
     return names
+
+
+# Builders -----------------------------------------------------------------------------------------
+
+KINDS = ("mcbert", "mlm", "classifier")
+ENCODER_KEYS = ("hidden", "layers", "heads", "intermediate", "max_positions", "dropout")
+
+
+def encoder_spec(entry: ModelEntry) -> EncoderSpec:
+    if not isinstance(entry.input, TextInput):
+        raise InvalidArgumentError(f"{entry.name}: a BERT-style entry needs a TextInput, "
+                                   f"got {type(entry.input).__name__}")
+    return EncoderSpec(vocab_size=entry.input.vocab_size, **{k: entry.model_kwargs[k] for k in ENCODER_KEYS})
+
+
+def build_text_model(entry: ModelEntry) -> nn.Module:
+    """MC-BERT pre-training model, the MLM baseline, or a classifier, by `model_kwargs["kind"]`."""
+    kwargs = entry.model_kwargs
+    kind = kwargs.get("kind")
+    spec = encoder_spec(entry)
+    if kind == "mcbert":
+        return MCBertForPreTraining(spec, divider=kwargs["divider"], num_candidates=kwargs["num_candidates"],
+                                    loss_weight=kwargs["loss_weight"], mask_rate=kwargs["mask_rate"])
+    if kind == "mlm":
+        return BertMaskedLM(spec, mask_rate=kwargs["mask_rate"])
+    if kind == "classifier":
+        return BertTextClassifier(spec, entry.num_classes)
+    raise InvalidArgumentError(f"{entry.name}: model_kwargs['kind'] must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def pretrained_source(entry: ModelEntry) -> str | None:
+    """The entry whose main encoder initializes `entry` before fine-tuning (None: random init)."""
+    return entry.train.init_from if entry.train is not None else None
+
+
+def _init_from_pretrained(entry: ModelEntry, pretrained: nn.Module) -> nn.Module:
+    """`zoo.load` / `zoo train` of a classifier entry: its encoder copied from the pre-trained model."""
+    model = build_model(entry)
+    load_pretrained_encoder(model, pretrained)
+    return model
+
+
+for _family in MODEL_FAMILIES:
+    FAMILIES.register(_family, build_text_model)
+    INITIALIZERS.register(_family, _init_from_pretrained)

@@ -23,12 +23,10 @@ matrix is pruned once, through `model.shared`, and the fixed sinusoidal position
 pruned. The checkpoint format stores tied tensors as copies; `retie_shared_embeddings` (a
 load_state_dict post-hook) ties them again on load.
 
-Entries: `transformer.zoo_numbers` (the baseline), `transformer_small.zoo_numbers` (the N = 1 model
-MAT starts from: FFN narrowed so that MAT with two branches has the baseline's size),
-`mat.zoo_numbers`; `transformer_tiny.zoo_numbers_tiny` and `mat_tiny.zoo_numbers_tiny` for tests.
-MAT's recipe is proximal initialization from transformer_small.zoo_numbers (`TrainSpec.init_from`,
-through `INITIALIZERS`), then its TrainSpec: `zoo.load("mat.zoo_numbers")` / `zoo train` do both;
-benchmarks/bench_translation.py runs the same with `train_proximal_mat`.
+The entries are in `entries.py`. MAT's recipe is proximal initialization from
+transformer_small.zoo_numbers (`TrainSpec.init_from`, through `INITIALIZERS`: `mat_from_transformer`),
+then its TrainSpec: `zoo.load("mat.zoo_numbers")`, `zoo train` and `zoo.native.train_base_model(entry,
+init=transformer)` do both.
 """
 from __future__ import annotations
 
@@ -41,19 +39,12 @@ from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.marian.modeling_marian import MarianAttention, eager_attention_forward
 
-from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
-from zoo.models import FAMILIES, INITIALIZERS, register_entry
-from zoo.tasks import task_of
-from zoo.training import train
-from zoo.text_data import CORPORA, EOS_ID, PAD_ID
-from zoo.translation_task import TranslationInput
+from zoo.families.translation.data import CORPORA, EOS_ID, PAD_ID
+from zoo.families.translation.entries import TranslationInput
+from zoo.models import FAMILIES, INITIALIZERS
 
-# The shared embedding/softmax matrix is pruned once through model.shared; its three aliases and the
-# fixed sinusoidal position tables are kept out of pruning.
-TRANSLATION_KEEP_DENSE = (
-    r"model\.(encoder|decoder)\.embed_tokens", "lm_head", r"model\.(encoder|decoder)\.embed_positions",
-)
 MODEL_KWARGS = ("d_model", "layers", "heads", "encoder_ffn_dim", "decoder_ffn_dim", "dropout", "max_positions")
 MAT_KWARGS = ("branches", "drop_branch")
 
@@ -261,22 +252,6 @@ def mat_from_transformer(entry: ModelEntry, transformer: MarianMTModel) -> Maria
                          drop_branch=entry.model_kwargs["drop_branch"])
 
 
-def train_proximal_mat(entry: ModelEntry, transformer: MarianMTModel, *, epochs: int | None = None,
-                       progress: bool = True) -> MarianMTModel:
-    """MAT's training recipe: proximal initialization from the trained `transformer`, then training by
-    the MAT entry's TrainSpec (seeded, same data order as any zoo-native base)."""
-    if entry.train is None:
-        raise InvalidArgumentError(f"{entry.name} is not a zoo-native entry")
-    spec, task = entry.train, task_of(entry)
-    torch.manual_seed(spec.seed)
-    model = mat_from_transformer(entry, transformer)
-    batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
-    train(model, batches.epoch, lambda m, b: task.loss(m, b, entry), epochs=spec.epochs if epochs is None else epochs,
-          lr=spec.lr, weight_decay=spec.weight_decay, optimizer=spec.optimizer, progress=progress,
-          desc=f"train {entry.name} (proximal init)")
-    return model.eval()
-
-
 def build_translation(entry: ModelEntry) -> MarianMTModel:
     """The builder of the `transformer` and `mat` families: the entry's architecture, random init."""
     if not isinstance(entry.input, TranslationInput):
@@ -294,47 +269,6 @@ def build_translation(entry: ModelEntry) -> MarianMTModel:
 
 FAMILIES.register("transformer", build_translation)
 FAMILIES.register("mat", build_translation)
-
-
-# Entries ------------------------------------------------------------------------------------------
-
-_BASE = {"d_model": 64, "layers": 2, "heads": 4, "dropout": 0.1, "max_positions": 64}
-_TINY = {"d_model": 32, "layers": 1, "heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "dropout": 0.0,
-         "max_positions": 64}
-# MAT with 2 branches adds 4 d^2 weights per attention sublayer; the FFNs give them back (d = 64:
-# encoder 512 -> 384, decoder, with two attention sublayers, 512 -> 256), so mat.zoo_numbers has
-# transformer.zoo_numbers' number of weights (biases aside).
-_TRANSFORMER_FFN = {"encoder_ffn_dim": 512, "decoder_ffn_dim": 512}
-_EQUAL_SIZE_FFN = {"encoder_ffn_dim": 384, "decoder_ffn_dim": 256}
-EPOCHS = 12
-
-
-def _entry(arch: str, family: str, corpus: str, kwargs: dict[str, Any], epochs: int, what: str,
-           lr: float = 2e-3, batch_size: int = 64, init_from: str | None = None,
-           compare_with: tuple[str, ...] = ()) -> ModelEntry:
-    tag = {"numbers_en_de": "zoo_numbers", "numbers_en_de_tiny": "zoo_numbers_tiny"}[corpus]
-    return register_entry(ModelEntry(
-        name=f"{arch}.{tag}", family=family, task="translation", repo_id=f"zoo/{arch}.{tag}", source="zoo",
-        input=TranslationInput(corpus=corpus), eval_data=DataSpec(corpus, "test"), model_kwargs=kwargs,
-        train=TrainSpec(data=DataSpec(corpus, "train"), epochs=epochs, batch_size=batch_size, lr=lr,
-                        weight_decay=0.01, label_smoothing=0.1, seed=0, optimizer="adamw", init_from=init_from),
-        keep_dense=TRANSLATION_KEEP_DENSE, compare_with=compare_with,
-        description=f"{what}, trained by the zoo on {corpus} (English -> German numbers, dates and "
-                    "prices spelled out by num2words; joint BPE).",
-    ))
-
-
-_entry("transformer", "transformer", "numbers_en_de", {**_BASE, **_TRANSFORMER_FFN}, EPOCHS,
-       "A WMT-style Transformer (transformers' MarianMTModel, post-norm, tied embeddings)")
-_entry("transformer_small", "transformer", "numbers_en_de", {**_BASE, **_EQUAL_SIZE_FFN}, EPOCHS // 2,
-       "The N = 1 Transformer that MAT's proximal initialization starts from")
-_entry("mat", "mat", "numbers_en_de", {**_BASE, **_EQUAL_SIZE_FFN, "branches": 2, "drop_branch": 0.3}, EPOCHS // 2,
-       "MAT, two attention branches with drop-branch 0.3, of transformer.zoo_numbers' size, proximally "
-       "initialized from transformer_small.zoo_numbers", init_from="transformer_small.zoo_numbers",
-       compare_with=("transformer.zoo_numbers",))
-_entry("transformer_tiny", "transformer", "numbers_en_de_tiny", _TINY, 2, "A tiny Transformer for tests")
-_entry("mat_tiny", "mat", "numbers_en_de_tiny", {**_TINY, "branches": 2, "drop_branch": 0.3}, 2,
-       "A tiny MAT for tests")
 
 
 INITIALIZERS.register("mat", mat_from_transformer)  # MAT's proximal initialization, via TrainSpec.init_from

@@ -1,4 +1,4 @@
-"""Image classifiers through timm: ResNet, MobileNet and EfficientNet.
+"""The vision family's entries: image classifiers through timm (ResNet, MobileNet, EfficientNet).
 
 Two kinds of entries: upstream timm checkpoints on the Hugging Face Hub (`resnet50.a1_in1k`...), and
 zoo-native models trained here on scikit-learn's digits (`resnet18.zoo_digits`...), so that the whole
@@ -6,25 +6,17 @@ zoo runs offline. `test_*` entries are timm's tiny test architectures: real, fas
 """
 from __future__ import annotations
 
-import timm
-from torch import nn
-
 from zoo.entry import DataSpec, InputSpec, ModelEntry, TrainSpec
-from zoo.models import FAMILIES, register_entry
+from zoo.models import register_entry
+
+MODEL_FAMILIES = ("resnet", "mobilenet", "efficientnet")
+TASKS = ("image-classification",)
+DATASETS = ("digits", "imagefolder")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_INPUT = InputSpec(channels=1, size=(32, 32), mean=(0.305,), std=(0.375,))
 IMAGENET_EVAL = DataSpec("imagefolder", "val")
-
-
-def build_timm(entry: ModelEntry) -> nn.Module:
-    """A timm architecture with the entry's kwargs (classes, channels), randomly initialized."""
-    return timm.create_model(entry.arch, pretrained=False, **entry.model_kwargs)
-
-
-for family in ("resnet", "mobilenet", "efficientnet"):
-    FAMILIES.register(family, build_timm)
 
 RESNET_KEEP_DENSE = (r"conv1(\..*)?", "fc")
 MOBILE_KEEP_DENSE = ("conv_stem", "classifier")

@@ -14,7 +14,6 @@ is ever touched. Pixel values are RGB in [0, 1] (float32); each dataset item is 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -24,35 +23,13 @@ from torch.utils.data import Dataset, TensorDataset
 from zoo.data import DATASET_DESCRIPTIONS, DATASETS
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
+from zoo.families.invertible.entries import DATASET_NAME, PatchInput
 
 TRAIN_IMAGES = ("astronaut", "coffee", "hubble_deep_field", "retina", "immunohistochemistry",
                 "motorcycle_left", "motorcycle_right")
 TEST_IMAGES = ("chelsea", "rocket")
 SPLIT_IMAGES = {"train": TRAIN_IMAGES, "test": TEST_IMAGES}
 FLAT_STD = 2.0 / 255.0
-DATASET_NAME = "skimage_patches"
-
-
-@dataclass(frozen=True)
-class PatchInput:
-    """What an image-to-image model eats: RGB patches of `patch` x `patch` pixels in [0, 1];
-    `train_stride` is the grid stride of training patches (None: 3/4 of the patch)."""
-
-    patch: int
-    train_stride: int | None = None
-    channels: int = 3
-
-    def __post_init__(self) -> None:
-        if isinstance(self.patch, bool) or not isinstance(self.patch, int) or self.patch < 8:
-            raise InvalidArgumentError(f"patch must be an integer >= 8, got {self.patch!r}")
-        stride = self.train_stride
-        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
-            raise InvalidArgumentError(f"train_stride must be a positive integer or None, got {stride!r}")
-        if self.channels != 3:
-            raise InvalidArgumentError(f"the scikit-image photographs are RGB (3 channels), not {self.channels}")
-
-    def example_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
-        return (batch, self.channels, self.patch, self.patch)
 
 
 def bundled_image(name: str) -> np.ndarray:

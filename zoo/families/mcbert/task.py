@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from zoo.data import Batches
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
-from zoo.english_data import TextInput
+from zoo.families.mcbert.entries import TextInput
 from zoo.tasks import MetricSpec, Task, TaskResult, register_task
 
 EVAL_SEED = 1234

@@ -1,0 +1,47 @@
+"""The vision family's task: image classification (cross-entropy, top-1/top-5 accuracy)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from zoo.data import Batches
+from zoo.entry import ModelEntry
+from zoo.tasks import MetricSpec, Task, TaskResult, register_task
+
+
+class ImageClassification(Task):
+    """Cross-entropy training (with the entry's label smoothing); top-1/top-5 accuracy via torchmetrics,
+    `average="micro"` (the fraction of all examples classified right, as ImageNet results are quoted)."""
+
+    name = "image-classification"
+    pipeline_tag = "image-classification"
+    metrics = (
+        MetricSpec("top1", "top-1 accuracy", "accuracy", unit="fraction"),
+        MetricSpec("top5", "top-5 accuracy", "accuracy", unit="fraction"),
+    )
+    average = "micro"
+    average_meaning = "over all examples"
+
+    def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
+        images, labels = batch
+        smoothing = entry.train.label_smoothing if entry.train is not None else 0.0
+        return F.cross_entropy(model(images), labels, label_smoothing=smoothing)
+
+    def evaluate(self, model: nn.Module, batches: Batches, entry: ModelEntry, *, progress: bool = True) -> TaskResult:
+        from zoo.evaluate.metrics import evaluate_classifier
+
+        result = evaluate_classifier(model, batches, entry.num_classes, average=self.average, progress=progress)
+        return TaskResult(result.metrics, result.average, result.num_examples)
+
+    def example_input(self, entry: ModelEntry) -> torch.Tensor:
+        return torch.zeros(entry.input.example_shape(1))
+
+    def describe_example(self, entry: ModelEntry) -> str:
+        channels, (height, width) = entry.input.channels, entry.input.size
+        return f"one {channels}x{height}x{width} image"
+
+
+register_task(ImageClassification())
