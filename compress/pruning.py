@@ -10,7 +10,6 @@ import dataclasses
 import math
 import re
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -18,6 +17,7 @@ from zoo.compress.config import (
     CompressionConfig, check_choice, check_fraction, check_patterns, check_positive, register_config,
 )
 from zoo.compress.recipe import RecipeContext, handles
+from zoo.compress.selection import METHODS, select_kth
 from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.training import steps_per_epoch, train
 
@@ -38,37 +38,6 @@ def prunable_weights(model: nn.Module, keep_dense: tuple[str, ...] = ()) -> dict
     }
 
 
-_SAMPLE = 1 << 18
-
-
-def _kth_smallest(values: torch.Tensor, k: int) -> tuple[float, int]:
-    """The k-th smallest (1-based) of a flat float tensor, exactly, and how many values lie below it.
-
-    Large inputs are bracketed first: the quantile of an evenly strided sample gives [lo, hi] that holds the
-    answer unless the layout is adversarial, two counting passes check that it does, and only the few
-    values inside are selected exactly (a full np.partition of 25M values is 3-6x slower here). If the
-    bracket misses, the exact full selection runs instead, so the result is exact either way.
-    """
-    n = values.numel()
-    if n > 4 * _SAMPLE:
-        sample, _ = values[:: n // _SAMPLE][:_SAMPLE].sort()
-        q, margin = k / n, 6.0 * math.sqrt(k / n * (1 - k / n) / _SAMPLE) + 2.0 / _SAMPLE
-        lo_index, hi_index = math.floor((q - margin) * _SAMPLE), math.ceil((q + margin) * _SAMPLE)
-        # past the sample's ends the bracket is open: the sample's extremes are rarely the tensor's
-        lo = float(sample[lo_index]) if lo_index > 0 else -math.inf
-        hi = float(sample[hi_index]) if hi_index < _SAMPLE - 1 else math.inf
-        n_below_lo = int(torch.count_nonzero(values < lo))
-        n_upto_hi = int(torch.count_nonzero(values <= hi))
-        if n_below_lo < k <= n_upto_hi:
-            if lo == hi:
-                return lo, n_below_lo
-            inside = values[(values >= lo) & (values <= hi)]
-            kth = float(inside.kthvalue(k - n_below_lo).values)
-            return kth, n_below_lo + int(torch.count_nonzero(inside < kth))
-    kth = float(np.partition(values.numpy(), k - 1)[k - 1])
-    return kth, int(torch.count_nonzero(values < kth))
-
-
 def _masks_for_threshold(weights: dict[str, torch.Tensor], threshold: float, n_prune: int, below: int) -> Masks:
     """Keep |w| > threshold; prune |w| < threshold (`below` of them); ties at the threshold are pruned
     in order until exactly `n_prune` weights are pruned."""
@@ -87,16 +56,24 @@ def _masks_for_threshold(weights: dict[str, torch.Tensor], threshold: float, n_p
     return masks
 
 
-def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str = "global") -> Masks:
+def magnitude_masks(
+    weights: dict[str, torch.Tensor], sparsity: float, scope: str = "global", *, selection: str | None = None
+) -> Masks:
     """Boolean keep-masks pruning exactly floor(sparsity * n) weights by magnitude, over all weights
-    at once (`global`) or in each tensor separately (`layer`, uniform sparsity as in Gale et al.)."""
+    at once (`global`) or in each tensor separately (`layer`, uniform sparsity as in Gale et al.).
+
+    The threshold is the exact k-th smallest magnitude, found by `selection` (one of
+    `zoo.compress.selection.METHODS`) or, by default, by the method measured fastest on this machine
+    for inputs of this size; every method gives the same masks."""
     check_choice("scope", scope, SCOPES)
+    if selection is not None:
+        check_choice("selection", selection, tuple(METHODS))
     if not 0.0 <= sparsity < 1.0:
         raise InvalidArgumentError(f"sparsity must be in [0, 1), got {sparsity}")
     if scope == "layer":
         masks: Masks = {}
         for name, w in weights.items():
-            masks.update(magnitude_masks({name: w}, sparsity, "global"))
+            masks.update(magnitude_masks({name: w}, sparsity, "global", selection=selection))
         return masks
     total = sum(w.numel() for w in weights.values())
     n_prune = math.floor(sparsity * total)
@@ -104,7 +81,7 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: st
         return {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
     with torch.no_grad():
         flat = torch.cat([w.detach().reshape(-1) for w in weights.values()]).abs_()
-        threshold, below = _kth_smallest(flat, n_prune)
+        threshold, below = select_kth(flat, n_prune, selection)
         del flat
         return _masks_for_threshold(weights, threshold, n_prune, below)
 
