@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 from zoo.compress import selection
 from zoo.compress.pruning import (
-    apply_gradual_magnitude_pruning, apply_magnitude_pruning, cubic_sparsity, magnitude_masks, prunable_weights,
+    apply_gradual_magnitude_pruning, apply_magnitude_pruning, apply_masks, cubic_sparsity, magnitude_masks,
+    prunable_weights,
 )
 from zoo.compress.recipe import RecipeContext
 from zoo.errors import InvalidArgumentError, RecipeError
@@ -103,6 +104,31 @@ def test_invalid_sparsity_and_scope_are_refused() -> None:
             magnitude_masks(weights, sparsity)
     with pytest.raises(RecipeError):
         magnitude_masks(weights, 0.5, "x")
+
+
+def test_apply_masks_writes_positive_zeros_that_autograd_sees() -> None:
+    g = torch.Generator().manual_seed(15)
+    weights = {
+        "param": nn.Parameter(torch.randn(40, 30, generator=g)),
+        "transposed": torch.randn(30, 40, generator=g).t(),  # not contiguous
+        "half": torch.randn(300, generator=g).half(),
+        "bfloat16": torch.randn(300, generator=g).bfloat16(),  # numpy has no bfloat16: masked_fill_
+    }
+    before = {name: w.detach().clone() for name, w in weights.items()}
+    versions = {name: w._version for name, w in weights.items()}
+    masks = magnitude_masks(weights, 0.7)
+    apply_masks(weights, masks)
+    for name, w in weights.items():
+        keep = masks[name]
+        assert keep.dtype == torch.bool and keep.shape == w.shape
+        assert torch.equal(w.detach()[keep], before[name][keep]), name
+        assert not w.detach()[~keep].any() and not torch.signbit(w.detach()[~keep].float()).any(), name
+        assert (before[name][~keep] < 0).any(), "some pruned weights were negative"
+        assert w._version > versions[name], f"{name}: autograd must see the in-place change"
+    n = sum(w.numel() for w in weights.values())
+    assert pruned(masks) == math.floor(0.7 * n)
+    widened = magnitude_masks({name: w.float() for name, w in before.items()}, 0.7)
+    assert all(torch.equal(widened[name], masks[name]) for name in weights), "exact for every dtype"
 
 
 # The exact selection methods ------------------------------------------------------------------------
