@@ -4,10 +4,10 @@ Global magnitude pruning needs one exact threshold over all weights: the k-th sm
 Several exact methods (`METHODS`) find it, and which is fastest depends on the CPU (numpy's partition is
 vectorized with AVX-512 but not everywhere), on torch's thread count and on whether another process
 shares the cores (two torch threads are many times slower when one core is busy). So `select_kth` times
-the candidates on the first input of each size class, on a slice of that real input, and keeps the
-fastest for the rest of the process. Measurements of large inputs are also kept in a JSON file (see
-`cache_path`), keyed by the CPU model and the torch and numpy versions, so that later processes on the
-same machine skip them. The method never changes the result, only the time: every candidate returns
+the candidates on the first input of each size class, on slices of that real input, and keeps the
+fastest for the rest of the process. The measurements are also kept in a JSON file (see `cache_path`),
+keyed by the CPU model, the torch and numpy versions and torch's thread count, so that later processes
+on the same machine skip them. The method never changes the result, only the time: every candidate returns
 the same exact (k-th value, number of values strictly below it).
 """
 from __future__ import annotations
@@ -47,14 +47,11 @@ def _bracket(n: int, k: int, sample_size: int) -> tuple[int, int]:
     return math.floor((q - margin) * sample_size), math.ceil((q + margin) * sample_size)
 
 
-def _numpy_view(values: torch.Tensor) -> np.ndarray:
-    return values.numpy()
-
-
 def partition_float(values: torch.Tensor, k: int) -> Selection:
-    """`np.partition` of all the values (introselect; AVX-512 quickselect where numpy has it)."""
-    a = _numpy_view(values)
-    kth = a.dtype.type(np.partition(a, k - 1)[k - 1])
+    """`np.partition` of all the values (vectorized with x86-simd-sort where numpy's build and the CPU
+    allow it, introselect elsewhere)."""
+    a = values.numpy()
+    kth = np.partition(a, k - 1)[k - 1]
     return float(kth), int(np.count_nonzero(a < kth))
 
 
@@ -63,8 +60,8 @@ _BITS = {2: np.int16, 4: np.int32, 8: np.int64}
 
 def partition_bits(values: torch.Tensor, k: int) -> Selection:
     """`np.partition` of the values' bit patterns as signed integers: for non-negative floats (and NaN,
-    whose bits come after +inf's) the integer order is the float order, and integers compare faster."""
-    a = _numpy_view(values)
+    whose bits come after +inf's) the integer order is the float order, and integers may compare faster."""
+    a = values.numpy()
     bits = a.view(_BITS[a.itemsize])
     kth = np.partition(bits, k - 1)[k - 1 : k].view(a.dtype)[0]
     return float(kth), int(np.count_nonzero(a < kth))
@@ -105,7 +102,7 @@ def bracket_numpy(values: torch.Tensor, k: int) -> Selection:
     values, or an eighth of a smaller input) gives [lo, hi], one chunked pass counts the values below lo
     and gathers those inside, and `np.partition` selects among the few inside. Inputs too small to
     sample, and brackets that miss (an adversarial layout), take `partition_float`."""
-    a = _numpy_view(values)
+    a = values.numpy()
     n = a.size
     size = min(_NUMPY_SAMPLE, n // 8)
     if size >= _MIN_SAMPLE:
@@ -144,16 +141,20 @@ METHODS: dict[str, Method] = {
     "kthvalue": kthvalue,
 }
 
-# Size classes: one per power of two up to 2^(LARGE_CLASS - 1) values, and one for all larger inputs.
-# An input is measured on its leading MEASURE_SIZE values, after a screening on its leading SCREEN_SIZE values that drops the methods more than SCREEN_RATIO times
-# slower than the fastest there (timing a method that is 10x slower on the full slice would cost more
-# than the choice can save). Times are per value: a selection is linear in the number of values.
+# Inputs of up to SMALL values take SMALL_METHOD unmeasured: any method selects among them in about a
+# millisecond, less than measuring would cost. Larger inputs fall in size classes, one per power of two
+# up to 2^(LARGE_CLASS - 1) values and one for all larger inputs. An input is measured on its leading
+# MEASURE_SIZE values, after a screening on its leading SCREEN_SIZE values that drops the methods more
+# than SCREEN_RATIO times slower than the fastest there (timing a method 10x slower on the larger slice
+# would cost more than the choice can save). Times are per value: a selection is linear in the number
+# of values.
+SMALL = 1 << 17
+SMALL_METHOD = "partition-float"
 LARGE_CLASS = 21
 MEASURE_SIZE = 3 << 19
 SCREEN_SIZE = 1 << 17
 SCREEN_RATIO = 4.0
 CONTENDER_RATIO = 2.0  # methods within this factor of the fastest first time are timed once more
-FILE_MIN_CLASS = 18  # smaller inputs measure faster than a file reads: they are kept in-process only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,7 +338,7 @@ def choice_for(values: torch.Tensor, k: int) -> Choice:
     cls = size_class(values.numel())
     if cls in _CHOICES:
         return _CHOICES[cls]
-    path = cache_path() if cls >= FILE_MIN_CLASS else None
+    path = cache_path()
     key = machine_key()
     choice = _cached_choice(_read_cache(path), key, cls) if path is not None else None
     if choice is None:
@@ -361,7 +362,8 @@ def forget_choices() -> None:
 
 def select_kth(magnitudes: torch.Tensor, k: int, method: str | None = None) -> Selection:
     """The k-th smallest (1-based) of a flat tensor of non-negative values, exactly, and how many values
-    lie strictly below it, by `method` (one of METHODS) or by the one chosen for this machine and size."""
+    lie strictly below it, by `method` (one of METHODS) or else by the one chosen for this machine and
+    size (`choice_for`; SMALL_METHOD for inputs of up to SMALL values)."""
     if magnitudes.dim() != 1:
         raise InvalidArgumentError(f"select_kth takes a flat tensor, got shape {tuple(magnitudes.shape)}")
     n = magnitudes.numel()
@@ -372,5 +374,5 @@ def select_kth(magnitudes: torch.Tensor, k: int, method: str | None = None) -> S
     if magnitudes.dtype not in (torch.float32, torch.float64):
         magnitudes = magnitudes.float()  # exact for half and bfloat16; numpy has no bfloat16
     magnitudes = magnitudes.contiguous()
-    name = method or choice_for(magnitudes, k).method
+    name = method or (SMALL_METHOD if n <= SMALL else choice_for(magnitudes, k).method)
     return METHODS[name](magnitudes, k)

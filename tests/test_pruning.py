@@ -234,7 +234,7 @@ def test_select_kth_refuses_what_it_cannot_select() -> None:
 
 # The measured choice --------------------------------------------------------------------------------
 
-FILE_SIZE = 1 << selection.FILE_MIN_CLASS  # the smallest size class whose measurements go to the file
+FILE_SIZE = 2 * selection.SMALL  # the smallest measured size class
 
 
 def test_the_first_selection_of_a_size_measures_and_the_choice_is_kept(isolated_choices) -> None:
@@ -315,10 +315,11 @@ def test_no_cache_file_when_the_setting_is_empty(isolated_choices, monkeypatch: 
     assert str(selection.cache_path()).endswith(".cache/zoo/selection.json")
 
 
-def test_small_inputs_are_measured_in_process_only(isolated_choices) -> None:
-    selection.select_kth(torch.rand(FILE_SIZE // 2), 10)
-    assert selection.chosen()[selection.FILE_MIN_CLASS - 1].source == "measured"
-    assert not isolated_choices.exists()
+def test_small_inputs_are_not_measured(isolated_choices, monkeypatch: pytest.MonkeyPatch) -> None:
+    forbid_measuring(monkeypatch)
+    values = torch.rand(selection.SMALL, generator=torch.Generator().manual_seed(16))
+    assert selection.select_kth(values, 1000) == reference(values, 1000)
+    assert selection.chosen() == {} and not isolated_choices.exists()
 
 
 def test_size_classes() -> None:
