@@ -118,7 +118,8 @@ def main() -> None:
     choice = selection.chosen()[selection.size_class(n)]
 
     print(f"CPU: {selection.cpu_model()}; torch {torch.__version__}, numpy {np.__version__}, "
-          f"{torch.get_num_threads()} torch threads; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+          f"{torch.get_num_threads()} torch threads; "
+          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"{args.arch}: {n:,} prunable weights, sparsity {args.sparsity}: floor(s n) = {int(args.sparsity * n):,}; "
           f"zeros after each method: {sorted(set(zeros.values()))}")
     print(f"chosen selection method: {choice.method} (measured on {choice.measurement.measured_on:,} values after "
