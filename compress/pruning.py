@@ -13,11 +13,13 @@ import re
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from zoo.compress.config import (
     CompressionConfig, check_choice, check_fraction, check_patterns, check_positive, register_config,
 )
 from zoo.compress.recipe import RecipeContext, handles
+from zoo.compress.selection import METHODS, select_kth
 from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.training import steps_per_epoch, train
 
@@ -38,91 +40,97 @@ def prunable_weights(model: nn.Module, keep_dense: tuple[str, ...] = ()) -> dict
     }
 
 
-_SAMPLE = 1 << 18
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 
 
-def _kth_smallest(values: torch.Tensor, k: int) -> tuple[float, int]:
-    """The k-th smallest (1-based) of a flat float tensor, exactly, and how many values lie below it.
-
-    Large inputs are bracketed first: the quantile of an evenly strided sample gives [lo, hi] that holds the
-    answer unless the layout is adversarial, two counting passes check that it does, and only the few
-    values inside are selected exactly (a full np.partition of 25M values is 3-6x slower here). If the
-    bracket misses, the exact full selection runs instead, so the result is exact either way.
-    """
-    n = values.numel()
-    if n > 4 * _SAMPLE:
-        sample, _ = values[:: n // _SAMPLE][:_SAMPLE].sort()
-        q, margin = k / n, 6.0 * math.sqrt(k / n * (1 - k / n) / _SAMPLE) + 2.0 / _SAMPLE
-        lo_index, hi_index = math.floor((q - margin) * _SAMPLE), math.ceil((q + margin) * _SAMPLE)
-        # past the sample's ends the bracket is open: the sample's extremes are rarely the tensor's
-        lo = float(sample[lo_index]) if lo_index > 0 else -math.inf
-        hi = float(sample[hi_index]) if hi_index < _SAMPLE - 1 else math.inf
-        n_below_lo = int(torch.count_nonzero(values < lo))
-        n_upto_hi = int(torch.count_nonzero(values <= hi))
-        if n_below_lo < k <= n_upto_hi:
-            if lo == hi:
-                return lo, n_below_lo
-            inside = values[(values >= lo) & (values <= hi)]
-            kth = float(inside.kthvalue(k - n_below_lo).values)
-            return kth, n_below_lo + int(torch.count_nonzero(inside < kth))
-    kth = float(np.partition(values.numpy(), k - 1)[k - 1])
-    return kth, int(torch.count_nonzero(values < kth))
+def _magnitudes(weights: dict[str, torch.Tensor]) -> np.ndarray:
+    """|w| of all the weights, concatenated in order, as one numpy array on the CPU. numpy works on one
+    thread, which keeps these passes fast when another process shares the cores (two torch threads were
+    measured 3-10x slower then). Dtypes numpy lacks (bfloat16) are widened to float32, exactly."""
+    parts = []
+    for w in weights.values():
+        w = w.detach()
+        parts.append((w if w.dtype in _NUMPY_FLOATS else w.float()).cpu().reshape(-1).numpy())
+    flat = np.empty(sum(part.size for part in parts), np.result_type(*parts))
+    offset = 0
+    for part in parts:
+        np.abs(part, out=flat[offset : offset + part.size])
+        offset += part.size
+    return flat
 
 
-def _masks_for_threshold(weights: dict[str, torch.Tensor], threshold: float, n_prune: int, below: int) -> Masks:
+def _masks_for_threshold(weights: dict[str, torch.Tensor], magnitudes: np.ndarray, threshold: float,
+                         n_prune: int, below: int) -> Masks:
     """Keep |w| > threshold; prune |w| < threshold (`below` of them); ties at the threshold are pruned
-    in order until exactly `n_prune` weights are pruned."""
+    in order until exactly `n_prune` weights are pruned. `magnitudes` is `_magnitudes(weights)`."""
     masks: Masks = {}
     ties_to_prune = n_prune - below
+    threshold = magnitudes.dtype.type(threshold)  # exact: it is one of the magnitudes
+    offset = 0
     for name, w in weights.items():
-        magnitude = w.detach().abs()
-        mask = magnitude > threshold
+        magnitude = magnitudes[offset : offset + w.numel()]
+        offset += w.numel()
         if ties_to_prune > 0:
-            ties = (magnitude == threshold).reshape(-1).nonzero().squeeze(1)
-            mask.view(-1)[ties[ties_to_prune:]] = True
-            ties_to_prune -= min(ties_to_prune, ties.numel())
+            keep = magnitude > threshold
+            ties = np.flatnonzero(magnitude == threshold)
+            keep[ties[ties_to_prune:]] = True
+            ties_to_prune -= min(ties_to_prune, ties.size)
         else:
-            mask |= magnitude == threshold
-        masks[name] = mask
+            keep = magnitude >= threshold
+        masks[name] = torch.from_numpy(keep).reshape(w.shape).to(w.device)
     return masks
 
 
-def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str = "global") -> Masks:
+def magnitude_masks(
+    weights: dict[str, torch.Tensor], sparsity: float, scope: str = "global", *, selection: str | None = None
+) -> Masks:
     """Boolean keep-masks pruning exactly floor(sparsity * n) weights by magnitude, over all weights
-    at once (`global`) or in each tensor separately (`layer`, uniform sparsity as in Gale et al.)."""
+    at once (`global`) or in each tensor separately (`layer`, uniform sparsity as in Gale et al.).
+
+    The threshold is the exact k-th smallest magnitude, found by `selection` (one of
+    `zoo.compress.selection.METHODS`) or, by default, by the method measured fastest on this machine
+    for inputs of this size; every method gives the same masks."""
     check_choice("scope", scope, SCOPES)
+    if selection is not None:
+        check_choice("selection", selection, tuple(METHODS))
     if not 0.0 <= sparsity < 1.0:
         raise InvalidArgumentError(f"sparsity must be in [0, 1), got {sparsity}")
     if scope == "layer":
         masks: Masks = {}
         for name, w in weights.items():
-            masks.update(magnitude_masks({name: w}, sparsity, "global"))
+            masks.update(magnitude_masks({name: w}, sparsity, "global", selection=selection))
         return masks
     total = sum(w.numel() for w in weights.values())
     n_prune = math.floor(sparsity * total)
     if n_prune == 0:
         return {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
-    with torch.no_grad():
-        flat = torch.cat([w.detach().reshape(-1) for w in weights.values()]).abs_()
-        threshold, below = _kth_smallest(flat, n_prune)
-        del flat
-        return _masks_for_threshold(weights, threshold, n_prune, below)
+    magnitudes = _magnitudes(weights)
+    threshold, below = select_kth(torch.from_numpy(magnitudes), n_prune, selection)
+    return _masks_for_threshold(weights, magnitudes, threshold, n_prune, below)
 
 
 def apply_masks(weights: dict[str, torch.Tensor], masks: Masks) -> None:
     """Zeroes the pruned entries in place, as +0.0 (multiplying by the mask would leave -0.0 where a
-    weight was negative, which the checkpoint format does not keep)."""
+    weight was negative, which the checkpoint format does not keep). CPU tensors of numpy's float dtypes
+    are written through numpy, on one thread (see `_magnitudes`), the others with `masked_fill_`; either
+    way autograd's version counter records the change."""
     with torch.no_grad():
         for name, w in weights.items():
-            w.masked_fill_(~masks[name], 0.0)
+            if w.device.type == "cpu" and w.dtype in _NUMPY_FLOATS:
+                np.copyto(w.detach().numpy(), 0, where=np.logical_not(masks[name].cpu().numpy()))
+                increment_version(w)
+            else:
+                w.masked_fill_(~masks[name], 0.0)
 
 
 def apply_magnitude_pruning(
-    model: nn.Module, sparsity: float, *, scope: str = "global", keep_dense: tuple[str, ...] = ()
+    model: nn.Module, sparsity: float, *, scope: str = "global", keep_dense: tuple[str, ...] = (),
+    selection: str | None = None,
 ) -> Masks:
-    """One-shot magnitude pruning of `model` in place; returns the keep-masks."""
+    """One-shot magnitude pruning of `model` in place; returns the keep-masks. `selection` as in
+    `magnitude_masks` (None: the method measured fastest here)."""
     weights = prunable_weights(model, keep_dense)
-    masks = magnitude_masks(weights, sparsity, scope)
+    masks = magnitude_masks(weights, sparsity, scope, selection=selection)
     apply_masks(weights, masks)
     return masks
 

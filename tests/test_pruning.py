@@ -1,7 +1,9 @@
-"""Magnitude pruning: the cubic schedule, exact sparsity (ties, existing zeros, the bracketed selection of
-large tensors), keep_dense, untouched biases and norms, and gradual pruning on a tiny synthetic task."""
+"""Magnitude pruning: the cubic schedule, exact sparsity (ties, existing zeros), the exact selection methods
+and the measured choice between them, keep_dense, untouched biases and norms, and gradual pruning on a
+tiny synthetic task."""
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 
@@ -11,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.compress import pruning
+from zoo.compress import selection
 from zoo.compress.pruning import (
-    _kth_smallest, apply_gradual_magnitude_pruning, apply_magnitude_pruning, cubic_sparsity, magnitude_masks,
+    apply_gradual_magnitude_pruning, apply_magnitude_pruning, apply_masks, cubic_sparsity, magnitude_masks,
     prunable_weights,
 )
 from zoo.compress.recipe import RecipeContext
@@ -104,63 +106,234 @@ def test_invalid_sparsity_and_scope_are_refused() -> None:
         magnitude_masks(weights, 0.5, "x")
 
 
-# The bracketed selection of large tensors ----------------------------------------------------------
+def test_apply_masks_writes_positive_zeros_that_autograd_sees() -> None:
+    g = torch.Generator().manual_seed(15)
+    weights = {
+        "param": nn.Parameter(torch.randn(40, 30, generator=g)),
+        "transposed": torch.randn(30, 40, generator=g).t(),  # not contiguous
+        "half": torch.randn(300, generator=g).half(),
+        "bfloat16": torch.randn(300, generator=g).bfloat16(),  # numpy has no bfloat16: masked_fill_
+    }
+    before = {name: w.detach().clone() for name, w in weights.items()}
+    versions = {name: w._version for name, w in weights.items()}
+    masks = magnitude_masks(weights, 0.7)
+    apply_masks(weights, masks)
+    for name, w in weights.items():
+        keep = masks[name]
+        assert keep.dtype == torch.bool and keep.shape == w.shape
+        assert torch.equal(w.detach()[keep], before[name][keep]), name
+        assert not w.detach()[~keep].any() and not torch.signbit(w.detach()[~keep].float()).any(), name
+        assert (before[name][~keep] < 0).any(), "some pruned weights were negative"
+        assert w._version > versions[name], f"{name}: autograd must see the in-place change"
+    n = sum(w.numel() for w in weights.values())
+    assert pruned(masks) == math.floor(0.7 * n)
+    widened = magnitude_masks({name: w.float() for name, w in before.items()}, 0.7)
+    assert all(torch.equal(widened[name], masks[name]) for name in weights), "exact for every dtype"
 
-LARGE = 5 * pruning._SAMPLE  # above the 4 * _SAMPLE (about 1M) where bracketing starts
+
+# The exact selection methods ------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def isolated_choices(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """Every test starts without choices and with its own cache file (nothing lands in ~/.cache)."""
+    monkeypatch.setenv("ZOO_SELECTION_CACHE", str(tmp_path / "selection.json"))
+    selection.forget_choices()
+    yield tmp_path / "selection.json"
+    selection.forget_choices()
 
 
-def forbid_full_selection(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_full_selection(*args, **kwargs):
-        raise AssertionError("the bracket missed on benign data: np.partition should not run")
-
-    monkeypatch.setattr(pruning.np, "partition", no_full_selection)
+LARGE = 600_000  # both bracketing methods sample it (2^16 and 75,000 values) and bracket
 
 
+def reference(values: torch.Tensor, k: int) -> tuple[float, int]:
+    kth = float(values.sort().values[k - 1])
+    return kth, int((values < kth).sum())
+
+
+def magnitudes_with_ties(n: int, seed: int) -> torch.Tensor:
+    """|w|-like values: a run of exact zeros, coarse values repeated thousands of times, fine ones."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(n, generator=g).abs()
+    values[: n // 5] = 0.0
+    values[n // 5 : n // 2] = torch.randint(0, 50, (n // 2 - n // 5,), generator=g).float() / 16
+    return values[torch.randperm(n, generator=g)]
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 40_000, LARGE])
+@pytest.mark.parametrize("method", list(selection.METHODS))
+def test_every_method_selects_exactly(method: str, n: int) -> None:
+    values = magnitudes_with_ties(n, seed=n)
+    ordered = values.sort().values
+    ks = {1, 2, n // 5, n // 5 + 1, n // 2, math.floor(0.9 * n), math.floor(0.999 * n), n - 1, n}
+    for k in sorted(k for k in ks if 1 <= k <= n):
+        kth = ordered[k - 1]
+        expected = (float(kth), int(torch.searchsorted(ordered, kth)))  # the first index of kth: how many are below
+        assert selection.select_kth(values, k, method) == expected, (method, n, k)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 1e-6, 2e-6, 0.2, 0.5, 0.9, 0.999])  # 1e-6: none pruned, 2e-6: one
+def test_every_method_gives_the_same_masks(sparsity: float) -> None:
+    g = torch.Generator().manual_seed(12)
+    big = torch.randn(800, 700, generator=g)
+    big[:100] = torch.randint(-3, 4, (100, 700), generator=g).float() / 8  # ties, zeros among them
+    weights = {"big": big, "small": torch.randn(30, 30, generator=g), "ties": torch.full((500,), 0.125)}
+    n = sum(w.numel() for w in weights.values())
+    masks = {method: magnitude_masks(weights, sparsity, selection=method) for method in selection.METHODS}
+    expected = masks.pop("kthvalue")
+    assert pruned(expected) == math.floor(sparsity * n)
+    for method, got in masks.items():
+        assert all(torch.equal(got[name], expected[name]) for name in weights), method
+    assert all(torch.equal(m, e) for m, e in zip(magnitude_masks(weights, sparsity).values(), expected.values()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_selection_of_other_dtypes_is_exact(dtype: torch.dtype) -> None:
+    values = magnitudes_with_ties(50_000, seed=13).to(dtype)
+    for method in selection.METHODS:
+        assert selection.select_kth(values, 45_000, method) == reference(values.double(), 45_000), method
+
+
+@pytest.mark.parametrize("method", ["bracket-numpy", "bracket-torch"])
 @pytest.mark.parametrize("q", [0.0000001, 0.3, 0.9, 0.999999])
-def test_bracketed_selection_is_exact_on_large_tensors(q: float, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bracketing_brackets_benign_data(method: str, q: float, monkeypatch: pytest.MonkeyPatch) -> None:
     values = torch.rand(LARGE, generator=torch.Generator().manual_seed(3))
     k = max(1, math.floor(q * LARGE))
-    forbid_full_selection(monkeypatch)
-    kth, below = _kth_smallest(values, k)
-    expected = float(values.kthvalue(k).values)
-    assert kth == expected
-    assert below == int((values < expected).sum())
+    expected = reference(values, k)
+
+    def no_full_selection(*args):
+        raise AssertionError("the bracket missed on benign data: the full selection should not run")
+
+    monkeypatch.setattr(selection, "partition_float", no_full_selection)
+    assert selection.select_kth(values, k, method) == expected
 
 
-def test_bracketed_selection_with_many_ties(monkeypatch: pytest.MonkeyPatch) -> None:
-    forbid_full_selection(monkeypatch)
-    values = torch.rand(LARGE, generator=torch.Generator().manual_seed(4))
-    values[: LARGE * 6 // 10] = 0.0  # the quantile lands on a run of equal values: lo == hi
-    values = values[torch.randperm(LARGE, generator=torch.Generator().manual_seed(5))]
-    for k in (LARGE // 2, LARGE * 6 // 10, LARGE * 6 // 10 + 1):
-        kth, below = _kth_smallest(values, k)
-        assert kth == float(values.kthvalue(k).values)
-        assert below == int((values < kth).sum())
-
-
-def test_adversarial_layout_falls_back_to_the_exact_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("method", ["bracket-numpy", "bracket-torch"])
+def test_an_adversarial_layout_falls_back_to_the_full_selection(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    partition = np.partition
-    monkeypatch.setattr(pruning.np, "partition", lambda *a, **kw: calls.append(1) or partition(*a, **kw))
-    n = 8 * pruning._SAMPLE
-    stride = n // pruning._SAMPLE
+    full = selection.partition_float
+    monkeypatch.setattr(selection, "partition_float", lambda v, k: calls.append(k) or full(v, k))
+    n = 1 << 20
     values = torch.rand(n, generator=torch.Generator().manual_seed(6))
-    values[::stride] += 10.0  # the strided sample sees only large values: its bracket misses
+    values[::8] += 10.0  # every eighth value is large: strided samples of both methods see only those
     k = n // 2
-    kth, below = _kth_smallest(values, k)
-    assert calls == [1], "the bracket cannot hold here; the exact full selection must run"
-    assert kth == float(values.kthvalue(k).values)
-    assert below == int((values < kth).sum())
+    assert selection.select_kth(values, k, method) == reference(values, k)
+    assert calls == [k], "the bracket cannot hold here; the exact full selection must run"
 
 
-def test_global_masks_of_a_large_model_are_exact() -> None:
-    g = torch.Generator().manual_seed(7)
-    weights = {"big": torch.randn(1024, 1100, generator=g), "small": torch.randn(64, 64, generator=g)}
-    n = sum(w.numel() for w in weights.values())
-    assert n > 4 * pruning._SAMPLE
-    masks = magnitude_masks(weights, 0.9, "global")
-    assert pruned(masks) == math.floor(0.9 * n)
+def test_select_kth_refuses_what_it_cannot_select() -> None:
+    with pytest.raises(InvalidArgumentError, match="k must be in"):
+        selection.select_kth(torch.rand(10), 0)
+    with pytest.raises(InvalidArgumentError, match="k must be in"):
+        selection.select_kth(torch.rand(10), 11)
+    with pytest.raises(InvalidArgumentError, match="flat"):
+        selection.select_kth(torch.rand(3, 3), 2)
+    with pytest.raises(InvalidArgumentError, match="unknown selection method"):
+        selection.select_kth(torch.rand(10), 2, "sort")
+    with pytest.raises(RecipeError, match="selection"):
+        magnitude_masks({"w": torch.rand(10)}, 0.0, selection="sort")
 
+
+# The measured choice --------------------------------------------------------------------------------
+
+FILE_SIZE = 2 * selection.SMALL  # the smallest measured size class
+
+
+def test_the_first_selection_of_a_size_measures_and_the_choice_is_kept(isolated_choices) -> None:
+    values = torch.rand(FILE_SIZE, generator=torch.Generator().manual_seed(8))
+    assert selection.select_kth(values, 1000) == reference(values, 1000)
+    choice = selection.chosen()[selection.size_class(FILE_SIZE)]
+    assert choice.source == "measured" and choice.method in selection.METHODS
+    assert choice.method == selection.choose(choice.measurement)
+    assert sorted([*choice.measurement.finalists, *choice.measurement.screened_out]) == sorted(selection.METHODS)
+    assert choice.measurement.measured_on == FILE_SIZE
+    stored = json.loads(isolated_choices.read_text())
+    assert stored[selection.machine_key()][str(choice.size_class)] == choice.measurement.to_json()
+    assert list(isolated_choices.parent.iterdir()) == [isolated_choices], "no temporary file is left behind"
+    assert selection.choice_for(values, 5) is choice, "measured once per process and size class"
+
+
+def write_measurement(path, finalists: dict[str, float], screened_out: dict[str, float]) -> None:
+    measurement = selection.Measurement(finalists, screened_out, measured_on=1 << 20, screened_on=1 << 17)
+    entry = {str(selection.size_class(FILE_SIZE)): measurement.to_json()}
+    path.write_text(json.dumps({"another CPU | torch 0 | numpy 0 | 1 threads": entry, selection.machine_key(): entry}))
+
+
+def forbid_measuring(monkeypatch: pytest.MonkeyPatch) -> None:
+    def measure(*args):
+        raise AssertionError("the cached measurement should have been used")
+
+    monkeypatch.setattr(selection, "measure", measure)
+
+
+def test_the_choice_is_deterministic_given_cached_measurements(isolated_choices, monkeypatch) -> None:
+    forbid_measuring(monkeypatch)
+    values = torch.rand(FILE_SIZE, generator=torch.Generator().manual_seed(9))
+    slow = {"bracket-numpy": 9e-9, "bracket-torch": 3e-9, "partition-float": 3e-9}  # a tie: the earlier wins
+    for _ in range(3):
+        write_measurement(isolated_choices, slow, {"partition-bits": 1e-9, "kthvalue": 2e-8})
+        selection.forget_choices()
+        choice = selection.choice_for(values, 100)
+        assert (choice.method, choice.source) == ("bracket-torch", "cache file"), \
+            "screened-out methods never win, whatever their screening time"
+    assert choice.seconds(10**9) == pytest.approx(
+        {"bracket-numpy": 9.0, "bracket-torch": 3.0, "partition-bits": 1.0, "partition-float": 3.0, "kthvalue": 20.0})
+    assert selection.select_kth(values, 100) == reference(values, 100)
+
+
+@pytest.mark.parametrize("content", [
+    "{not json", "[1, 2]", '{"x": 3}', "\udcff".encode("utf-8", "surrogateescape"),
+    None,  # a well-formed file whose entry for this machine is malformed
+])
+def test_a_corrupt_cache_file_is_ignored_and_measured_again(content, isolated_choices) -> None:
+    if content is None:
+        key, cls = selection.machine_key(), str(selection.size_class(FILE_SIZE))
+        isolated_choices.write_text(json.dumps({key: {cls: {"finalists": "fast"}}}))
+    elif isinstance(content, bytes):
+        isolated_choices.write_bytes(content)
+    else:
+        isolated_choices.write_text(content)
+    values = torch.rand(FILE_SIZE, generator=torch.Generator().manual_seed(10))
+    with pytest.warns(UserWarning, match="selection cache"):
+        assert selection.select_kth(values, 7) == reference(values, 7)
+    choice = selection.chosen()[selection.size_class(FILE_SIZE)]
+    assert choice.source == "measured"
+    assert json.loads(isolated_choices.read_text())[selection.machine_key()][str(choice.size_class)] \
+        == choice.measurement.to_json(), "the file is rewritten with the new measurement"
+
+
+def test_a_measurement_of_other_candidates_is_measured_again(isolated_choices) -> None:
+    write_measurement(isolated_choices, {"bracket-numpy": 1e-9, "radix-sort": 1e-10}, {})
+    values = torch.rand(FILE_SIZE, generator=torch.Generator().manual_seed(11))
+    assert selection.choice_for(values, 10).source == "measured"
+
+
+def test_no_cache_file_when_the_setting_is_empty(isolated_choices, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOO_SELECTION_CACHE", "")
+    assert selection.cache_path() is None
+    selection.select_kth(torch.rand(FILE_SIZE), 10)
+    assert not isolated_choices.parent.exists() or not any(isolated_choices.parent.iterdir())
+    monkeypatch.delenv("ZOO_SELECTION_CACHE")
+    assert str(selection.cache_path()).endswith(".cache/zoo/selection.json")
+
+
+def test_small_inputs_are_not_measured(isolated_choices, monkeypatch: pytest.MonkeyPatch) -> None:
+    forbid_measuring(monkeypatch)
+    values = torch.rand(selection.SMALL, generator=torch.Generator().manual_seed(16))
+    assert selection.select_kth(values, 1000) == reference(values, 1000)
+    assert selection.chosen() == {} and not isolated_choices.exists()
+
+
+def test_size_classes() -> None:
+    assert [selection.size_class(n) for n in (1, 2, 3, 4, 5, 1 << 20, (1 << 20) + 1, 25_000_000)] == \
+        [0, 1, 2, 2, 3, 20, selection.LARGE_CLASS, selection.LARGE_CLASS]
+
+
+def test_the_measurement_of_large_inputs_screens_then_times_the_rest_on_a_slice() -> None:
+    values = torch.rand(3 << 20, generator=torch.Generator().manual_seed(14))
+    measurement = selection.measure(values, 3 << 19)
+    assert (measurement.screened_on, measurement.measured_on) == (selection.SCREEN_SIZE, selection.MEASURE_SIZE)
+    assert measurement.complete()
+    assert selection.choose(measurement) in measurement.finalists
 
 # Modules: which weights are pruned -----------------------------------------------------------------
 
