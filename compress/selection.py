@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from zoo.atomic import atomic_write_json
 
 from zoo.errors import InvalidArgumentError
 
@@ -285,15 +286,7 @@ def _write_cache(path: Path, key: str, choice: Choice) -> None:
     """Adds `choice`'s measurement to the file, atomically (a temporary file renamed over it)."""
     content = _read_cache(path)
     content.setdefault(key, {})[str(choice.size_class)] = choice.measurement.to_json()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(content, out, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_json(path, content, indent=1, sort_keys=True)
 
 
 def _per_value(names: list[str], values: torch.Tensor, q: float) -> dict[str, float]:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zoo.atomic import atomic_write_json
 from zoo.evaluate.machine import MachineInfo
 
 # Bumped when the evaluator measures differently, so that reports cached by an older one are measured
@@ -29,7 +30,8 @@ class VariantReport:
     """Measurements of one model variant on its task. FLOPs are 2 x multiply-accumulates, per example
     at batch 1 (torch's FlopCounterMode convention), leaving out the ops named in `flops_uncounted`
     (op name -> calls, see `zoo.evaluate.flops`); metrics are as their task's `MetricSpec`s say.
-    `machine` is where it was measured (None for reports that predate it).
+    `machine` is where it was measured (None for reports that predate it). `eval_data_missing` says why
+    `metrics` is empty when the evaluation data was not on the machine (None: it was measured).
     `evaluator_version` is the `EVALUATOR_VERSION` that measured it (1 for reports that predate it)."""
 
     name: str
@@ -51,6 +53,7 @@ class VariantReport:
     layers: list[LayerFlops] = field(default_factory=list)
     flops_uncounted: dict[str, int] = field(default_factory=dict)
     machine: MachineInfo | None = None
+    eval_data_missing: str | None = None
     evaluator_version: int = EVALUATOR_VERSION
 
     @property
@@ -70,7 +73,7 @@ class VariantReport:
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> VariantReport:

@@ -112,10 +112,27 @@ def _metric_value(name: str, spec: MetricSpec, value: Any) -> float:
     return number
 
 
-def card_data(report: VariantReport, *, license: str, library_name: str) -> ModelCardData:
-    """The front matter; `base_model` only when it names another model (not for the base itself), and
-    `pipeline_tag` only where the Hub has one for the task (the zoo's task name is always a tag)."""
-    base_model = report.base_model if report.base_model and report.base_model != report.name else None
+def validated_repo_id(repo_id: str) -> str:
+    """`repo_id` if the Hub accepts it as a model repo id (`namespace/name`), else InvalidArgumentError."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise InvalidArgumentError(f"{repo_id!r} is not a Hub repo id: {err}") from None
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise InvalidArgumentError(f"{repo_id!r} is not a Hub repo id of the form namespace/name")
+    return repo_id
+
+
+def card_data(report: VariantReport, *, license: str, library_name: str,
+              base_repo_id: str | None = None) -> ModelCardData:
+    """The front matter; `base_model` is `base_repo_id`, the Hub repo the base was published to (None
+    for the base itself), and `pipeline_tag` is there only where the Hub has one for the task (the zoo's
+    task name is always a tag)."""
+    if not is_base(report) and base_repo_id is None:
+        raise InvalidArgumentError(f"{report.name}: a variant's card names the Hub repo id of its base")
+    base_model = None if is_base(report) else base_repo_id
     return ModelCardData(
         model_name=report.name,
         eval_results=eval_results(report),
@@ -371,10 +388,11 @@ Each variant loads the same way under its own name (first column of the table ab
 
 def _render(template: str, report: VariantReport, family: Sequence[VariantReport], *, family_base: str,
             plot_filename: str | None, license: str, dataset_description: str, library_name: str, example: str,
-            about: str, extra_plots: Sequence[CardPlot], references: Sequence[VariantReport]) -> ModelCard:
+            about: str, extra_plots: Sequence[CardPlot], references: Sequence[VariantReport],
+            base_repo_id: str | None = None) -> ModelCard:
     check_family([*family, *references])
     base = next((r for r in family if is_base(r)), None)
-    data = card_data(report, license=license, library_name=library_name)
+    data = card_data(report, license=license, library_name=library_name, base_repo_id=base_repo_id)
     return ModelCard.from_template(
         data,
         template_str=template,
@@ -403,10 +421,12 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
     )
 
 
-def variant_card(report: VariantReport, *, family_reports: list[VariantReport], plot_filename: str | None,
-                 license: str, dataset_description: str, example: str, about: str, extra_plots: Sequence[CardPlot] = (),
-                 references: Sequence[VariantReport] = (), library_name: str = "zoo") -> ModelCard:
-    """The card of one variant; `family_reports` (which must include `report`) fill the family table,
+def variant_card(report: VariantReport, *, base_repo_id: str, family_reports: list[VariantReport],
+                 plot_filename: str | None, license: str, dataset_description: str, example: str, about: str,
+                 extra_plots: Sequence[CardPlot] = (), references: Sequence[VariantReport] = (),
+                 library_name: str = "zoo") -> ModelCard:
+    """The card of one variant of the base published as `base_repo_id` (the Hub repo id its card's
+    `base_model` names, so the Hub links the two); `family_reports` (which must include `report`) fill the family table,
     `references` (base models of the same task) the comparison table; `example` says what one example
     is (FLOPs and latency are per example), `about` what the base model is (its entry's description)."""
     if report.name not in {r.name for r in family_reports}:
@@ -416,7 +436,7 @@ def variant_card(report: VariantReport, *, family_reports: list[VariantReport], 
     return _render(VARIANT_TEMPLATE, report, family_reports, family_base=family_base,
                    plot_filename=plot_filename, license=license, dataset_description=dataset_description,
                    library_name=library_name, example=example, about=about, extra_plots=extra_plots,
-                   references=references)
+                   references=references, base_repo_id=validated_repo_id(base_repo_id))
 
 
 def base_card(base_report: VariantReport, variant_reports: list[VariantReport], *, plot_filename: str | None,

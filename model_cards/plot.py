@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from zoo.atomic import atomic_path
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate.report import VariantReport
 from zoo.model_cards.card import metric_spec, short_label, variant_kind
@@ -148,6 +149,6 @@ def _plot(reports: Sequence[VariantReport], path: str | Path, *, x: str | None, 
     ax.margins(x=0.12, y=0.12)
     ax.legend(loc="lower right" if y_axis.higher_is_better else "upper right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     return path

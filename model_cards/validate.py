@@ -5,17 +5,16 @@ Never calls `ModelCard.validate()`: that posts the card to huggingface.co."""
 from __future__ import annotations
 
 import numbers
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-from zoo.errors import CardValidationError
+from zoo.atomic import atomic_write_text
+from zoo.errors import CardValidationError, InvalidArgumentError
 from zoo.evaluate.report import VariantReport
-from zoo.model_cards.card import eval_results, machine_line
+from zoo.model_cards.card import eval_results, machine_line, validated_repo_id
 
 README = "README.md"
 
@@ -81,6 +80,12 @@ def validate_card(card: ModelCard | str, expected: VariantReport | None = None) 
         raise CardValidationError("model card metadata has no model-index results")
     for result in results:
         _check_result(result)
+    base_model = parsed.data.base_model
+    if base_model is not None:
+        try:
+            validated_repo_id(base_model)
+        except InvalidArgumentError as err:
+            raise CardValidationError(f"base_model: {err}") from None
     if expected is not None:
         _check_expected(parsed, expected)
 
@@ -92,15 +97,5 @@ def write_card(card: ModelCard | str, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / README
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{README}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(str(card))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a README is meant to be read
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(target, str(card))
     return target

@@ -23,6 +23,7 @@ from zoo.model_cards.card import card_data, short_label, variant_kind
 BASE = "resnet18.zoo_digits"
 DENSE_FLOPS = 71_234_560
 PARAMS = 11_181_642
+BASE_REPO = "zoo/resnet18.zoo_digits"  # where the base is published: the Hub id a variant's card names
 CARD_ARGS = {"license": "apache-2.0", "dataset_description": "Handwritten digits, 8x8 upscaled.",
              "example": "one 3x32x32 image", "about": "A ResNet-18 trained on the digits."}
 
@@ -53,7 +54,7 @@ def reports() -> list[VariantReport]:
 
 
 def _variant(reports: list[VariantReport], index: int, plot: str | None = "accuracy_vs_flops.png") -> ModelCard:
-    return variant_card(reports[index], family_reports=reports, plot_filename=plot, **CARD_ARGS)
+    return variant_card(reports[index], base_repo_id=BASE_REPO, family_reports=reports, plot_filename=plot, **CARD_ARGS)
 
 
 def _by_name(card: ModelCard) -> dict[str, float]:
@@ -73,7 +74,7 @@ def test_variant_cards_load_back_with_exact_metrics(reports, tmp_path):
         result = loaded.data.eval_results[0]
         assert (result.task_type, result.dataset_type, result.dataset_split, result.metric_type) == (
             "image-classification", "digits", "test", "accuracy")
-        assert loaded.data.base_model == BASE
+        assert loaded.data.base_model == BASE_REPO
         assert loaded.data.library_name == "zoo" and loaded.data.license == "apache-2.0"
         validate_card(loaded, report)
         validate_card(path.read_text(), report)
@@ -134,17 +135,17 @@ def test_card_inputs_are_checked(reports):
     odd = _report("_sp50", sparsity=0.5, top1=0.9, top5=0.9)
     odd.metric_average = "no_such_average"
     with pytest.raises(UnknownNameError, match="metric average"):
-        variant_card(odd, family_reports=[odd], plot_filename=None, **CARD_ARGS)
+        variant_card(odd, base_repo_id=BASE_REPO, family_reports=[odd], plot_filename=None, **CARD_ARGS)
     with pytest.raises(InvalidArgumentError, match="fraction"):
         _with_metrics(reports, {"top1": float("nan")})
     with pytest.raises(InvalidArgumentError, match="does not include"):
-        variant_card(reports[2], family_reports=reports[:2], plot_filename=None, **CARD_ARGS)
+        variant_card(reports[2], base_repo_id=BASE_REPO, family_reports=reports[:2], plot_filename=None, **CARD_ARGS)
     other = _report("_sp50", sparsity=0.5, top1=0.9, top5=0.9)
     other.dataset = "cifar10"
     with pytest.raises(InvalidArgumentError, match="mixes datasets"):
-        variant_card(reports[0], family_reports=[reports[0], other], plot_filename=None, **CARD_ARGS)
+        variant_card(reports[0], base_repo_id=BASE_REPO, family_reports=[reports[0], other], plot_filename=None, **CARD_ARGS)
     with pytest.raises(InvalidArgumentError, match="more than once"):
-        variant_card(reports[0], family_reports=[reports[0], reports[0]], plot_filename=None, **CARD_ARGS)
+        variant_card(reports[0], base_repo_id=BASE_REPO, family_reports=[reports[0], reports[0]], plot_filename=None, **CARD_ARGS)
     stranger = _report("_sp50", sparsity=0.5, top1=0.9, top5=0.9)
     stranger.base_model = "vit_tiny.zoo_digits"
     with pytest.raises(InvalidArgumentError, match="not derived"):
@@ -156,7 +157,7 @@ def test_card_inputs_are_checked(reports):
 def _with_metrics(reports: list[VariantReport], metrics: dict[str, float]) -> ModelCard:
     report = _report("_sp50", sparsity=0.5, top1=0.0, top5=0.0)
     report.metrics = metrics
-    return variant_card(report, family_reports=[reports[0], report], plot_filename=None, **CARD_ARGS)
+    return variant_card(report, base_repo_id=BASE_REPO, family_reports=[reports[0], report], plot_filename=None, **CARD_ARGS)
 
 
 MACHINE = MachineInfo(cpu="AMD EPYC 9654", isa="AVX-512 + VNNI, BF16", torch_cpu_capability="AVX512",
@@ -290,7 +291,7 @@ def test_cards_compare_the_family_with_other_models_of_the_task(reports, tmp_pat
     compared = body[body.index("## Compared with"):body.index("## Dataset")]
     assert "| `resnet10.zoo_digits` | dense | 90.00 % |" in compared and "| 0.50x |" in compared, "FLOPs vs our base"
     assert "resnet18.zoo_digits_sp50" not in compared
-    variant = variant_card(reports[2], family_reports=reports, plot_filename=None, references=[smaller], **CARD_ARGS)
+    variant = variant_card(reports[2], base_repo_id=BASE_REPO, family_reports=reports, plot_filename=None, references=[smaller], **CARD_ARGS)
     assert "## Compared with" in str(variant)
     assert "## Compared with" not in str(_variant(reports, 2))
     other_task = _other_model("bert_mini.zoo_stdlib", 0.9)
@@ -353,3 +354,12 @@ def test_family_cards_need_the_compared_models_and_draw_every_plot(reports, tmp_
     for card in written:
         assert {p.name for p in card.parent.iterdir()} == {"README.md", PLOT_FILE, "rate_distortion.png"}
         assert "(rate_distortion.png)" in card.read_text()
+
+
+@pytest.mark.parametrize("repo_id", ["resnet18.zoo_digits", "a/b/c", "zoo/bad name", ""])
+def test_a_variant_card_names_its_base_by_a_hub_repo_id(reports, repo_id: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="Hub repo id"):
+        variant_card(reports[1], base_repo_id=repo_id, family_reports=reports, plot_filename=None, **CARD_ARGS)
+    text = str(_variant(reports, 1)).replace(f"base_model: {BASE_REPO}", "base_model: resnet18.zoo_digits")
+    with pytest.raises(CardValidationError, match="base_model"):
+        validate_card(text)

@@ -33,16 +33,20 @@ def upstream(olah_hub: OlahServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     return source.state_dict()
 
 
-@pytest.fixture
-def imagefolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def write_imagefolder(root: Path) -> Path:
     """Three ImageNet classes, two JPEGs each, in the class-per-folder layout."""
     rng = np.random.default_rng(0)
     for cls in ("n01440764", "n01443537", "n01484850"):
-        (tmp_path / "val" / cls).mkdir(parents=True)
+        (root / cls).mkdir(parents=True)
         for i in range(2):
             pixels = rng.integers(0, 255, (180, 200, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "val" / cls / f"{i}.jpg")
-    monkeypatch.setenv("ZOO_IMAGEFOLDER_VAL", str(tmp_path / "val"))
+            Image.fromarray(pixels).save(root / cls / f"{i}.jpg")
+    return root
+
+
+@pytest.fixture
+def imagefolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ZOO_IMAGEFOLDER_VAL", str(write_imagefolder(tmp_path / "val")))
     return tmp_path / "val"
 
 
@@ -72,10 +76,28 @@ def test_upstream_without_evaluation_data_warns_and_measures_the_rest(
 ) -> None:
     monkeypatch.delenv("ZOO_IMAGEFOLDER_VAL", raising=False)
     store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
-    with pytest.warns(UserWarning, match="ZOO_IMAGEFOLDER_VAL") as record:
+    with pytest.warns(UserWarning, match="ZOO_IMAGEFOLDER_VAL"):
         sparse = zoo.load(NAME, sparsity=0.5, store=store, endpoint=olah_hub.endpoint, progress=False)
     assert sparse.zoo.source == "derived", sparse.zoo
     assert sparse.zoo.report.metrics == {} and sparse.zoo.report.flops_sparse > 0
+    assert "ZOO_IMAGEFOLDER_VAL" in sparse.zoo.report.eval_data_missing
+
+    write_imagefolder(tmp_path / "val")  # the data arrives: the cached report is measured again
+    monkeypatch.setenv("ZOO_IMAGEFOLDER_VAL", str(tmp_path / "val"))
+    again = zoo.load(NAME, sparsity=0.5, store=store, endpoint=olah_hub.endpoint, progress=False)
+    assert again.zoo.source == "cache" and again.zoo.path == sparse.zoo.path
+    assert set(again.zoo.report.metrics) == {"top1", "top5"} and again.zoo.report.eval_data_missing is None
+    assert zoo.load(NAME, sparsity=0.5, store=store, progress=False).zoo.report.metrics == again.zoo.report.metrics
+
+
+def test_a_wrong_evaluation_folder_is_an_error_not_a_missing_metric(
+    upstream: dict[str, torch.Tensor], olah_hub: OlahServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZOO_IMAGEFOLDER_VAL", str(tmp_path / "no-such-folder"))
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+    with pytest.raises(zoo.InvalidArgumentError, match="not a folder"):
+        zoo.load(NAME, sparsity=0.5, store=store, endpoint=olah_hub.endpoint, progress=False)
+    assert not list((tmp_path / "cache").glob(f"{NAME}_os50/*/report.json")), "no report cached for a failure"
 
 
 def test_gradual_pruning_needs_training_data(tmp_path: Path) -> None:

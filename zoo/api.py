@@ -27,12 +27,12 @@ from zoo.data import Batches
 from zoo.entry import DataSpec, ModelEntry
 from zoo.errors import CheckpointError, HubError, InvalidArgumentError
 from zoo.evaluate import VariantReport
-from zoo.evaluation import measure_variant
+from zoo.evaluation import has_eval_data, measure_variant
 from zoo.hub import download
 from zoo.models import build_empty_model
 from zoo.native import train_base_model
 from zoo.options import TrainOptions
-from zoo.store import REPORT_FILE, Store, write_json
+from zoo.store import REPORT_FILE, Store
 from zoo.tasks import Task, task_of
 from zoo.variants import VariantSpec, default_method, info, resolve  # noqa: F401  (zoo.api's public names)
 
@@ -71,8 +71,13 @@ def load(
     (default: the store's) shortens training, fine-tuning or latency measurement of whatever is made
     now; what it makes is cached apart from what the entry's own recipe makes.
     """
-    spec = name if isinstance(name, VariantSpec) else resolve(
-        name, sparsity=sparsity, quant=quant, method=method, recipe=recipe)
+    if isinstance(name, VariantSpec):
+        if sparsity or quant is not None or method is not None or recipe is not None:
+            raise InvalidArgumentError(f"a VariantSpec ({name.name}) already says how to compress; "
+                                       "pass no sparsity, quant, method or recipe with it")
+        spec = name
+    else:
+        spec = resolve(name, sparsity=sparsity, quant=quant, method=method, recipe=recipe)
     store = store or Store()
     if options is not None:
         store = dataclasses.replace(store, options=options)
@@ -81,9 +86,11 @@ def load(
         return published
     if revision != "main":
         raise InvalidArgumentError(f"revision {revision!r} of {spec.repo_id} is not in the local hub {store.hub.root}")
-    if spec.is_base:
-        return _base(spec, store, endpoint=endpoint, progress=progress)
-    return _derived(spec, store, endpoint=endpoint, progress=progress)
+    # Training and derivation seed torch's generator: on a fork of it, so the caller's stream is untouched.
+    with torch.random.fork_rng(devices=[]):
+        if spec.is_base:
+            return _base(spec, store, endpoint=endpoint, progress=progress)
+        return _derived(spec, store, endpoint=endpoint, progress=progress)
 
 
 # Sources ------------------------------------------------------------------------------------------
@@ -119,7 +126,7 @@ def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,
     identity = json.dumps(entry.training_identity(), sort_keys=True, default=str) + store.options.cache_key()
     if entry.train is not None and entry.train.init_from is not None:  # starts from another entry's weights
         init = load(entry.train.init_from, store=store, endpoint=endpoint, progress=progress)
-        identity += _base_fingerprint(init.zoo.path)
+        identity += base_fingerprint(init.zoo.path)
     folder = store.cache_dir(entry.name, "trained-" + _digest(identity))
     if _is_zoo_checkpoint(folder):
         return folder, "cache", None
@@ -132,22 +139,29 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
     """Derives `spec` from its base, or from its sparse parent when that saves re-running steps. The
     cache key is the recipe and the base weights' identity, found without loading any weights."""
     base_folder, base_source, base_model = _base_folder(spec.base, store, endpoint=endpoint, progress=progress)
-    base_fingerprint = _base_fingerprint(base_folder)
+    fingerprint = base_fingerprint(base_folder)
     recipe = spec.recipe(store.options)
-    folder = store.cache_dir(spec.name, _digest(recipe.to_json() + base_fingerprint + store.options.cache_key()))
+    folder = variant_cache_folder(spec, store, fingerprint)
     if _is_zoo_checkpoint(folder):
         return load_cached(spec, folder, progress=progress, options=store.options)
     start, done = None, 0
     if spec.sparse_parent is not None:
         parent = load(spec.sparse_parent, store=store, endpoint=endpoint, progress=progress)
-        if _base_fingerprint(parent.zoo.path) == base_fingerprint:  # a parent made from these base weights
+        if base_fingerprint(parent.zoo.path) == fingerprint:  # a parent made from these base weights
             start, done = parent, len(spec.sparse_parent.recipe(store.options).steps)
     if start is None:
         start = base_model or _from_folder(spec.base, base_folder, source=base_source)
-    torch.manual_seed(spec.base.train.seed if spec.base.train else 0)
+    torch.manual_seed(spec.base.train.seed if spec.base.train else 0)  # on load's fork of the generator
     model = Recipe(recipe.steps[done:]).apply(start.train(False), _recipe_context(spec.base, progress))
     return _save_and_measure(model.eval(), spec, folder, store.options, recipe=recipe, source="derived",
-                             progress=progress, extra={"base_fingerprint": base_fingerprint})
+                             progress=progress, extra={"base_fingerprint": fingerprint})
+
+
+def variant_cache_folder(spec: VariantSpec, store: Store, fingerprint: str) -> Path:
+    """Where the variant cache keeps `spec` derived from the base weights `fingerprint` names, by its
+    recipe under the store's options (the folder may not exist yet)."""
+    recipe = spec.recipe(store.options)
+    return store.cache_dir(spec.name, _digest(recipe.to_json() + fingerprint + store.options.cache_key()))
 
 
 def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
@@ -190,7 +204,7 @@ def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options
     report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                              quant=spec.quant, recipe=recipe, progress=progress,
                              latency_seconds=options.latency_seconds)
-    write_json(folder / REPORT_FILE, report.to_dict())
+    report.save(folder / REPORT_FILE)
     model.zoo = LoadedVariant(spec.name, spec.base.name, spec.sparsity, spec.quant, recipe, source, folder, report)
     return model
 
@@ -230,11 +244,12 @@ def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
     """A cached variant; one whose measurement was interrupted (no report yet) or was made by an older
     evaluator is measured now (latency for `options.latency_seconds`)."""
     model = _from_checkpoint(spec.base, folder, source="cache")
-    if model.zoo.report is None or not model.zoo.report.is_current:
+    report = model.zoo.report
+    if report is None or not report.is_current or (report.eval_data_missing and has_eval_data(spec.base)):
         report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                                  quant=spec.quant, recipe=model.zoo.recipe, progress=progress,
                                  latency_seconds=(options or TrainOptions()).latency_seconds)
-        write_json(folder / REPORT_FILE, report.to_dict())
+        report.save(folder / REPORT_FILE)
         model.zoo = dataclasses.replace(model.zoo, report=report)
     return model
 
@@ -265,7 +280,7 @@ def _is_zoo_checkpoint(folder: Path) -> bool:
         raise CheckpointError(f"{config} is not valid JSON") from None
 
 
-def _base_fingerprint(folder: Path) -> str:
+def base_fingerprint(folder: Path) -> str:
     """Identity of the base weights behind a checkpoint folder: a derived variant records it in its
     config; for a base it is the SHA-256 of its zoo checkpoint, or the (content-addressed) snapshot
     folder of an upstream download."""

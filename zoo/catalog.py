@@ -2,14 +2,15 @@
 cached, for `zoo list`, `zoo card` and `zoo push`; and the reports a family's cards compare it with."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from zoo.entry import ModelEntry
-from zoo.errors import InvalidArgumentError, ZooError
+from zoo.errors import InvalidArgumentError, UnknownNameError
 from zoo.models import list_entries
 from zoo.store import Store
-from zoo.variants import VariantSpec, resolve
+from zoo.variants import VariantSpec, is_custom_recipe_name, resolve
 
 if TYPE_CHECKING:  # loading models imports torch: `catalog` (what `zoo list` shows) does not need it
     from torch import nn
@@ -44,10 +45,17 @@ def _variant_names(store: Store) -> dict[str, str]:
 
 
 def _spec_or_none(name: str) -> VariantSpec | None:
+    """The spec a found variant's name gives; None for a custom-recipe variant (its recipe is in its
+    repo, not its name) and for a variant of a model this registry does not have. Any other error (a
+    malformed name, an invalid sparsity) is raised: it is not a thing to hide from a listing."""
+    if is_custom_recipe_name(name):
+        return None
     try:
         return resolve(name)
-    except ZooError:
-        return None  # e.g. a custom-recipe variant: listed in the hub, not derivable from its name
+    except UnknownNameError as err:
+        if err.kind == "model":
+            return None
+        raise
 
 
 def catalog(store: Store, *, family: str | None = None, task: str | None = None, source: str | None = None,
@@ -70,23 +78,35 @@ def catalog(store: Store, *, family: str | None = None, task: str | None = None,
 
 
 def family_models(base: str, store: Store) -> list[nn.Module]:
-    """The base model and every variant of it that the hub or cache holds, loaded (no derivation for
-    the variants: they are found, not made)."""
-    from zoo.api import load, load_cached
+    """The base model and every variant of it, made from these very base weights, that the hub or the
+    cache holds, loaded (found, not made). A variant published from other base weights (an earlier
+    training of the base) is left out with a warning; from the cache, only the copy the variant's recipe
+    and these base weights key is taken."""
+    from zoo.api import base_fingerprint, load, load_cached, variant_cache_folder
 
     base_spec = resolve(base)
     if not base_spec.is_base:  # else its family would lack the base's report, and list the variant twice
         raise InvalidArgumentError(f"{base!r} names a variant; its family is that of {base_spec.base.name}")
-    models = [load(base_spec, store=store, progress=False)]
+    base_model = load(base_spec, store=store, progress=False)
+    fingerprint = base_fingerprint(base_model.zoo.path)
+    models, stale = [base_model], []
     for name, where in _variant_names(store).items():
         spec = _spec_or_none(name)
         if spec is None or spec.is_base or spec.base.name != base_spec.base.name:
             continue
         if where == "hub":
-            models.append(load(spec, store=store, progress=False))
-        else:  # the newest cached copy, whatever base weights or recipe made it: found, not made
-            newest = max(store.cached_entries(name), key=lambda folder: folder.stat().st_mtime)
-            models.append(load_cached(spec, newest, options=store.options))
+            model = load(spec, store=store, progress=False)
+            if base_fingerprint(model.zoo.path) == fingerprint:
+                models.append(model)
+                continue
+        folder = variant_cache_folder(spec, store, fingerprint)
+        if folder.is_dir():
+            models.append(load_cached(spec, folder, options=store.options))
+        else:
+            stale.append(name)
+    if stale:
+        warnings.warn(f"left out of {base}'s family, made from other weights of {base} than the current ones: "
+                      f"{', '.join(stale)}", stacklevel=2)
     return models
 
 

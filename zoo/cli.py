@@ -285,7 +285,8 @@ def export(name, out_file, sparsity, quant, method, recipe_file, hub_root, cache
               help="Sparsities also quantized to int8 [default: 0.9].")
 @click.option("--no-int8", is_flag=True, help="Skip the int8 variants.")
 @click.option("--cards", "cards_dir", type=click.Path(file_okay=False), default=None,
-              help="Also write the cards here (the repo keeps the zoo-native ones under model_cards/).")
+              help="Also write the cards here (the README's main job: out/model_cards, not tracked; "
+                   "model_cards/ holds the committed reference cards).")
 @click.option("--no-publish", is_flag=True, help="Do not push to the local hub.")
 @_apply(store_options)
 @_one_line_errors
@@ -296,6 +297,9 @@ def sweep(base, sparsities, oneshot, no_oneshot, int8_sparsities, no_int8, cards
     from zoo.publish import report_table
     from zoo.sweep import DEFAULT_SPARSITIES, SweepPlan, run_sweep
 
+    for flag, values, name in ((no_oneshot, oneshot, "oneshot"), (no_int8, int8_sparsities, "int8-sparsity")):
+        if flag and values:
+            raise InvalidArgumentError(f"--no-{name.split('-')[0]} and --{name} contradict each other; give one")
     plan = SweepPlan(base=base, sparsities=tuple(sparsities) or DEFAULT_SPARSITIES,
                      oneshot=() if no_oneshot else tuple(oneshot) or (0.9,), int8=not no_int8,
                      int8_sparsities=tuple(int8_sparsities) or (0.9,))

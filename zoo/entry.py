@@ -67,6 +67,12 @@ class TrainSpec:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise InvalidArgumentError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"TrainSpec.{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise InvalidArgumentError(f"TrainSpec.lr must be a number > 0, got {self.lr!r}")
 
 
 @dataclass(frozen=True)

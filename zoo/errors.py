@@ -29,6 +29,12 @@ class InvalidArgumentError(ZooError, ValueError):
     """An argument is outside what the zoo accepts (sparsity 1.5, an unknown quant scheme...)."""
 
 
+class NoEvaluationDataError(ZooError):
+    """An entry's evaluation data is not on this machine (an upstream ImageNet checkpoint without an
+    ImageNet folder): the one legitimate reason a report has no task metric. Anything else that goes
+    wrong while evaluating is raised, never cached as "not measured"."""
+
+
 class RecipeError(ZooError, ValueError):
     """A recipe or one of its configs is invalid, of an unsupported version, or has an unknown type."""
 

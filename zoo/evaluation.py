@@ -10,8 +10,9 @@ from torch import nn
 from zoo.compress.checkpoint import checkpoint_bytes
 from zoo.compress.recipe import Recipe
 from zoo.entry import ModelEntry
-from zoo.errors import InvalidArgumentError
+from zoo.errors import NoEvaluationDataError
 from zoo.evaluate import VariantReport, count_flops, count_parameters, current_machine, measure_latency
+from zoo.options import DEFAULT_LATENCY_SECONDS
 from zoo.tasks import task_of
 
 EVAL_BATCH_SIZE = 256
@@ -27,22 +28,26 @@ def measure_variant(
     quant: str | None,
     recipe: Recipe | None,
     progress: bool = True,
-    latency_seconds: float = 0.5,
+    latency_seconds: float = DEFAULT_LATENCY_SECONDS,
 ) -> VariantReport:
     """Every number a card shows for `model`, a variant of `entry` saved at `checkpoint_dir`.
 
-    The task metric needs the entry's evaluation data; where it is not available here (an upstream
-    ImageNet checkpoint without ZOO_IMAGEFOLDER_VAL) the report says so with empty metrics and a warning.
+    The task metric needs the entry's evaluation data. Where this machine has none (an upstream ImageNet
+    checkpoint without ZOO_IMAGEFOLDER_VAL: `NoEvaluationDataError`) the report has empty metrics and
+    says why in `eval_data_missing` (and `zoo.load` measures it again once the data is there); any
+    other failure of the evaluation is raised, never recorded as "not measured".
     """
     task = task_of(entry)
     example = task.example_input(entry)
+    missing = None
     try:
         batches = task.batches(entry, entry.eval_data, batch_size=EVAL_BATCH_SIZE, shuffle=False)
+    except NoEvaluationDataError as err:
+        warnings.warn(f"{name}: task metric not measured: {err}", stacklevel=2)
+        metrics, average, missing = {}, task.average, str(err)
+    else:
         result = task.evaluate(model, batches, entry, progress=progress)
         metrics, average = result.metrics, result.average
-    except InvalidArgumentError as err:
-        warnings.warn(f"{name}: task metric not measured: {err}", stacklevel=2)
-        metrics, average = {}, task.average
     flops = count_flops(model, example)
     params = count_parameters(model)
     threads = torch.get_num_threads()
@@ -54,5 +59,14 @@ def measure_variant(
         params_nonzero=params.nonzero, bytes_on_disk=checkpoint_bytes(checkpoint_dir),
         latency_ms=latency.median_ms, sparsity=sparsity, quant=quant,
         recipe=recipe.to_list() if recipe is not None and recipe.steps else None, layers=flops.layers,
-        flops_uncounted=flops.uncounted, machine=current_machine(threads),
+        flops_uncounted=flops.uncounted, machine=current_machine(threads), eval_data_missing=missing,
     )
+
+
+def has_eval_data(entry: ModelEntry) -> bool:
+    """Whether this machine has `entry`'s evaluation data (opening it raises no NoEvaluationDataError)."""
+    try:
+        task_of(entry).batches(entry, entry.eval_data, batch_size=EVAL_BATCH_SIZE, shuffle=False)
+    except NoEvaluationDataError:
+        return False
+    return True

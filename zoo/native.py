@@ -20,7 +20,8 @@ from zoo.training import train
 def train_base_model(entry: ModelEntry, *, progress: bool = True, init: nn.Module | None = None,
                      options: TrainOptions | None = None) -> nn.Module:
     """Trains `entry` by its TrainSpec, from scratch or, when it names `init_from`, from `init` (that
-    entry's trained model) through its family's initializer; same seed, same data order, same weights.
+    entry's trained model) through its family's initializer; same seed, same data order, same weights
+    (on the same machine, library versions and torch thread count).
     `options.epochs` replaces the TrainSpec's epochs (None: keep them)."""
     spec = entry.train
     if spec is None:
@@ -29,14 +30,15 @@ def train_base_model(entry: ModelEntry, *, progress: bool = True, init: nn.Modul
     if (init is None) != (spec.init_from is None):
         raise InvalidArgumentError(f"{entry.name} starts from {spec.init_from or 'random weights'}; "
                                    f"got {'no' if init is None else 'an'} initial model")
-    torch.manual_seed(spec.seed)
-    model = build_model(entry) if init is None else family_initializer(entry)(entry, init).train()
-    task = task_of(entry)
-    batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
-    train(
-        model, batches.epoch, lambda m, b: task.loss(m, b, entry),
-        epochs=spec.epochs if options.epochs is None else options.epochs, lr=spec.lr,
-        weight_decay=spec.weight_decay, optimizer=spec.optimizer, progress=progress,
-        desc=f"train {entry.name}" + (f" from {spec.init_from}" if init is not None else ""),
-    )
+    with torch.random.fork_rng(devices=[]):  # seeded on a fork: the caller's random stream is untouched
+        torch.manual_seed(spec.seed)
+        model = build_model(entry) if init is None else family_initializer(entry)(entry, init).train()
+        task = task_of(entry)
+        batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
+        train(
+            model, batches.epoch, lambda m, b: task.loss(m, b, entry),
+            epochs=spec.epochs if options.epochs is None else options.epochs, lr=spec.lr,
+            weight_decay=spec.weight_decay, optimizer=spec.optimizer, progress=progress,
+            desc=f"train {entry.name}" + (f" from {spec.init_from}" if init is not None else ""),
+        )
     return model.eval()

@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 from torch import nn
 
+from zoo.atomic import atomic_write_text
 from zoo.compress.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from zoo.data import describe_dataset
 from zoo.entry import ModelEntry
@@ -85,7 +86,8 @@ def family_cards(entry: ModelEntry, reports: Sequence[VariantReport],
     cards = {base.name: base_card(base, reports, plot_filename=PLOT_FILE, **common)}
     for report in reports:
         if report is not base:
-            cards[report.name] = variant_card(report, family_reports=reports, plot_filename=PLOT_FILE, **common)
+            cards[report.name] = variant_card(report, base_repo_id=entry.repo_id, family_reports=reports,
+                                              plot_filename=PLOT_FILE, **common)
     for report in reports:
         validate_card(cards[report.name], report)
     return FamilyCards(reports, cards, quality_front(reports, spec), list(references), task.extra_plots)
@@ -116,7 +118,7 @@ def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards, folder: 
             raise InvalidArgumentError(f"{model.zoo.name}: {source} has no {name}; only zoo checkpoints publish")
         shutil.copyfile(source / name, folder / name)
     if model.zoo.recipe is not None:
-        (folder / RECIPE_FILE).write_text(model.zoo.recipe.to_json() + "\n")
+        atomic_write_text(folder / RECIPE_FILE, model.zoo.recipe.to_json() + "\n")
     write_card(card, folder)
     family.draw_plots(folder)
     return folder

@@ -7,9 +7,7 @@ and measuring what this store derives gets; departures from the recipe are part 
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,20 +36,3 @@ class Store:
     def cached_entries(self, name: str) -> list[Path]:
         folder = self.cache_root / name
         return sorted(p for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `path` so that a reader sees the old content or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: object) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

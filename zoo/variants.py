@@ -115,6 +115,10 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
     from zoo.compress.quantization import Int8PTQConfig
     from zoo.compress.recipe import Recipe
 
+    check_sparsity(sparsity)
+    check_quant(quant)
+    if method not in METHODS:
+        raise InvalidArgumentError(f"unknown pruning method {method!r}; supported: {', '.join(METHODS)}")
     finetune_epochs = (options or TrainOptions()).finetune_epochs
     steps = []
     if sparsity > 0 and method == "gmp":
@@ -128,7 +132,7 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
             steps.append(GradualMagnitudePruningConfig(final_sparsity=sparsity, **schedule))
         else:
             steps.append(GradualBlockPruningConfig(final_sparsity=sparsity, block=entry.prune_block, **schedule))
-    elif sparsity > 0:
+    elif sparsity > 0:  # method == "oneshot"
         if entry.prune_block is None:
             steps.append(MagnitudePruningConfig(sparsity=sparsity, scope="global", keep_dense=entry.keep_dense))
         else:
@@ -137,6 +141,12 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
     if quant == "int8":
         steps.append(Int8PTQConfig(calibration_batches=8, keep_fp=()))
     return Recipe(tuple(steps))
+
+
+def is_custom_recipe_name(name: str) -> bool:
+    """Whether `name` is a custom-recipe variant (`..._r<hash>`): its recipe is in its repo, not its name."""
+    match = _SUFFIX_RE.fullmatch(name)
+    return bool(match and match["hash"])
 
 
 def parse_variant_name(name: str) -> tuple[str, dict]:

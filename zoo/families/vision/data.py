@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from zoo.data import DATASET_DESCRIPTIONS, DATASETS
 from zoo.entry import ModelEntry
-from zoo.errors import InvalidArgumentError
+from zoo.errors import InvalidArgumentError, NoEvaluationDataError
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -62,7 +62,8 @@ def imagefolder_root(split: str) -> Path:
     variable = f"ZOO_IMAGEFOLDER_{split.upper()}"
     root = os.environ.get(variable)
     if not root:
-        raise InvalidArgumentError(f"set {variable} to an ImageNet-style folder (one sub-folder per class)")
+        raise NoEvaluationDataError(f"no {split} data: set {variable} to an ImageNet-style folder "
+                                    "(one sub-folder per class)")
     if not Path(root).is_dir():
         raise InvalidArgumentError(f"{variable}={root} is not a folder")
     return Path(root)

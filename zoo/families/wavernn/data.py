@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from zoo.atomic import atomic_path
 from zoo.data import DATASET_DESCRIPTIONS, DATASETS
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError, ZooError
@@ -130,14 +131,8 @@ def utterances(corpus: str, split: str, sample_rate: int) -> list[np.ndarray]:
     if not path.is_file():
         clips = [synthesize(text, voice, sample_rate) for voice, text in texts]
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        os.close(fd)
-        try:
-            np.savez(tmp, audio=np.concatenate(clips), lengths=np.array([len(c) for c in clips]))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a file object: savez adds no suffix
+            np.savez(handle, audio=np.concatenate(clips), lengths=np.array([len(c) for c in clips]))
     with np.load(path) as data:
         audio, lengths = data["audio"], data["lengths"]
     return np.split(audio, np.cumsum(lengths)[:-1])
