@@ -36,3 +36,29 @@ def test_json_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         atomic_write_json(target, {"top1": math.nan})
     assert target.read_text() == '{\n  "top1": 0.5\n}\n'
+
+
+# Files that move whole folders into place (a checkpoint swap, a hub push's staged revision): their own
+# renames are the atomic step; every single file anywhere else is written through zoo.atomic.
+FOLDER_SWAPS = {"compress/checkpoint.py", "hub/local.py", "zoo/atomic.py"}
+
+
+def test_every_file_write_of_the_package_goes_through_zoo_atomic() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"os\.replace\(|os\.rename\(|\.write_text\(|\.write_bytes\(|savefig\(|np\.save|"
+                         r"open\([^)]*[\"'][wa]b?[\"']")
+    offenders = []
+    for folder in ("zoo", "compress", "evaluate", "hub", "model_cards"):
+        for path in (root / folder).rglob("*.py"):
+            rel = path.relative_to(root).as_posix()
+            if rel in FOLDER_SWAPS:
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for number, line in enumerate(lines, 1):
+                code = line.split("#")[0]
+                inside = "atomic_path" in " ".join(lines[max(0, number - 3):number])  # this or the 2 lines above
+                if pattern.search(code) and not inside:
+                    offenders.append(f"{rel}:{number}: {line.strip()}")
+    assert not offenders, "write these through zoo.atomic:\n" + "\n".join(offenders)
