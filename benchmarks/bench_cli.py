@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,18 +23,10 @@ COMMANDS = {
     "`zoo --help`": [ZOO, "--help"],
     "`zoo list`": [ZOO, "list"],
     "`zoo info resnet18.zoo_digits`": [ZOO, "info", "resnet18.zoo_digits"],
+    "`zoo info resnet18.zoo_digits_gmp90` (a variant: builds its recipe, imports torch)":
+        [ZOO, "info", "resnet18.zoo_digits_gmp90"],
     '`python -c "import torch"`': [sys.executable, "-c", "import torch"],
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def time_once(command: list[str], env: dict[str, str]) -> float:
@@ -58,8 +49,11 @@ def main() -> None:
             time_once(command, env)  # warm the OS file cache
             times = [time_once(command, env) for _ in range(args.runs)]
             rows.append((label, statistics.median(times), min(times)))
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); Python {platform.python_version()}; "
-          f"median of {args.runs} fresh subprocesses\n")
+    from zoo.evaluate.machine import current_machine
+
+    machine = current_machine(threads=1)
+    print(f"CPU: {machine.cpu} ({machine.isa}; {os.cpu_count()} logical CPUs); Python {machine.python}, "
+          f"torch {machine.torch}; load average {os.getloadavg()[0]:.2f}; median of {args.runs} fresh subprocesses\n")
     print("| command | median s | fastest s |\n|---|---:|---:|")
     for label, median, fastest in rows:
         print(f"| {label} | {median:.2f} | {fastest:.2f} |")
