@@ -6,7 +6,6 @@ trip with re-tying, and `zoo.load` with a sparsity (training cut to one epoch, t
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
