@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import time
 from importlib import metadata
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch.utils.flop_counter import flop_registry
 
 import zoo.evaluate.flops as flops
 import zoo.evaluate.machine as machine
-from zoo.compress.checkpoint import save_checkpoint
+from zoo.compress.checkpoint import checkpoint_bytes, save_checkpoint
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate import (
     count_flops,
@@ -31,6 +32,7 @@ from zoo.evaluate.machine import MachineInfo, cpu_flags, cpu_name, current_machi
 from zoo.evaluate.report import EVALUATOR_VERSION, LayerFlops, VariantReport
 from zoo.evaluation import measure_variant
 from zoo.models import build_model, get_entry
+from zoo.tasks import task_of
 
 
 def _zero_first(weight: torch.Tensor, k: int) -> None:
@@ -345,7 +347,17 @@ def test_measure_latency_in_eval_and_inference_mode():
     assert model.training
     assert set(seen) == {(False, True)}
     assert report.runs >= 1 and len(seen) >= report.runs + 2
-    assert report.median_ms > 0 and report.iqr_ms >= 0
+
+
+def test_measure_latency_times_the_forward_pass():
+    class Sleeper(nn.Module):
+        def forward(self, x):
+            time.sleep(0.005)
+            return x
+
+    report = measure_latency(Sleeper(), torch.randn(1, 8), min_run_time=0.05)
+    assert 5.0 <= report.median_ms < 50.0, report  # a 5 ms sleep: at least 5 ms, not ten times that
+    assert report.iqr_ms < report.median_ms
 
 
 def test_measure_latency_refuses_a_non_positive_time():
@@ -535,5 +547,9 @@ def test_measure_variant_records_the_machine_and_the_uncounted_ops(tmp_path):
     report = measure_variant(model, entry, name=entry.name, checkpoint_dir=folder, sparsity=0.0, quant=None,
                              recipe=None, progress=False, latency_seconds=0.05)
     assert report.machine == current_machine(before)
-    assert report.flops_uncounted == {} and report.flops_dense > 0
+    example = task_of(entry).example_input(entry)
+    counted = count_flops(model, example)
+    assert report.flops_uncounted == {} and (report.flops_dense, report.flops_sparse) == (counted.dense, counted.sparse)
+    assert report.params_total == sum(p.numel() for p in model.parameters())
+    assert report.bytes_on_disk == checkpoint_bytes(folder)
     assert report.is_current

@@ -20,7 +20,7 @@ from zoo.families.invertible.entries import GAUSSIAN_SCALE, PatchInput
 from zoo.families.invertible.model import (
     ILC, IRN, DenseBlock, FactorizedLogistic, InvertibleNet, haar_forward, haar_inverse, high_rate_gain, quantize_8bit,
 )
-from zoo.families.invertible.task import bicubic_down, bicubic_round_trip, ilc_loss, irn_loss
+from zoo.families.invertible.task import bicubic_down, bicubic_round_trip, ilc_loss, irn_loss, patch_psnr, to_8bit
 from zoo.hub import LocalHub
 from zoo.models import build_model, get_entry
 from zoo.native import train_base_model
@@ -96,7 +96,10 @@ def test_ilc_reconstructs_exactly_from_an_unquantized_latent_and_stored_z() -> N
         assert y.shape == (2, 3, 8, 8) and z.shape == (2, 45, 8, 8)
         assert (model.synthesis(y, z) - x).abs().max() < 1e-4
         out = model(x, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(out.latent, torch.round(y)) and out.bits.shape == (2,) and (out.bits > 0).all()
+    assert torch.equal(out.latent, torch.round(y)) and out.bits.shape == (2,)
+    # the code length is the entropy model's -log2 likelihood of the coded integers, summed per image
+    expected_bits = -torch.log2(model.entropy.likelihood(out.latent)).sum(dim=(1, 2, 3))
+    assert torch.allclose(out.bits, expected_bits, rtol=1e-4), (out.bits, expected_bits)
 
 
 def test_dense_blocks_replicate_the_border_instead_of_padding_zeros() -> None:
@@ -191,18 +194,87 @@ def test_a_few_training_steps_lower_the_loss(name: str, loss_fn) -> None:
     assert losses[-1] < losses[0], losses
 
 
+_BY_RECIPE: dict[str, torch.nn.Module] = {}
+
+
+def trained_by_its_recipe(name: str) -> torch.nn.Module:
+    """The tiny entry trained by its own TrainSpec (two epochs, ~1 s), once per test session."""
+    if name not in _BY_RECIPE:
+        _BY_RECIPE[name] = train_base_model(get_entry(name), progress=False)
+    return _BY_RECIPE[name]
+
+
+def untrained(name: str) -> torch.nn.Module:
+    """The weights `train_base_model` starts from (same seed)."""
+    entry = get_entry(name)
+    torch.manual_seed(entry.train.seed)
+    return build_model(entry).eval()
+
+
+def eval_metrics(name: str, model: torch.nn.Module) -> dict[str, float]:
+    entry = get_entry(name)
+    task = task_of(entry)
+    return task.evaluate(model, task.batches(entry, entry.eval_data, batch_size=64, shuffle=False), entry,
+                         progress=False).metrics
+
+
+def eval_images(name: str) -> torch.Tensor:
+    entry = get_entry(name)
+    return torch.cat([batch if isinstance(batch, torch.Tensor) else batch[0]
+                      for batch in task_of(entry).batches(entry, entry.eval_data, batch_size=64, shuffle=False)])
+
+
+def held_out_loss(name: str, model: torch.nn.Module) -> float:
+    """The training objective on the held-out patches (z sampled from a fixed seed)."""
+    loss_fn = {TEST_IRN: irn_loss, TEST_ILC: ilc_loss}[name]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return float(loss_fn(model.eval(), eval_images(name)))
+
+
 @pytest.mark.parametrize("name", [TEST_IRN, TEST_ILC])
 def test_after_its_short_training_the_decoder_is_insensitive_to_the_sampled_latent(name: str) -> None:
     """The paper samples z ~ N(0, I); its net learns over 500k steps to make the upscaling ignore z.
     In the zoo's few hundred steps it cannot: unit-variance z cost the tiny IRN 13-17 dB (22 dB vs
     bicubic's 40). With the prior at GAUSSIAN_SCALE, sampled z and z = 0 decode alike."""
-    entry = get_entry(name)
-    model = train_base_model(entry, progress=False)
-    task = task_of(entry)
-    batches = task.batches(entry, entry.eval_data, batch_size=64, shuffle=False)
-    metrics = task.evaluate(model, batches, entry, progress=False).metrics
+    metrics = eval_metrics(name, trained_by_its_recipe(name))
     assert abs(metrics["psnr"] - metrics["psnr_z0"]) < 1.0, metrics
     assert metrics["psnr"] > 25, metrics  # unit-variance z: 6.5 dB
+
+
+def test_the_tiny_ilc_learns_a_better_rate_distortion_trade_off() -> None:
+    """Its recipe's two epochs lower the rate-distortion objective on held-out patches below its
+    untrained self's (measured: 4.40 vs 4.67, -5.7 %) and code them in fewer bits (2.51 vs 2.73 bpp)
+    at no loss of PSNR (28.81 vs 28.71 dB). Training that did nothing would keep the untrained values."""
+    trained, start = trained_by_its_recipe(TEST_ILC), untrained(TEST_ILC)
+    loss, loss_untrained = held_out_loss(TEST_ILC, trained), held_out_loss(TEST_ILC, start)
+    assert loss < 0.97 * loss_untrained, (loss, loss_untrained)
+    metrics, before = eval_metrics(TEST_ILC, trained), eval_metrics(TEST_ILC, start)
+    assert metrics["bpp"] < before["bpp"] - 0.1, (metrics, before)
+    assert metrics["psnr"] > before["psnr"] - 0.3, (metrics, before)
+
+
+def test_the_tiny_irn_rescales_far_better_than_a_constant_patch() -> None:
+    """Trained, the tiny IRN's x2 round trip (8-bit LR image, sampled z) beats each held-out patch
+    replaced by its mean colour, per-patch PSNR averaged the same way (measured: 36.6 vs 28.6 dB)."""
+    x = eval_images(TEST_IRN)
+    constant = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    baseline = float(patch_psnr(to_8bit(constant), x).mean())
+    metrics = eval_metrics(TEST_IRN, trained_by_its_recipe(TEST_IRN))
+    assert metrics["psnr"] > baseline + 4.0, (metrics, baseline)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the tiny IRN's recipe (2 epochs) makes it worse than its untrained self, the plain Haar transform, and "
+    "than bicubic: held-out PSNR 36.6 dB vs 37.8 untrained and 39.7 bicubic, irn_loss 0.0205 vs 0.0199 "
+    "(measured); training only lowers the train patches' reconstruction loss, by 2 %"))
+def test_the_tiny_irn_learns_to_beat_its_untrained_self_and_bicubic() -> None:
+    trained, start = trained_by_its_recipe(TEST_IRN), untrained(TEST_IRN)
+    x = eval_images(TEST_IRN)
+    bicubic = float(patch_psnr(to_8bit(bicubic_round_trip(x, 2)), x).mean())
+    psnr = eval_metrics(TEST_IRN, trained)["psnr"]
+    assert held_out_loss(TEST_IRN, trained) < 0.97 * held_out_loss(TEST_IRN, start)
+    assert psnr > eval_metrics(TEST_IRN, start)["psnr"] + 0.3 and psnr > bicubic
 
 
 def test_irn_guidance_target_is_bicubic_and_the_baseline_is_strong() -> None:
@@ -264,7 +336,18 @@ def test_zoo_load_trains_then_prunes_a_tiny_entry(name: str, task: str, metrics:
         assert int((w == 0).sum()) == int(0.5 * w.numel()), layer
     report = sparse.zoo.report
     assert report.task == task and set(report.metrics) == metrics
-    assert 0 < report.metrics["psnr"] < 100 and -1 <= report.metrics["ssim"] <= 1
+    # PSNR of the z = 0 decode, computed here from the loaded weights: per patch, then the mean
+    x = eval_images(name)
+    with torch.no_grad():
+        if task == "image-rescaling":
+            lr, z = sparse.downscale(x)
+            mode = sparse.upscale(to_8bit(lr), torch.zeros_like(z))
+        else:
+            y, z = sparse.analysis(x)
+            mode = sparse.synthesis(torch.round(y), torch.zeros_like(z))
+    mse = (to_8bit(mode) - x).pow(2).mean(dim=(1, 2, 3))
+    assert report.metrics["psnr_z0"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), abs=1e-3)
+    assert abs(report.metrics["psnr"] - report.metrics["psnr_z0"]) < 1.0, report.metrics
     assert report.flops_sparse < report.flops_dense and report.params_nonzero < report.params_total
     again = zoo.load(name, sparsity=0.5, store=store, progress=False)
     assert again.zoo.source == "cache"

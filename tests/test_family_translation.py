@@ -6,7 +6,6 @@ trip with re-tying, and `zoo.load` with a sparsity (training cut to one epoch, t
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -68,9 +67,16 @@ def test_forward_and_training_step(name: str) -> None:
     assert logits.shape == (*labels.shape, TINY_CORPUS.vocab_size)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    # the task's loss is label-smoothed cross-entropy over the non-pad target tokens, computed here by hand
+    with torch.no_grad():
+        eval_loss = task_of(entry).loss(model.eval(), batch(name), entry)
+        log_p = model(source, mask, decoder_ids).logits.log_softmax(-1)[labels != PAD_ID]
+    target = labels[labels != PAD_ID]
+    eps = entry.train.label_smoothing
+    by_hand = ((1 - eps) * -log_p.gather(1, target[:, None]).squeeze(1) - eps * log_p.mean(-1)).mean()
+    assert float(eval_loss) == pytest.approx(float(by_hand), rel=1e-5)
     model.train()
     loss = task_of(entry).loss(model, batch(name), entry)
-    assert math.isfinite(loss.item()) and loss.item() > 0
     loss.backward()
     optimizer.step()
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
@@ -158,8 +164,25 @@ def test_compressed_round_trip_is_bit_exact_and_reties(name: str, tmp_path) -> N
     assert torch.equal(model.eval()(*inputs).logits, loaded(*inputs).logits)
 
 
-def test_zoo_load_with_sparsity(tmp_path) -> None:
-    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache", options=TrainOptions(epochs=1))
+@pytest.fixture(scope="module")
+def one_epoch_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """Where MAT_TINY is trained (one epoch) and pruned, shared by the tests below."""
+    root = tmp_path_factory.mktemp("translation")
+    return Store(hub=LocalHub(root / "hub"), cache_root=root / "cache", options=TrainOptions(epochs=1))
+
+
+def held_out_loss(name: str, model: torch.nn.Module) -> float:
+    """The training objective (eval mode) averaged over the test batches."""
+    entry = get_entry(name)
+    task = task_of(entry)
+    with torch.no_grad():
+        losses = [float(task.loss(model.eval(), b, entry))
+                  for b in task.batches(entry, entry.eval_data, batch_size=64, shuffle=False)]
+    return sum(losses) / len(losses)
+
+
+def test_zoo_load_with_sparsity(one_epoch_store: Store) -> None:
+    store = one_epoch_store
     model = zoo.load(MAT_TINY, sparsity=0.5, store=store, progress=False)
     entry = get_entry(MAT_TINY)
     weights = prunable_weights(model, entry.keep_dense)
@@ -167,9 +190,49 @@ def test_zoo_load_with_sparsity(tmp_path) -> None:
         assert int((weight == 0).sum()) >= weight.numel() // 2, name
     assert model.lm_head.weight is model.model.shared.weight
     report = model.zoo.report
-    assert 0.0 <= report.metrics["bleu"] <= 100.0 and 0.0 <= report.metrics["exact_match"] <= 1.0
+    assert report.metrics == task_of(entry).evaluate(model, eval_batches(MAT_TINY), entry, progress=False).metrics
     assert report.flops_sparse < report.flops_dense
     assert model.zoo.name == f"{MAT_TINY}_gmp50"
+
+
+def test_one_epoch_of_training_lowers_the_held_out_loss(one_epoch_store: Store) -> None:
+    """Measured: 5.30 after one epoch against 5.90 for the untrained model it starts from (-10 %; the
+    one-epoch model's BLEU and exact match are still 0, so the loss is what shows the learning)."""
+    trained = zoo.load(MAT_TINY, store=one_epoch_store, progress=False)
+    untrained = seeded(MAT_TINY, seed=get_entry(MAT_TINY).train.seed)
+    after, before = held_out_loss(MAT_TINY, trained), held_out_loss(MAT_TINY, untrained)
+    assert after < 0.95 * before, (after, before)
+
+
+def eval_batches(name: str):
+    entry = get_entry(name)
+    return task_of(entry).batches(entry, entry.eval_data, batch_size=64, shuffle=False)
+
+
+class Oracle(torch.nn.Module):
+    """Generates, for each source sentence of the test set, a fixed answer: its reference, or nothing."""
+
+    def __init__(self, name: str, answer: str) -> None:
+        super().__init__()
+        self.answers: dict[tuple[int, ...], list[int]] = {}
+        for source, target in eval_batches(name):
+            for src, tgt in zip(source.tolist(), target.tolist()):
+                self.answers[tuple(t for t in src if t != PAD_ID)] = tgt if answer == "reference" else [EOS_ID]
+
+    def generate(self, input_ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        rows = [[PAD_ID] + self.answers[tuple(t for t in row if t != PAD_ID)] for row in input_ids.tolist()]
+        width = max(map(len, rows))
+        return torch.tensor([row + [PAD_ID] * (width - len(row)) for row in rows])
+
+
+def test_bleu_and_exact_match_of_a_perfect_and_an_empty_translation() -> None:
+    entry = get_entry(MAT_TINY)
+    task = task_of(entry)
+    perfect = task.evaluate(Oracle(MAT_TINY, "reference"), eval_batches(MAT_TINY), entry, progress=False)
+    assert perfect.metrics == {"bleu": pytest.approx(100.0), "exact_match": 1.0}
+    assert perfect.num_examples == TINY_CORPUS.test_size
+    empty = task.evaluate(Oracle(MAT_TINY, "nothing"), eval_batches(MAT_TINY), entry, progress=False)
+    assert empty.metrics == {"bleu": 0.0, "exact_match": 0.0}
 
 
 def test_mat_training_starts_from_the_transformer() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,11 @@ from zoo.hub import LocalHub, RepoFileNotFoundError, RevisionNotFoundError, Unkn
 REPO = "acme/demo"
 V1 = {"config.json": b'{"a": 1}', "weights/model.bin": bytes(range(256)) * 8, "README.md": b"# demo\n"}
 V2 = {**V1, "config.json": b'{"a": 2}', "extra.txt": b"new file\n"}
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """`git hash-object` of `data`."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def write_folder(folder: Path, files: dict[str, bytes]) -> Path:
@@ -47,7 +53,15 @@ def two_revisions(hub: LocalHub, tmp_path: Path) -> tuple[str, str]:
 
 def test_push_makes_revisions_and_keeps_old_ones(hub: LocalHub, two_revisions: tuple[str, str]) -> None:
     r1, r2 = two_revisions
-    assert r1 != r2 and len(r1) == 40 and int(r1, 16) >= 0
+    # a revision is the sha1 of its commit record, which names each file's blob as the Hub would
+    for revision, files, parent, message in ((r1, V1, None, "first"), (r2, V2, r1, "second")):
+        record_text = (hub.root / "models--acme--demo" / "zoo-commits" / f"{revision}.json").read_text()
+        record = json.loads(record_text)
+        assert hashlib.sha1(json.dumps(record, sort_keys=True).encode()).hexdigest() == revision
+        assert (record["parent"], record["message"]) == (parent, message)
+        binary = {"weights/model.bin"}  # LFS on the Hub: named by sha256; text files by their git blob id
+        assert record["files"] == {rel: hashlib.sha256(data).hexdigest() if rel in binary else git_blob_sha1(data)
+                                   for rel, data in files.items()}
     assert hub.revisions(REPO) == [r1, r2]
     assert hub.list_repos() == [REPO]
     assert read_folder(hub.snapshot(REPO)) == V2

@@ -248,14 +248,26 @@ def _png(path) -> np.ndarray:
     return imread(path)
 
 
+def _grey_pixels(image: np.ndarray, level: float) -> int:
+    """Pixels of the grey `level` (within 2/255 in each of R, G, B)."""
+    return int((np.abs(image[..., :3] - level).max(-1) < 2 / 255).sum())
+
+
 def test_plot_is_a_png_with_the_front(reports, tmp_path):
     with_front = plot_accuracy_vs_flops(reports, tmp_path / "front.png", pareto=[0, 1, 2])
     without = plot_accuracy_vs_flops(reports, tmp_path / "none.png", pareto=[])
-    image, plain = _png(with_front), _png(without)
+    one = plot_accuracy_vs_flops(reports, tmp_path / "one.png", pareto=[0])
+    image, plain, single = _png(with_front), _png(without), _png(one)
     assert image.shape == plain.shape == (576, 900, 4)  # 7.5 x 4.8 in at 120 dpi
-    assert not np.array_equal(image, plain)  # the front (step line, rings, legend entry) is drawn
-    top5 = plot_accuracy_vs_flops(reports, tmp_path / "sub" / "top5.png", metric="top5", pareto=[0])
-    assert top5.exists()
+    # The front is a dashed step line in grey 0.3 through its points and a ring in grey 0.2 around each
+    # (measured: 96 / 152 / 1215 pixels of 0.3 and 394 / 458 / 581 of 0.2 for fronts of 0 / 1 / 3 points).
+    ring = _grey_pixels(single, 0.2) - _grey_pixels(plain, 0.2)
+    assert ring > 30 and _grey_pixels(image, 0.2) - _grey_pixels(plain, 0.2) == pytest.approx(3 * ring, rel=0.25)
+    assert _grey_pixels(image, 0.3) > _grey_pixels(single, 0.3) + 500, "three points: a step line joins them"
+    top5 = _png(plot_accuracy_vs_flops(reports, tmp_path / "sub" / "top5.png", metric="top5", pareto=[0]))
+    assert top5.shape == single.shape
+    axis_label = (slice(None), slice(0, 40))  # the y-axis label names the metric
+    assert not np.array_equal(top5[axis_label], single[axis_label])
 
     with pytest.raises(InvalidArgumentError, match="out of range"):
         plot_accuracy_vs_flops(reports, tmp_path / "bad.png", pareto=[7])

@@ -96,16 +96,37 @@ def test_conv_and_linear_layers_are_swapped_and_keep_fp_is_honored(float_and_qua
         n for n, m in quantized.named_modules() if isinstance(m, (QuantConv2d, QuantLinear)))
 
 
-def test_quantized_weights_and_input_grids(float_and_quantized) -> None:
+def observed_input_ranges(float_model: nn.Module, quantized: nn.Module, calibration) -> dict[str, tuple[float, float]]:
+    """(min, max) of each quantized layer's input over the calibration batches, observed here on a copy
+    of the float model whose weights are put on the int8 grid (what calibration runs: weights first)."""
+    model = copy.deepcopy(float_model).eval()
+    names = [n for n, m in quantized.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for name in names:
+        layer = model.get_submodule(name)
+        with torch.no_grad():
+            layer.weight.copy_(dequantize_per_channel(*quantize_per_channel(layer.weight)))
+        layer.register_forward_pre_hook(lambda module, args, name=name: seen[name].append(args[0].detach().flatten()))
+    with torch.no_grad():
+        for x in calibration:
+            model(x)
+    return {n: (float(torch.cat(v).min()), float(torch.cat(v).max())) for n, v in seen.items()}
+
+
+def test_quantized_weights_and_input_grids(float_and_quantized, calibration) -> None:
     float_model, quantized = float_and_quantized
     float_modules = dict(float_model.named_modules())
+    ranges = observed_input_ranges(float_model, quantized, calibration)
     for name, module in quantized.named_modules():
         if not isinstance(module, (QuantConv2d, QuantLinear)):
             continue
         q, scale = quantize_per_channel(float_modules[name].weight)
         assert torch.equal(module.weight, dequantize_per_channel(q, scale)), name
         assert torch.equal(module.weight_scale, scale), name
-        assert module.input_scale > 0 and 0 <= int(module.input_zero_point) <= 255, name
+        # uint8 affine over the observed range widened to hold 0: 255 steps from min to max, 0 exact
+        low, high = min(ranges[name][0], 0.0), max(ranges[name][1], 0.0)
+        assert float(module.input_scale) == pytest.approx((high - low) / 255, rel=1e-5), name
+        assert int(module.input_zero_point) == round(-low / ((high - low) / 255)), name
         assert not module.calibrating
     assert torch.equal(quantized.fc.weight, float_model.fc.weight), "keep_fp layers keep their float weights"
 
