@@ -36,9 +36,12 @@ def test_wheel_installs_only_the_zoo_package(wheel: Path) -> None:
 
 def test_installs_beside_huggingface_evaluate(wheel: Path, tmp_path: Path) -> None:
     """Hugging Face's `evaluate` (a test dependency, installed in this environment) and the zoo's wheel
-    installed beside it: each import finds its own package."""
-    import evaluate
+    installed beside it: each import finds its own package. (Where HF's package is installed comes from its
+    distribution's metadata: `python -m pytest` in the checkout puts the repository's own `evaluate/`
+    folder first on this process's path.)"""
+    from importlib.metadata import distribution
 
+    hf_init = Path(distribution("evaluate").locate_file("evaluate/__init__.py")).resolve()
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
@@ -50,7 +53,7 @@ def test_installs_beside_huggingface_evaluate(wheel: Path, tmp_path: Path) -> No
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     hf_file, ours_file, hf_has_load = result.stdout.split()
-    assert Path(hf_file) == Path(evaluate.__file__)
+    assert Path(hf_file).resolve() == hf_init
     assert Path(ours_file) == target / "zoo" / "evaluate" / "__init__.py"
     assert hf_has_load == "True"
 
