@@ -250,18 +250,19 @@ def cache_path() -> Path | None:
     return Path(setting or "~/.cache/zoo/selection.json").expanduser()
 
 
-def _read_cache(path: Path) -> dict:
-    """The cache file's content; {} when there is none, and {} with a warning when it is unreadable or
-    malformed (it is then measured again and rewritten)."""
+def read_cache(path: Path, what: str = "selection") -> dict:
+    """A JSON file of measurements keyed by `machine_key` (this module's, or another's such as
+    `compress.sparse_kernels`, named `what` in warnings); {} when there is none, and {} with a warning
+    when it is unreadable or malformed (it is then measured again and rewritten)."""
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        warnings.warn(f"ignoring the selection cache {path}: {err}", stacklevel=4)
+        warnings.warn(f"ignoring the {what} cache {path}: {err}", stacklevel=4)
         return {}
     if not isinstance(content, dict) or not all(isinstance(v, dict) for v in content.values()):
-        warnings.warn(f"ignoring the selection cache {path}: not a mapping of machines", stacklevel=4)
+        warnings.warn(f"ignoring the {what} cache {path}: not a mapping of machines", stacklevel=4)
         return {}
     return content
 
@@ -284,7 +285,7 @@ def _cached_choice(content: dict, key: str, cls: int) -> Choice | None:
 
 def _write_cache(path: Path, key: str, choice: Choice) -> None:
     """Adds `choice`'s measurement to the file, atomically (a temporary file renamed over it)."""
-    content = _read_cache(path)
+    content = read_cache(path)
     content.setdefault(key, {})[str(choice.size_class)] = choice.measurement.to_json()
     atomic_write_json(path, content, indent=1, sort_keys=True)
 
@@ -333,7 +334,7 @@ def choice_for(values: torch.Tensor, k: int) -> Choice:
         return _CHOICES[cls]
     path = cache_path()
     key = machine_key()
-    choice = _cached_choice(_read_cache(path), key, cls) if path is not None else None
+    choice = _cached_choice(read_cache(path), key, cls) if path is not None else None
     if choice is None:
         measurement = measure(values, k)
         choice = Choice(cls, choose(measurement), measurement, "measured")
