@@ -186,8 +186,9 @@ class SparseConv1x1(nn.Module):
 
 
 def is_pointwise(layer: nn.Module) -> bool:
-    """Whether `layer` is a Conv2d that is a matrix product over channels."""
-    return (isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.stride == (1, 1)
+    """Whether `layer` is a plain Conv2d (not a subclass, such as a fake-quant one, whose forward does more)
+    that is a matrix product over channels."""
+    return (type(layer) is nn.Conv2d and layer.kernel_size == (1, 1) and layer.stride == (1, 1)
             and layer.padding in ((0, 0), "valid") and layer.dilation == (1, 1) and layer.groups == 1)
 
 
@@ -195,11 +196,11 @@ def sparse_module(layer: nn.Module, layout: str) -> nn.Module:
     """`layer` (nn.Linear or a pointwise nn.Conv2d) with its weight in `layout`; `layer` itself for 'dense'."""
     if layout == DENSE:
         return layer
-    if isinstance(layer, nn.Linear):
+    if type(layer) is nn.Linear:
         return SparseLinear.from_dense(layer, layout)
     if is_pointwise(layer):
         return SparseConv1x1.from_dense(layer, layout)
-    raise InvalidArgumentError(f"no sparse kernel for {type(layer).__name__}: only Linear and 1x1 Conv2d")
+    raise InvalidArgumentError(f"no sparse kernel for {type(layer).__name__}: only plain Linear and 1x1 Conv2d")
 
 
 # Measuring and choosing -------------------------------------------------------------------------------
@@ -307,10 +308,11 @@ def _inputs(model: nn.Module, example_input: Any, names: list[str]) -> dict[str,
 
 
 def candidate_layers(model: nn.Module, min_sparsity: float = MIN_SPARSITY) -> list[str]:
-    """The float32 Linear and pointwise Conv2d layers with at least `min_sparsity` zeros in their weight."""
+    """The float32 plain Linear and pointwise Conv2d layers (`is_pointwise`) with at least `min_sparsity`
+    zeros in their weight."""
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) or is_pointwise(module):
+        if type(module) is nn.Linear or is_pointwise(module):
             weight = module.weight.detach()
             if weight.dtype == torch.float32 and float((weight == 0).float().mean()) >= min_sparsity:
                 names.append(name)

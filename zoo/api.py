@@ -63,14 +63,24 @@ def load(
     endpoint: str | None = None,
     progress: bool = True,
     options: TrainOptions | None = None,
+    kernels: str = "dense",
 ) -> nn.Module:
     """A model in eval mode for `name` (`arch.tag`), optionally compressed; `model.zoo` says what it is.
 
     `sparsity` in [0, 1), `quant` None or "int8", `method` "gmp" or "oneshot" (default: gmp where the
     zoo can fine-tune, else oneshot), `recipe` a custom Recipe instead of the default one. `options`
     (default: the store's) shortens training, fine-tuning or latency measurement of whatever is made
-    now; what it makes is cached apart from what the entry's own recipe makes.
+    now; what it makes is cached apart from what the entry's own recipe makes. `kernels` "sparse" swaps
+    each sparse enough Linear / 1x1 Conv2d for the kernel measured fastest on this machine at the task's
+    example input (`compress.sparse_kernels.use_sparse_kernels`; its choices in `model.kernel_choices`).
     """
+    if kernels not in ("dense", "sparse"):
+        raise InvalidArgumentError(f"kernels must be 'dense' or 'sparse', got {kernels!r}")
+    if kernels == "sparse":
+        model = load(name, sparsity=sparsity, quant=quant, method=method, recipe=recipe, revision=revision,
+                     store=store, endpoint=endpoint, progress=progress, options=options)
+        _use_sparse_kernels(model)
+        return model
     if isinstance(name, VariantSpec):
         if sparsity or quant is not None or method is not None or recipe is not None:
             raise InvalidArgumentError(f"a VariantSpec ({name.name}) already says how to compress; "
@@ -91,6 +101,14 @@ def load(
         if spec.is_base:
             return _base(spec, store, endpoint=endpoint, progress=progress)
         return _derived(spec, store, endpoint=endpoint, progress=progress)
+
+
+def _use_sparse_kernels(model: nn.Module) -> None:
+    from zoo.compress.sparse_kernels import use_sparse_kernels
+    from zoo.models import get_entry
+
+    entry = get_entry(model.zoo.base_model)
+    use_sparse_kernels(model, task_of(entry).example_input(entry))
 
 
 # Sources ------------------------------------------------------------------------------------------

@@ -238,6 +238,12 @@ class WaveRNN(nn.Module):
         return unfold(torch.stack([out[:, j, j * lag: j * lag + steps] for j in range(b)], 1))
 
 
+def gumbel_noise(generator: torch.Generator | None, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Gumbel(0, 1) noise of `shape` from `generator`'s uniform stream."""
+    uniform = torch.rand(shape, generator=generator, device=device)
+    return -torch.log(-torch.log(uniform.clamp_(1e-10, 1.0 - 1e-7)))
+
+
 class _GumbelNoise:
     """Gumbel(0, 1) noise drawn in chunks of steps: argmax(logits / T + noise) samples softmax(logits / T)
     with one random draw per chunk instead of one multinomial call per sample."""
@@ -253,8 +259,7 @@ class _GumbelNoise:
     def next(self) -> torch.Tensor:
         if self.index == len(self.chunk):
             size, self.left = min(self.CHUNK, self.left), self.left - min(self.CHUNK, self.left)
-            uniform = torch.rand((size, *self.shape), generator=self.generator, device=self.device)
-            self.chunk = -torch.log(-torch.log(uniform.clamp_(1e-10, 1.0 - 1e-7)))
+            self.chunk = gumbel_noise(self.generator, (size, *self.shape), self.device)
             self.index = 0
         self.index += 1
         return self.chunk[self.index - 1]
