@@ -20,9 +20,9 @@ import time
 
 import torch
 from torch import nn
+from zoo.compress.sparse_kernels import DENSE, use_sparse_kernels
 
 import zoo
-from zoo.compress.sparse_kernels import DENSE, use_sparse_kernels
 from zoo.models import build_model
 
 ENTRY = "mcbert_mini.zoo_pydoc_ft_stdlib"

@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable
 
 import torch
+from zoo.compress.sparse_kernels import DENSE, FORMATS, SparseLinear, use_sparse_kernels
 
 import zoo
-from zoo.compress.sparse_kernels import DENSE, FORMATS, SparseLinear, use_sparse_kernels
 from zoo.data import dataset
 from zoo.entry import DataSpec
 from zoo.families.wavernn.compiled import generate_compiled
@@ -85,7 +85,7 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 
 def contenders(dense: WaveRNN, sparse: dict[float, WaveRNN], example: tuple, label: str) -> dict[str, Runner]:
     """Name -> generate function, for one width."""
-    seed = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    seed = lambda: torch.Generator().manual_seed(0)
     runs: dict[str, Runner] = {
         f"{label} dense, eager loop": lambda mel: dense.generate(mel, generator=seed()),
         f"{label} dense, compiled loop": lambda mel: generate_compiled(dense, mel, generator=seed()),
@@ -100,8 +100,9 @@ def contenders(dense: WaveRNN, sparse: dict[float, WaveRNN], example: tuple, lab
         runs[f"{label} {sparsity:.0%} blocks, compiled, measured choice: {layout}"] = (
             lambda mel, m=chosen: generate_compiled(m, mel, generator=seed()))
         for forced in FORMATS:
+            forced_model = with_recurrent(model, forced)
             runs[f"{label} {sparsity:.0%} blocks, compiled, {forced} forced"] = (
-                lambda mel, m=with_recurrent(model, forced): generate_compiled(m, mel, generator=seed()))
+                lambda mel, m=forced_model: generate_compiled(m, mel, generator=seed()))
     return runs
 
 

@@ -35,10 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
+from zoo.compress.selection import machine_key, read_cache
 
 from zoo.atomic import atomic_write_json
-from zoo.compress.selection import machine_key, read_cache
 from zoo.errors import InvalidArgumentError
 
 DENSE = "dense"
@@ -70,7 +69,7 @@ def _parse(layout: str) -> tuple[str, tuple[int, int]]:
 
 def _fits(layout: str, weight: torch.Tensor) -> bool:
     """Whether `layout` can hold a [rows, columns] weight (blocks must tile it)."""
-    kind, (bh, bw) = _parse(layout)
+    _, (bh, bw) = _parse(layout)
     rows, columns = weight.shape
     return rows % bh == 0 and columns % bw == 0
 

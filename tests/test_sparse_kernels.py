@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 from torch import nn
-
 from zoo.compress import sparse_kernels as sk
 from zoo.compress.quantization import QuantLinear
 from zoo.compress.selection import machine_key
+
 from zoo.errors import InvalidArgumentError
 from zoo.families.wavernn.compiled import generate_compiled
 from zoo.families.wavernn.model import WaveRNN
@@ -186,8 +186,9 @@ def test_compiled_loop_refuses_subscale():
 
 
 def test_zoo_load_with_sparse_kernels(tmp_path_factory, tmp_path):
-    import zoo
     from tiny_zoo import BASE, store_with_base
+
+    import zoo
 
     store = store_with_base(tmp_path_factory, tmp_path)
     with pytest.raises(InvalidArgumentError, match="kernels"):

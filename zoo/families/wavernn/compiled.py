@@ -24,7 +24,16 @@ from torch.nn import functional as F
 
 from zoo.compress.sparse_kernels import SparseLinear
 from zoo.errors import InvalidArgumentError
-from zoo.families.wavernn.model import LEVELS, SILENCE, WaveRNN, _GumbelNoise, fold, gumbel_noise, scale_8bit, unfold
+from zoo.families.wavernn.model import (
+    LEVELS,
+    SILENCE,
+    WaveRNN,
+    _GumbelNoise,
+    fold,
+    gumbel_noise,
+    scale_8bit,
+    unfold,
+)
 
 # Kinds of recurrent product: F.linear on a dense weight; torch.mv / torch.sparse.mm on a torch sparse
 # (CSR or BSR) weight; gathered blocks (SparseLinear's 'blocks<h>x1' layout).
