@@ -12,3 +12,17 @@ pytest_plugins = ["olah_server"]
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _machine_caches_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory):
+    """The per-machine measurement caches (threshold selection, sparse kernels) go to a folder of this
+    session, not the user's ~/.cache: a test run neither reads nor leaves measurements there."""
+    folder = tmp_path_factory.mktemp("machine-caches")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZOO_SELECTION_CACHE", str(folder / "selection.json"))
+        mp.setenv("ZOO_KERNEL_CACHE", str(folder / "sparse_kernels.json"))
+        yield
