@@ -355,3 +355,7 @@ def _init_from_pretrained(entry: ModelEntry, pretrained: nn.Module) -> nn.Module
 for _family in MODEL_FAMILIES:
     FAMILIES.register(_family, build_text_model)
     INITIALIZERS.register(_family, _init_from_pretrained)
+
+
+# Registered last: the structured-pruning hooks name the model classes above.
+from zoo.families.mcbert import structured  # noqa: E402,F401
