@@ -21,9 +21,8 @@ import torch
 from torch import nn
 from transformers import BertModel
 
-from zoo.compress.structured import StructuredHooks, register_structured
+from zoo.compress.structured import StructuredHooks
 from zoo.errors import CheckpointError, InvalidArgumentError
-from zoo.families.mcbert.model import BertMaskedLM, BertTextClassifier, MCBertForPreTraining
 
 FORMAT = "bert-narrowed"
 
@@ -133,6 +132,5 @@ def rebuild(model: nn.Module, architecture: dict[str, Any]) -> nn.Module:
     return model
 
 
+# `model` registers these for its classes (the classifier, the MLM baseline, MC-BERT's main encoder).
 HOOKS = StructuredHooks(describe=describe, rebuild=rebuild, head_sizes=head_sizes, prune_heads=prune_heads)
-for _model_type in (BertTextClassifier, BertMaskedLM, MCBertForPreTraining):
-    register_structured(_model_type, HOOKS)
