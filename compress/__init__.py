@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     )
     from zoo.compress.quantization import Int8PTQConfig, apply_int8_ptq
     from zoo.compress.recipe import HANDLERS, Recipe, RecipeContext, handles
+    from zoo.compress.structured import (
+        ChannelPruningConfig, HeadPruningConfig, StructuredHooks, apply_channel_pruning, apply_gradual_channel_pruning,
+        apply_gradual_head_pruning, apply_head_pruning, register_structured,
+    )
 
 _MODULES = {
     "zoo.compress.block": ("BlockPruningConfig", "GradualBlockPruningConfig", "apply_block_pruning",
@@ -30,6 +34,9 @@ _MODULES = {
                              "magnitude_masks", "prunable_weights"),
     "zoo.compress.quantization": ("Int8PTQConfig", "apply_int8_ptq"),
     "zoo.compress.recipe": ("HANDLERS", "Recipe", "RecipeContext", "handles"),
+    "zoo.compress.structured": ("ChannelPruningConfig", "HeadPruningConfig", "StructuredHooks",
+                                "apply_channel_pruning", "apply_gradual_channel_pruning",
+                                "apply_gradual_head_pruning", "apply_head_pruning", "register_structured"),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 

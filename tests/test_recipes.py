@@ -18,6 +18,7 @@ from zoo.compress import (
 from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
 from zoo.compress.config import CompressionConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
+from zoo.compress.structured import ChannelPruningConfig, HeadPruningConfig
 from zoo.errors import DuplicateNameError, RecipeError, UnknownNameError
 
 # One non-default example per registered config type: a new config type must add one here.
@@ -34,6 +35,9 @@ EXAMPLES: dict[str, CompressionConfig] = {
         end_fraction=0.8, frequency=5, exponent=2.0, scope="global", layers=("recurrent",), keep_dense=("fc",),
         weight_decay=0.0, optimizer="adamw",
     ),
+    "ChannelPruningConfig": ChannelPruningConfig(sparsity=0.5, epochs=4, lr=0.01, steps=3, round_to=4,
+                                                 keep=(r"conv1(\..*)?", "fc"), optimizer="adamw"),
+    "HeadPruningConfig": HeadPruningConfig(sparsity=0.25, ffn_sparsity=0.5, epochs=2, lr=1e-3, steps=2, round_to=16),
 }
 
 

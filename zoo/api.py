@@ -23,6 +23,7 @@ from torch import nn
 from zoo.compress.checkpoint import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from zoo.compress.quantization import quantized_layer_names, swap_to_quant_modules
 from zoo.compress import Recipe, RecipeContext
+from zoo.compress.structured import rebuild_architecture, structured_architecture
 from zoo.data import Batches
 from zoo.entry import DataSpec, ModelEntry
 from zoo.errors import CheckpointError, HubError, InvalidArgumentError
@@ -218,6 +219,9 @@ def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options
     }
     if not options.is_default:
         config["train_options"] = dataclasses.asdict(options)
+    architecture = structured_architecture(model, recipe)  # structured pruning: the narrowed widths
+    if architecture is not None:
+        config["architecture"] = architecture
     save_checkpoint(folder, model.state_dict(), config=config)
     report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                              quant=spec.quant, recipe=recipe, progress=progress,
@@ -229,10 +233,15 @@ def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options
 
 # Building models from files -----------------------------------------------------------------------
 
-def instantiate(entry: ModelEntry, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+def instantiate(entry: ModelEntry, state_dict: dict[str, torch.Tensor],
+                architecture: dict[str, Any] | None = None) -> nn.Module:
     """The entry's architecture holding exactly `state_dict`: built on the meta device (no random
-    init to throw away), int8 layers restored where the state dict has scales, weights assigned."""
+    init to throw away), narrowed to a structurally pruned `architecture` (as its checkpoint config
+    saved it) by its family's hook, int8 layers restored where the state dict has scales, weights
+    assigned."""
     model = build_empty_model(entry)
+    if architecture is not None:
+        model = rebuild_architecture(model, architecture)
     swap_to_quant_modules(model, quantized_layer_names(state_dict))
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
@@ -248,7 +257,7 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Modu
     state_dict, config = load_checkpoint(folder)
     if config["base_model"] != entry.name:
         raise CheckpointError(f"{folder} holds a variant of {config['base_model']}, not of {entry.name}")
-    model = instantiate(entry, state_dict)
+    model = instantiate(entry, state_dict, config.get("architecture"))
     recipe = Recipe.from_list(config["recipe"]) if config.get("recipe") else None
     report_path = folder / REPORT_FILE
     report = VariantReport.load(report_path) if report_path.is_file() else None

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from zoo.errors import InvalidArgumentError, ZooError
+from zoo.variants import METHODS
 
 # torch logs a CUDA_HOME warning when some dependency imports its C++ extension helper: noise on a CLI.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -42,10 +43,11 @@ store_options = [
                  help="Variant cache folder [default: $ZOO_CACHE or ~/.cache/zoo/variants]."),
 ]
 variant_options = [
-    click.option("--sparsity", type=float, default=0.0, show_default=True, help="Fraction of weights pruned, in [0, 1)."),
+    click.option("--sparsity", type=float, default=0.0, show_default=True, help="Fraction of weights (channels, heads: of structures) pruned, in [0, 1)."),
     click.option("--quant", type=click.Choice(["int8"]), default=None, help="Quantization scheme."),
-    click.option("--method", type=click.Choice(["gmp", "oneshot"]), default=None,
-                 help="Pruning method [default: gmp where the zoo can fine-tune, else oneshot]."),
+    click.option("--method", type=click.Choice(METHODS), default=None,
+                 help="Pruning method: gmp, oneshot, or structured (channels: CNN filters; heads: attention "
+                      "heads and FFN neurons) [default: gmp where the zoo can fine-tune, else oneshot]."),
     click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False), default=None,
                  help="A recipe file (JSON or YAML) instead of the default recipe."),
 ]

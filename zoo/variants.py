@@ -4,6 +4,8 @@ A variant's name is its base's `arch.tag` with the compression appended to the t
 `resnet18.zoo_digits_gmp90` (gradual magnitude pruning to 90%, fine-tuned), `..._os90` (one-shot
 magnitude pruning, no fine-tuning), `..._int8` (post-training int8), `..._gmp90_int8` (both), and
 `..._r<hash>` for a custom recipe. Sparsities that are not whole percents use `p`: `_gmp97p5`.
+Structured pruning, fine-tuned: `..._ch50` (50 % of every layer's channels removed), `..._hd50` (50 %
+of the attention heads and FFN neurons removed); the number is then the fraction of structures removed.
 """
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ from zoo.options import TrainOptions
 if TYPE_CHECKING:  # the recipe modules import torch: loaded when a recipe is first built
     from zoo.compress.recipe import Recipe
 
-METHODS = ("gmp", "oneshot")
-_METHOD_CODES = {"gmp": "gmp", "oneshot": "os"}
+METHODS = ("gmp", "oneshot", "channels", "heads")
+_METHOD_CODES = {"gmp": "gmp", "oneshot": "os", "channels": "ch", "heads": "hd"}
+FINETUNED_METHODS = ("gmp", "channels", "heads")  # need the entry's training data
+STRUCTURED_STEPS = 3  # pruning steps of the default structured recipes (zoo.compress.structured)
 _SUFFIX_RE = re.compile(
     r"(?P<base>[a-z0-9_]+\.[a-z0-9_]+?)"
-    r"(?:_(?P<method>gmp|os)(?P<pct>\d+(?:p\d+)?))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
+    r"(?:_(?P<method>gmp|os|ch|hd)(?P<pct>\d+(?:p\d+)?))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
 )
 GMP_FINETUNE_EPOCH_FRACTION = 0.5
 QUANT_SCHEMES = ("int8",)  # the schemes zoo.compress.quantization implements (a test checks they agree)
@@ -62,7 +66,7 @@ class VariantSpec:
         check_quant(self.quant)
         if self.method not in METHODS:
             raise InvalidArgumentError(f"unknown pruning method {self.method!r}; supported: {', '.join(METHODS)}")
-        if self.method == "gmp" and self.sparsity > 0 and self.base.train is None:
+        if self.method in FINETUNED_METHODS and self.sparsity > 0 and self.base.train is None:
             raise InvalidArgumentError(
                 f"{self.base.name} has no training data here, so it cannot be fine-tuned while pruning; "
                 "use method='oneshot'"
@@ -109,7 +113,8 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
     """The zoo's default: gradual pruning (per layer, cubic schedule, `entry.keep_dense` modules left
     dense) fine-tuned for half the base's epochs (or `options.finetune_epochs`) at the base's peak
     learning rate, or one-shot global pruning; then int8 PTQ. Pruning removes single weights by
-    magnitude, or whole blocks of `entry.prune_block` by mean magnitude (Sparse WaveRNN)."""
+    magnitude, or whole blocks of `entry.prune_block` by mean magnitude (Sparse WaveRNN); methods
+    "channels" and "heads" remove whole channels, or heads and FFN neurons (`_structured_step`)."""
     from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
     from zoo.compress.pruning import GradualMagnitudePruningConfig, MagnitudePruningConfig
     from zoo.compress.quantization import Int8PTQConfig
@@ -132,6 +137,8 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
             steps.append(GradualMagnitudePruningConfig(final_sparsity=sparsity, **schedule))
         else:
             steps.append(GradualBlockPruningConfig(final_sparsity=sparsity, block=entry.prune_block, **schedule))
+    elif sparsity > 0 and method in ("channels", "heads"):
+        steps.append(_structured_step(entry, sparsity, method, finetune_epochs))
     elif sparsity > 0:  # method == "oneshot"
         if entry.prune_block is None:
             steps.append(MagnitudePruningConfig(sparsity=sparsity, scope="global", keep_dense=entry.keep_dense))
@@ -141,6 +148,24 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
     if quant == "int8":
         steps.append(Int8PTQConfig(calibration_batches=8, keep_fp=()))
     return Recipe(tuple(steps))
+
+
+def _structured_step(entry: ModelEntry, sparsity: float, method: str, finetune_epochs: int | None):
+    """The default structured pruning step: `sparsity` of the channels (or of the heads and FFN
+    neurons) removed in STRUCTURED_STEPS steps while fine-tuning as gradual magnitude pruning does
+    (half the base's epochs at its peak learning rate and optimizer); `entry.keep_dense` layers keep
+    their output channels."""
+    from zoo.compress.structured import ChannelPruningConfig, HeadPruningConfig
+
+    if entry.train is None:
+        raise InvalidArgumentError(f"{entry.name} has no training data here to fine-tune while pruning")
+    if finetune_epochs is None:
+        finetune_epochs = max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION))
+    schedule = dict(epochs=finetune_epochs, lr=entry.train.lr, steps=STRUCTURED_STEPS,
+                    weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer)
+    if method == "channels":
+        return ChannelPruningConfig(sparsity=sparsity, keep=entry.keep_dense, **schedule)
+    return HeadPruningConfig(sparsity=sparsity, **schedule)
 
 
 def is_custom_recipe_name(name: str) -> bool:

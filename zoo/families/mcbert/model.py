@@ -33,9 +33,11 @@ from torch.nn import functional as F
 from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
+from zoo.compress.structured import register_structured
 from zoo.entry import ModelEntry
 from zoo.errors import CheckpointError, InvalidArgumentError
 from zoo.families.mcbert.entries import MASK_ID, MODEL_FAMILIES, NEITHER_ID, PAD_ID, SPECIAL_TOKENS, TextInput
+from zoo.families.mcbert.structured import HOOKS as STRUCTURED_HOOKS
 from zoo.models import FAMILIES, INITIALIZERS, build_model
 
 NUM_SPECIAL = len(SPECIAL_TOKENS)
@@ -355,3 +357,6 @@ def _init_from_pretrained(entry: ModelEntry, pretrained: nn.Module) -> nn.Module
 for _family in MODEL_FAMILIES:
     FAMILIES.register(_family, build_text_model)
     INITIALIZERS.register(_family, _init_from_pretrained)
+
+for _model_type in (BertTextClassifier, BertMaskedLM, MCBertForPreTraining):  # head and FFN pruning of `.bert`
+    register_structured(_model_type, STRUCTURED_HOOKS)

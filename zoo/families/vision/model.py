@@ -5,6 +5,7 @@ import timm
 from torch import nn
 
 from zoo.entry import ModelEntry
+from zoo.families.vision import structured  # noqa: F401  (registers the timm models' structured hooks)
 from zoo.families.vision.entries import MODEL_FAMILIES
 from zoo.models import FAMILIES
 
