@@ -32,6 +32,7 @@ from zoo.hub import download
 from zoo.models import build_empty_model
 from zoo.native import train_base_model
 from zoo.options import TrainOptions
+from zoo.runtimes.load import EXPORTS_FOLDER
 from zoo.store import REPORT_FILE, Store
 from zoo.tasks import Task, task_of
 from zoo.variants import VariantSpec, default_method, info, resolve  # noqa: F401  (zoo.api's public names)
@@ -49,6 +50,7 @@ class LoadedVariant:
     source: str  # "hub", "cache", "derived", "trained" or "upstream"
     path: Path
     report: VariantReport | None
+    runtime: str = "torch"  # what runs it: "torch", "onnxruntime" or "openvino" (zoo.runtimes)
 
 
 def load(
@@ -63,14 +65,20 @@ def load(
     endpoint: str | None = None,
     progress: bool = True,
     options: TrainOptions | None = None,
+    runtime: str = "torch",
 ) -> nn.Module:
     """A model in eval mode for `name` (`arch.tag`), optionally compressed; `model.zoo` says what it is.
 
     `sparsity` in [0, 1), `quant` None or "int8", `method` "gmp" or "oneshot" (default: gmp where the
     zoo can fine-tune, else oneshot), `recipe` a custom Recipe instead of the default one. `options`
     (default: the store's) shortens training, fine-tuning or latency measurement of whatever is made
-    now; what it makes is cached apart from what the entry's own recipe makes.
+    now; what it makes is cached apart from what the entry's own recipe makes. `runtime` "onnxruntime"
+    or "openvino" returns the model's exported graph in that runtime, called like the torch model
+    (zoo.runtimes; the export is cached beside the checkpoint).
     """
+    from zoo.runtimes.session import check_runtime
+
+    check_runtime(runtime)
     if isinstance(name, VariantSpec):
         if sparsity or quant is not None or method is not None or recipe is not None:
             raise InvalidArgumentError(f"a VariantSpec ({name.name}) already says how to compress; "
@@ -81,6 +89,15 @@ def load(
     store = store or Store()
     if options is not None:
         store = dataclasses.replace(store, options=options)
+    model = _load_torch(spec, store, revision, endpoint=endpoint, progress=progress)
+    if runtime == "torch":
+        return model
+    from zoo.runtimes.load import with_runtime
+
+    return with_runtime(model, runtime, store.cache_root)
+
+
+def _load_torch(spec: VariantSpec, store: Store, revision: str, *, endpoint: str | None, progress: bool) -> nn.Module:
     published = _load_published(spec, store, revision)
     if published is not None:
         return published
@@ -203,7 +220,7 @@ def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options
     save_checkpoint(folder, model.state_dict(), config=config)
     report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                              quant=spec.quant, recipe=recipe, progress=progress,
-                             latency_seconds=options.latency_seconds)
+                             latency_seconds=options.latency_seconds, export_root=folder / EXPORTS_FOLDER)
     report.save(folder / REPORT_FILE)
     model.zoo = LoadedVariant(spec.name, spec.base.name, spec.sparsity, spec.quant, recipe, source, folder, report)
     return model
@@ -248,7 +265,8 @@ def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
     if report is None or not report.is_current or (report.eval_data_missing and has_eval_data(spec.base)):
         report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                                  quant=spec.quant, recipe=model.zoo.recipe, progress=progress,
-                                 latency_seconds=(options or TrainOptions()).latency_seconds)
+                                 latency_seconds=(options or TrainOptions()).latency_seconds,
+                                 export_root=folder / EXPORTS_FOLDER)
         report.save(folder / REPORT_FILE)
         model.zoo = dataclasses.replace(model.zoo, report=report)
     return model
