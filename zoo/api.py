@@ -32,7 +32,6 @@ from zoo.hub import download
 from zoo.models import build_empty_model
 from zoo.native import train_base_model
 from zoo.options import TrainOptions
-from zoo.runtimes.load import EXPORTS_FOLDER
 from zoo.store import REPORT_FILE, Store
 from zoo.tasks import Task, task_of
 from zoo.variants import VariantSpec, default_method, info, resolve  # noqa: F401  (zoo.api's public names)
@@ -220,7 +219,7 @@ def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options
     save_checkpoint(folder, model.state_dict(), config=config)
     report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                              quant=spec.quant, recipe=recipe, progress=progress,
-                             latency_seconds=options.latency_seconds, export_root=folder / EXPORTS_FOLDER)
+                             latency_seconds=options.latency_seconds, export_root=_exports(folder))
     report.save(folder / REPORT_FILE)
     model.zoo = LoadedVariant(spec.name, spec.base.name, spec.sparsity, spec.quant, recipe, source, folder, report)
     return model
@@ -266,7 +265,7 @@ def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
         report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                                  quant=spec.quant, recipe=model.zoo.recipe, progress=progress,
                                  latency_seconds=(options or TrainOptions()).latency_seconds,
-                                 export_root=folder / EXPORTS_FOLDER)
+                                 export_root=_exports(folder))
         report.save(folder / REPORT_FILE)
         model.zoo = dataclasses.replace(model.zoo, report=report)
     return model
@@ -306,6 +305,13 @@ def base_fingerprint(folder: Path) -> str:
         return str(folder.resolve())
     config = json.loads((folder / CONFIG_FILE).read_text())
     return config.get("base_fingerprint") or config["files"][WEIGHTS_FILE]["sha256"]
+
+
+def _exports(folder: Path) -> Path:
+    """Where the graph exports (zoo.runtimes) of the checkpoint in `folder` are cached."""
+    from zoo.runtimes.load import EXPORTS_FOLDER
+
+    return folder / EXPORTS_FOLDER
 
 
 def _digest(text: str) -> str:
