@@ -11,8 +11,9 @@ from zoo.evaluate.machine import MachineInfo
 
 # Bumped when the evaluator measures differently, so that reports cached by an older one are measured
 # again (2: per-layer FLOPs credited to the outermost module that counted them; 3: attention counted on
-# every SDPA kernel, the ops left out of the FLOPs named, the machine recorded).
-EVALUATOR_VERSION = 3
+# every SDPA kernel, the ops left out of the FLOPs named, the machine recorded; 4: latency per runtime,
+# torch eager, ONNX Runtime and OpenVINO, and the int8 path).
+EVALUATOR_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,11 @@ class VariantReport:
     (op name -> calls, see `zoo.evaluate.flops`); metrics are as their task's `MetricSpec`s say.
     `machine` is where it was measured (None for reports that predate it). `eval_data_missing` says why
     `metrics` is empty when the evaluation data was not on the machine (None: it was measured).
-    `evaluator_version` is the `EVALUATOR_VERSION` that measured it (1 for reports that predate it)."""
+    `evaluator_version` is the `EVALUATOR_VERSION` that measured it (1 for reports that predate it).
+    `latency_ms` is torch eager's; `latency_by_runtime` the median ms in each runtime that ran it (torch,
+    onnxruntime, openvino: see zoo.runtimes.measure), `runtime_errors` why a runtime has no number, and
+    `int8_path` what produced an int8 variant's fastest number (e.g. "openvino QDQ (VNNI): 21/21 layers
+    on integer kernels", or "fake-quant (no integer kernel used)"; None for fp32 variants)."""
 
     name: str
     base_model: str
@@ -54,6 +59,9 @@ class VariantReport:
     flops_uncounted: dict[str, int] = field(default_factory=dict)
     machine: MachineInfo | None = None
     eval_data_missing: str | None = None
+    latency_by_runtime: dict[str, float] = field(default_factory=dict)
+    runtime_errors: dict[str, str] = field(default_factory=dict)
+    int8_path: str | None = None
     evaluator_version: int = EVALUATOR_VERSION
 
     @property

@@ -50,6 +50,7 @@ class LoadedVariant:
     source: str  # "hub", "cache", "derived", "trained" or "upstream"
     path: Path
     report: VariantReport | None
+    runtime: str = "torch"  # what runs it: "torch", "onnxruntime" or "openvino" (zoo.runtimes)
 
 
 def load(
@@ -65,6 +66,7 @@ def load(
     progress: bool = True,
     options: TrainOptions | None = None,
     kernels: str = "dense",
+    runtime: str = "torch",
 ) -> nn.Module:
     """A model in eval mode for `name` (`arch.tag`), optionally compressed; `model.zoo` says what it is.
 
@@ -74,14 +76,16 @@ def load(
     now; what it makes is cached apart from what the entry's own recipe makes. `kernels` "sparse" swaps
     each sparse enough Linear / 1x1 Conv2d for the kernel measured fastest on this machine at the task's
     example input (`compress.sparse_kernels.use_sparse_kernels`; its choices in `model.kernel_choices`).
+    `runtime` "onnxruntime" or "openvino" returns the model's exported graph in that runtime, called like
+    the torch model (zoo.runtimes; the export is cached beside the checkpoint).
     """
+    from zoo.runtimes.session import check_runtime
+
+    check_runtime(runtime)
     if kernels not in ("dense", "sparse"):
         raise InvalidArgumentError(f"kernels must be 'dense' or 'sparse', got {kernels!r}")
-    if kernels == "sparse":
-        model = load(name, sparsity=sparsity, quant=quant, method=method, recipe=recipe, revision=revision,
-                     store=store, endpoint=endpoint, progress=progress, options=options)
-        _use_sparse_kernels(model)
-        return model
+    if kernels == "sparse" and runtime != "torch":
+        raise InvalidArgumentError(f"sparse kernels are torch modules; runtime {runtime!r} brings its own kernels")
     if isinstance(name, VariantSpec):
         if sparsity or quant is not None or method is not None or recipe is not None:
             raise InvalidArgumentError(f"a VariantSpec ({name.name}) already says how to compress; "
@@ -92,6 +96,17 @@ def load(
     store = store or Store()
     if options is not None:
         store = dataclasses.replace(store, options=options)
+    model = _load_torch(spec, store, revision, endpoint=endpoint, progress=progress)
+    if kernels == "sparse":
+        _use_sparse_kernels(model)
+    if runtime == "torch":
+        return model
+    from zoo.runtimes.load import with_runtime
+
+    return with_runtime(model, runtime, store.cache_root)
+
+
+def _load_torch(spec: VariantSpec, store: Store, revision: str, *, endpoint: str | None, progress: bool) -> nn.Module:
     published = _load_published(spec, store, revision)
     if published is not None:
         return published
@@ -225,7 +240,7 @@ def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options
     save_checkpoint(folder, model.state_dict(), config=config)
     report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                              quant=spec.quant, recipe=recipe, progress=progress,
-                             latency_seconds=options.latency_seconds)
+                             latency_seconds=options.latency_seconds, export_root=_exports(folder))
     report.save(folder / REPORT_FILE)
     model.zoo = LoadedVariant(spec.name, spec.base.name, spec.sparsity, spec.quant, recipe, source, folder, report)
     return model
@@ -275,7 +290,8 @@ def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
     if report is None or not report.is_current or (report.eval_data_missing and has_eval_data(spec.base)):
         report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                                  quant=spec.quant, recipe=model.zoo.recipe, progress=progress,
-                                 latency_seconds=(options or TrainOptions()).latency_seconds)
+                                 latency_seconds=(options or TrainOptions()).latency_seconds,
+                                 export_root=_exports(folder))
         report.save(folder / REPORT_FILE)
         model.zoo = dataclasses.replace(model.zoo, report=report)
     return model
@@ -315,6 +331,13 @@ def base_fingerprint(folder: Path) -> str:
         return str(folder.resolve())
     config = json.loads((folder / CONFIG_FILE).read_text())
     return config.get("base_fingerprint") or config["files"][WEIGHTS_FILE]["sha256"]
+
+
+def _exports(folder: Path) -> Path:
+    """Where the graph exports (zoo.runtimes) of the checkpoint in `folder` are cached."""
+    from zoo.runtimes.load import EXPORTS_FOLDER
+
+    return folder / EXPORTS_FOLDER
 
 
 def _digest(text: str) -> str:

@@ -264,18 +264,40 @@ def pull(repo_id, revision, endpoint, token, hub_root, cache_root):
 @main.command()
 @click.argument("name")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True)
+@click.option("--format", "fmt", type=click.Choice(["dense", "onnx", "openvino"]), default="dense", show_default=True,
+              help="dense: a safetensors state dict timm loads; onnx: an ONNX graph (int8 variants as QDQ); "
+                   "openvino: OpenVINO IR (OUT is the .xml, its .bin beside it).")
 @_apply(variant_options + store_options)
 @_one_line_errors
-def export(name, out_file, sparsity, quant, method, recipe_file, hub_root, cache_root):
-    """Write a variant as a plain dense safetensors state dict that timm loads unchanged."""
+def export(name, out_file, fmt, sparsity, quant, method, recipe_file, hub_root, cache_root):
+    """Write a variant as a plain dense safetensors state dict that timm loads unchanged, or as an ONNX
+    or OpenVINO graph (cached beside the variant, then copied to OUT)."""
     from zoo.compress.checkpoint import export_dense
 
     model = _load(name, sparsity, quant, method, recipe_file, hub_root, cache_root)
+    if fmt != "dense":
+        _export_graph(model, fmt, Path(out_file), hub_root, cache_root)
+        return
     path = export_dense(model.zoo.path, out_file)
     entry = _entry(model.zoo.base_model)
     click.echo(f"wrote {path}; load it with timm.create_model({entry.arch!r}, pretrained=True, "
                f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={entry.num_classes}), "
                f"**{entry.model_kwargs!r})")
+
+
+def _export_graph(model, fmt: str, out: Path, hub_root, cache_root) -> None:
+    from zoo.atomic import atomic_path
+    from zoo.runtimes.load import export_model
+
+    source = export_model(model, fmt, _store(hub_root, cache_root).cache_root)
+    suffixes = (".onnx",) if fmt == "onnx" else (".bin", ".xml")  # IR: the .xml last, once its .bin is there
+    for suffix in suffixes:
+        target = out.with_suffix(suffix) if fmt == "openvino" else out
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(source.with_suffix(suffix).read_bytes())
+    runtime = "onnxruntime" if fmt == "onnx" else "openvino"
+    click.echo(f"wrote {out.with_suffix('.xml') if fmt == 'openvino' else out}; or run it through the zoo with "
+               f"zoo.load({model.zoo.name!r}, runtime={runtime!r})")
 
 
 @main.command()

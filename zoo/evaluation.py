@@ -1,6 +1,8 @@
 """The evaluator: measures one loaded variant (task metric, FLOPs, parameters, bytes, latency)."""
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +31,7 @@ def measure_variant(
     recipe: Recipe | None,
     progress: bool = True,
     latency_seconds: float = DEFAULT_LATENCY_SECONDS,
+    export_root: Path | None = None,
 ) -> VariantReport:
     """Every number a card shows for `model`, a variant of `entry` saved at `checkpoint_dir`.
 
@@ -36,6 +39,9 @@ def measure_variant(
     checkpoint without ZOO_IMAGEFOLDER_VAL: `NoEvaluationDataError`) the report has empty metrics and
     says why in `eval_data_missing` (and `zoo.load` measures it again once the data is there); any
     other failure of the evaluation is raised, never recorded as "not measured".
+
+    Latency is measured in torch eager and in every graph runtime (zoo.runtimes) the family exports
+    to; the exports are cached under `export_root` (default: a temporary folder, removed after).
     """
     task = task_of(entry)
     example = task.example_input(entry)
@@ -52,6 +58,8 @@ def measure_variant(
     params = count_parameters(model)
     threads = torch.get_num_threads()
     latency = measure_latency(model, example, min_run_time=latency_seconds, num_threads=threads)
+    runtimes = _runtime_latencies(model, entry, example, latency.median_ms, checkpoint_dir, export_root, quant,
+                                  latency_seconds, threads)
     return VariantReport(
         name=name, base_model=entry.name, task=entry.task, dataset=entry.eval_data.name,
         split=entry.eval_data.split, metrics=metrics, metric_average=average,
@@ -60,7 +68,26 @@ def measure_variant(
         latency_ms=latency.median_ms, sparsity=sparsity, quant=quant,
         recipe=recipe.to_list() if recipe is not None and recipe.steps else None, layers=flops.layers,
         flops_uncounted=flops.uncounted, machine=current_machine(threads), eval_data_missing=missing,
+        latency_by_runtime=runtimes.latency_ms, runtime_errors=runtimes.errors, int8_path=runtimes.int8_path,
     )
+
+
+# Latency per runtime (zoo.runtimes) ----------------------------------------------------------------
+
+def _runtime_latencies(model: nn.Module, entry: ModelEntry, example, torch_ms: float, checkpoint_dir: Path,
+                       export_root: Path | None, quant: str | None, latency_seconds: float, threads: int):
+    from zoo.runtimes import UnsupportedExportError, weights_identity
+    from zoo.runtimes.measure import measure_runtimes
+
+    try:
+        signature, unsupported = task_of(entry).export_signature(entry), None
+    except UnsupportedExportError as err:
+        signature, unsupported = None, str(err)
+    with contextlib.ExitStack() as stack:
+        root = export_root if export_root is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        return measure_runtimes(model, signature, example, torch_ms=torch_ms, export_root=root,
+                                weights_identity=weights_identity(checkpoint_dir), quant=quant,
+                                latency_seconds=latency_seconds, threads=threads, unsupported=unsupported)
 
 
 def has_eval_data(entry: ModelEntry) -> bool:

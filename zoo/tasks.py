@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from zoo.data import Batches
+    from zoo.runtimes.signature import GraphSignature
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,13 @@ class Task:
     def model_inputs(self, batch: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """What the model is called with for a batch (int8 calibration feeds these)."""
         return batch[0]
+
+    def export_signature(self, entry: ModelEntry) -> GraphSignature:
+        """How `entry`'s model maps onto an exported graph (ONNX, OpenVINO): see zoo.runtimes. A task
+        whose models do not export raises `UnsupportedExportError` saying why; this default does."""
+        from zoo.runtimes.signature import UnsupportedExportError
+
+        raise UnsupportedExportError(f"the {self.name} task declares no exported graph")
 
 
 TASKS: Registry[Task] = Registry("task")

@@ -15,6 +15,7 @@ bits per pixel given by the entropy model. z is sampled with a fixed seed, so ev
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +28,10 @@ from tqdm.auto import tqdm
 from zoo.data import Batches
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
+from zoo.families.invertible.model import (
+    CodecOutput, RescalingOutput, quantize_8bit, round_ste, sample_latent,
+)
+from zoo.runtimes.signature import GraphSignature, RunGraph, batch_axes
 from zoo.tasks import MetricPlot, MetricSpec, Task, TaskResult, register_task
 
 EVAL_SEED = 0
@@ -135,6 +140,64 @@ class _ImageToImage(Task):
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def export_signature(self, entry: ModelEntry) -> GraphSignature:
+        """The round trip in a graph: (x, the sampled z) in, the model's outputs out; z ~ N(0, s^2 I) is
+        drawn in torch with the caller's generator, as the torch model draws it. Methods besides forward
+        (`upscale`, `synthesis`: the z = 0 metric) are not in the graph."""
+        from zoo.families.invertible.model import IMAGE_CHANNELS
+        from zoo.models import build_empty_model
+
+        model = build_empty_model(entry)  # on the meta device: its configuration, no weights
+        levels = model.net.levels
+        kept = getattr(model, "latent_channels", IMAGE_CHANNELS)  # ILC's latent; IRN keeps the LR image
+        return SampledLatentGraph(("x", "noise"), self.outputs, batch_axes("x", "noise"), levels=levels,
+                                  z_channels=IMAGE_CHANNELS * 4 ** levels - kept,
+                                  gaussian_scale=model.gaussian_scale, round_trip=self.name)
+
+
+@dataclass(frozen=True)
+class SampledLatentGraph(GraphSignature):
+    """IRN / ILC in a graph whose second input is the latent z, sampled by the caller (see
+    `_ImageToImage.export_signature`); outputs as the model's NamedTuple, rebuilt from the graph's."""
+
+    levels: int = 1
+    z_channels: int = 0
+    gaussian_scale: float = 1.0
+    round_trip: str = ""
+
+    def noise(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        down = 2 ** self.levels
+        shape = (x.shape[0], self.z_channels, x.shape[-2] // down, x.shape[-1] // down)
+        return sample_latent(x.new_empty(shape), generator, self.gaussian_scale)
+
+    def graph_module(self, model: nn.Module) -> nn.Module:
+        return _WithNoise(model, self.round_trip)
+
+    def example_inputs(self, example: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = example[0] if isinstance(example, tuple) else example
+        return x, self.noise(x, torch.Generator().manual_seed(0))
+
+    def call(self, run: RunGraph, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple:
+        outputs = run((x, self.noise(x, generator)))
+        return (RescalingOutput if self.round_trip == "image-rescaling" else CodecOutput)(*outputs)
+
+
+class _WithNoise(nn.Module):
+    """forward(x, noise): the model's round trip (eval mode) with `noise` as the sampled z."""
+
+    def __init__(self, model: nn.Module, round_trip: str) -> None:
+        super().__init__()
+        self.model, self.round_trip = model, round_trip
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        model = self.model
+        if self.round_trip == "image-rescaling":
+            lr, z = model.downscale(x)
+            return lr, z, model.upscale(quantize_8bit(lr), noise)
+        y, z = model.analysis(x)
+        latent = round_ste(y)
+        return latent, model.entropy.bits(latent), z, model.synthesis(latent, noise)
+
 
 class ImageRescaling(_ImageToImage):
     """IRN: downscale to an 8-bit LR image, upscale it back with a sampled z; scored on the HR image
@@ -144,6 +207,7 @@ class ImageRescaling(_ImageToImage):
     pipeline_tag = "image-to-image"
     round_trip = "downscaled and upscaled back"
     metrics = (PSNR, SSIM, PSNR_Z0, PSNR_LR)
+    outputs = ("lr", "z", "hr")
 
     def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
         return irn_loss(model, _images(batch))
@@ -167,6 +231,7 @@ class ImageCompression(_ImageToImage):
     round_trip = "encoded, its rate estimated by the entropy model, and decoded"
     extra_plots = (MetricPlot(BPP.key, PSNR.key, "rate_distortion.png"),)
     metrics = (PSNR, SSIM, PSNR_Z0, BPP)
+    outputs = ("latent", "bits", "z", "image")
 
     def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
         return ilc_loss(model, _images(batch))

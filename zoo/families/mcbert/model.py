@@ -143,6 +143,14 @@ class MaskedLMOutput:
     masked: Tensor
 
 
+def corrupt_tokens(input_ids: Tensor, masked: Tensor, vocab_size: int, generator: torch.Generator | None) -> Tensor:
+    """BERT's 80/10/10: masked positions become [MASK], a random real token, or stay."""
+    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    random_tokens = torch.randint(NUM_SPECIAL, vocab_size, input_ids.shape, generator=generator, device=input_ids.device)
+    corrupted = torch.where(masked & (draw < 0.8), torch.full_like(input_ids, MASK_ID), input_ids)
+    return torch.where(masked & (draw >= 0.8) & (draw < 0.9), random_tokens, corrupted)
+
+
 class BertMaskedLM(nn.Module):
     """The baseline: BERT pre-trained by masked-token prediction (`forward` masks, predicts, scores)."""
 
@@ -154,11 +162,11 @@ class BertMaskedLM(nn.Module):
 
     def corrupt(self, input_ids: Tensor, masked: Tensor, generator: torch.Generator | None) -> Tensor:
         """BERT's 80/10/10: masked positions become [MASK], a random real token, or stay."""
-        draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
-        random_tokens = torch.randint(NUM_SPECIAL, self.head.bias.numel(), input_ids.shape, generator=generator,
-                                      device=input_ids.device)
-        corrupted = torch.where(masked & (draw < 0.8), torch.full_like(input_ids, MASK_ID), input_ids)
-        return torch.where(masked & (draw >= 0.8) & (draw < 0.9), random_tokens, corrupted)
+        return corrupt_tokens(input_ids, masked, self.head.bias.numel(), generator)
+
+    def all_logits(self, corrupted: Tensor) -> Tensor:
+        """LM logits at every position of already corrupted ids (what an exported graph computes)."""
+        return self.head(run_encoder(self.bert, corrupted), module_input(self.bert.embeddings.word_embeddings.weight))
 
     def forward(self, input_ids: Tensor, masked: Tensor | None = None,
                 generator: torch.Generator | None = None) -> MaskedLMOutput:

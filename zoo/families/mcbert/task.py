@@ -7,6 +7,7 @@ draws them from torch's global generator (seeded by the training loop): dynamic 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ from zoo.data import Batches
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.families.mcbert.entries import TextInput
+from zoo.families.mcbert.model import MaskedLMOutput, choose_masked, corrupt_tokens
+from zoo.runtimes.signature import GraphSignature, RunGraph, UnsupportedExportError, batch_axes
 from zoo.tasks import MetricSpec, Task, TaskResult, register_task
 
 EVAL_SEED = 1234
@@ -56,6 +59,36 @@ def _run(model: nn.Module, batches: Batches, desc: str, progress: bool, step) ->
                 step(batch, generator)
     finally:
         model.train(was_training)
+
+
+@dataclass(frozen=True)
+class MaskedLMGraph(GraphSignature):
+    """The masked-LM baseline in a graph: corrupted ids in, LM logits at every position out. Choosing and
+    corrupting the masked positions (random draws) happen in torch, as in `BertMaskedLM.forward`, with
+    the same generator, so the runtime model returns the same `MaskedLMOutput`."""
+
+    mask_rate: float = 0.15
+    vocab_size: int = 0
+
+    def graph_module(self, model: nn.Module) -> nn.Module:
+        return _AllLogits(model)
+
+    def call(self, run: RunGraph, input_ids: torch.Tensor, masked: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> MaskedLMOutput:
+        if masked is None:
+            masked = choose_masked(input_ids, self.mask_rate, generator)
+        (logits,) = run((corrupt_tokens(input_ids, masked, self.vocab_size, generator),))
+        logits, labels = logits[masked], input_ids[masked]
+        return MaskedLMOutput(F.cross_entropy(logits, labels), logits, labels, masked)
+
+
+class _AllLogits(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, corrupted: torch.Tensor) -> torch.Tensor:
+        return self.model.all_logits(corrupted)
 
 
 class MultiChoiceCloze(_TextTask):
@@ -101,6 +134,12 @@ class MultiChoiceCloze(_TextTask):
                            "mc_cloze_accuracy": float(cloze.compute()),
                            "controller_accuracy": float(controller.compute())}, self.average, counts[0])
 
+    def export_signature(self, entry: ModelEntry) -> GraphSignature:
+        raise UnsupportedExportError(
+            "MC-BERT pre-training does not export as one graph: its meta controller's candidates are drawn by "
+            "torch.multinomial between the two encoders, a random draw an exported graph cannot reproduce; its "
+            "fine-tuned classifiers (text-classification) export")
+
 
 class FillMask(_TextTask):
     """The masked-LM baseline's task: `mlm_accuracy`, the masked-token accuracy over the vocabulary."""
@@ -123,6 +162,11 @@ class FillMask(_TextTask):
 
         _run(model, batches, "evaluate fill-mask", progress, step)
         return TaskResult({"mlm_accuracy": float(accuracy.compute())}, self.average, counts[0])
+
+    def export_signature(self, entry: ModelEntry) -> GraphSignature:
+        return MaskedLMGraph(("input_ids",), ("logits",), batch_axes("input_ids", sequence=("input_ids",)),
+                             mask_rate=float(entry.model_kwargs["mask_rate"]),
+                             vocab_size=_text_input(entry).vocab_size)
 
 
 class TextClassification(_TextTask):
@@ -149,6 +193,10 @@ class TextClassification(_TextTask):
 
         _run(model, batches, "evaluate text-classification", progress, step)
         return TaskResult({"accuracy": float(accuracy.compute())}, self.average, counts[0])
+
+    def export_signature(self, entry: ModelEntry) -> GraphSignature:
+        """Token ids in (batch and sequence length dynamic), logits out."""
+        return GraphSignature(("input_ids",), ("logits",), batch_axes("input_ids", sequence=("input_ids",)))
 
 
 MULTI_CHOICE_CLOZE = register_task(MultiChoiceCloze())

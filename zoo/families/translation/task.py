@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from zoo.data import Batches
 from zoo.entry import ModelEntry
+from zoo.runtimes.signature import GraphSignature, UnsupportedExportError
 from zoo.tasks import MetricSpec, Task, TaskResult, register_task
 from zoo.families.translation.data import CORPORA, PAD_ID, UNK_ID, decode, trim
 
@@ -89,6 +90,13 @@ class Translation(Task):
         return (f"one teacher-forced pass over a sentence pair of {spec.example_source_len} source and "
                 f"{spec.example_target_len} target tokens (the corpus' mean lengths); beam-search decoding with "
                 f"{spec.num_beams} beams runs the decoder once per generated token and beam, so it costs more")
+
+
+    def export_signature(self, entry: ModelEntry) -> GraphSignature:
+        raise UnsupportedExportError(
+            "translation models do not export: what the task runs is transformers' generate, a beam search whose "
+            "loop, beam bookkeeping and stopping are Python around one decoder call per token; a graph of the "
+            "teacher-forced forward alone would not translate")
 
 
 register_task(Translation())

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from zoo.data import Batches
 from zoo.entry import ModelEntry
+from zoo.runtimes.signature import GraphSignature, batch_axes
 from zoo.tasks import MetricSpec, Task, TaskResult, register_task
 
 
@@ -42,6 +43,10 @@ class ImageClassification(Task):
     def describe_example(self, entry: ModelEntry) -> str:
         channels, (height, width) = entry.input.channels, entry.input.size
         return f"one {channels}x{height}x{width} image"
+
+    def export_signature(self, entry: ModelEntry) -> GraphSignature:
+        """Images in (batch dynamic, size fixed to the entry's), logits out."""
+        return GraphSignature(("pixel_values",), ("logits",), batch_axes("pixel_values"))
 
 
 register_task(ImageClassification())

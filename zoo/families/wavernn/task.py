@@ -14,6 +14,7 @@ from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.families.wavernn.data import LOG_FLOOR, AudioSpec, SpeechWindows, log_mel, offset_to_pcm, pcm_to_float
 from zoo.families.wavernn.model import SILENCE, split_16bit
+from zoo.runtimes.signature import GraphSignature, UnsupportedExportError
 from zoo.tasks import MetricSpec, Task, TaskResult, register_task
 
 
@@ -94,6 +95,13 @@ class Vocoding(Task):
         spec = entry.input
         return (f"one mel frame, i.e. {spec.hop} samples ({1000 * spec.hop / spec.sample_rate:.0f} ms) of "
                 f"{spec.sample_rate / 1000:g} kHz audio, teacher-forced")
+
+
+    def export_signature(self, entry: ModelEntry) -> GraphSignature:
+        raise UnsupportedExportError(
+            "WaveRNN does not export: generating audio is a sampling loop, one recurrent step and one draw from "
+            "the coarse then the fine distribution per sample, driven by Python with a torch generator; a graph "
+            "of the teacher-forced forward would score audio, not generate it")
 
 
 register_task(Vocoding())
