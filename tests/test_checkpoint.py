@@ -75,9 +75,9 @@ def test_float_round_trip_is_bit_exact_at_any_sparsity(sparsity: float, shape: t
     assert_bit_equal(decompress_state_dict(stored, metas), sd)
 
 
-def test_encoding_is_the_smaller_one() -> None:
+def test_plain_encoding_is_the_smaller_one() -> None:
     sd = {"dense.weight": sparse((256, 64), 0.0), "half.weight": sparse((256, 64), 0.5), "tiny.bias": torch.zeros(4)}
-    stored, metas = compress_state_dict(sd)
+    stored, metas = compress_state_dict(sd, entropy_coding=False)
     assert encodings(metas) == {
         "dense.weight": Encoding.DENSE, "half.weight": Encoding.BITMASK, "tiny.bias": Encoding.DENSE,
     }
@@ -89,7 +89,7 @@ def test_encoding_is_the_smaller_one() -> None:
 def test_bitmask_uses_little_bit_order() -> None:
     t = torch.zeros(1000)
     t[[0, 3, 9, 999]] = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    stored, _ = compress_state_dict({"t": t})
+    stored, _ = compress_state_dict({"t": t}, entropy_coding=False)
     bits = stored["t.bitmask"]
     assert bits[0] == 0b1001 and bits[1] == 0b10 and bits[124] == 0b10000000
     assert stored["t.values"].tolist() == [1.0, 2.0, 3.0, 4.0]
@@ -104,10 +104,14 @@ def test_int8_round_trip_is_bit_exact(sparsity: float) -> None:
         "conv.input_scale": torch.tensor(0.02), "conv.input_zero_point": torch.tensor(0, dtype=torch.int32),
         "fc.weight": fc, "fc.weight_scale": fc_scale, "fc.bias": torch.randn(10),
     }
-    stored, metas = compress_state_dict(sd)
+    stored, metas = compress_state_dict(sd, entropy_coding=False)
     expected = Encoding.INT8 if sparsity < 0.5 else Encoding.BITMASK_INT8
     assert metas["conv.weight"].encoding == expected and metas["fc.weight"].encoding == expected
     assert stored["conv.weight.values"].dtype == torch.int8
+    assert_bit_equal(decompress_state_dict(stored, metas), sd)
+    stored, metas = compress_state_dict(sd)
+    if sparsity == 0.95:  # mask and values both compress: the zstd form saves more than ENTROPY_MIN_SAVING
+        assert metas["conv.weight"].encoding == Encoding.BITMASK_INT8_ZSTD
     assert_bit_equal(decompress_state_dict(stored, metas), sd)
 
 
@@ -144,7 +148,8 @@ def test_non_float_and_low_precision_tensors_round_trip(tmp_path: Path) -> None:
     restored, _ = load_checkpoint(folder)
     assert_bit_equal(restored, sd)
     _, metas = compress_state_dict(sd)
-    assert metas["ids"].encoding == Encoding.DENSE and metas["bf16.dense"].encoding == Encoding.DENSE
+    # 4000 bytes of zeros compress to a few bytes; bf16 randoms (462 bytes) are too small to try
+    assert metas["ids"].encoding == Encoding.DENSE_ZSTD and metas["bf16.dense"].encoding == Encoding.DENSE
     assert metas["bf16.sparse"].encoding == Encoding.BITMASK and metas["fp64.sparse"].encoding == Encoding.BITMASK
 
 
