@@ -144,16 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         for label, sd in variants.items():
             for coding in ("plain", "zstd"):
                 folder = Path(tmp) / f"{label.replace(' ', '_')}-{coding}"
-                if coding == "plain":  # the version-1 encodings: what the previous format wrote
-                    import zoo.compress.checkpoint as ckpt
-                    original = ckpt.compress_state_dict
-                    ckpt.compress_state_dict = lambda s: compress_state_dict(s, entropy_coding=False)
-                    try:
-                        save_checkpoint(folder, sd, config=config)
-                    finally:
-                        ckpt.compress_state_dict = original
-                else:
-                    save_checkpoint(folder, sd, config=config)
+                # plain: the version-1 encodings, what the previous format wrote
+                save_checkpoint(folder, sd, config=config, entropy_coding=coding == "zstd")
                 rows.append((label, coding, *measure(folder, sd, args.repeats)))
 
     dense_bytes = rows[0][2]

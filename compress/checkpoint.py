@@ -56,12 +56,16 @@ _CHUNK = 1 << 20
 
 def save_checkpoint(
     folder: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor], *, config: dict[str, Any],
+    entropy_coding: bool = True,
 ) -> Path:
     """Writes `state_dict` compressed, with `config` (name, base_model, arch, model_kwargs, recipe and
-    any extra JSON metadata), into `folder`, atomically replacing a checkpoint already there."""
+    any extra JSON metadata), into `folder`, atomically replacing a checkpoint already there.
+
+    `entropy_coding=False` keeps to the plain encodings: a version-1 checkpoint, which zoo versions
+    before the entropy-coded encodings can read."""
     folder = Path(folder)
     body = _checked_config(config)
-    stored, metas = compress_state_dict(state_dict)
+    stored, metas = compress_state_dict(state_dict, entropy_coding=entropy_coding)
     _check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -261,7 +265,7 @@ def _read_weights(path: Path, version: int) -> tuple[dict[str, torch.Tensor], di
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = f.get_tensors()
     except SafetensorError as err:
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
     if METAS_KEY not in metadata:

@@ -66,18 +66,12 @@ def decode(key: str, frame: np.ndarray, count: int, dtype: np.dtype) -> np.ndarr
         raise CheckpointError(
             f"stored tensor {key!r} declares {shown} decoded, its meta implies {expected} ({count} x {dtype})"
         )
-    try:
-        stream = _decompressor().decompressobj(write_size=max(expected, 1))
-        raw = stream.decompress(data)
-        complete, trailing = stream.eof, len(stream.unused_data)
+    try:  # the checks above bound the output: zstd allocates exactly `expected` bytes
+        raw = _decompressor().decompress(data, max_output_size=expected, allow_extra_data=False)
     except zstandard.ZstdError as err:
         raise CheckpointError(f"stored tensor {key!r}: damaged zstd frame ({err})") from None
-    if not complete or trailing or len(raw) != expected:
-        raise CheckpointError(
-            f"stored tensor {key!r}: zstd frame decoded to {len(raw)} bytes"
-            f"{' (incomplete)' if not complete else ''}{f' with {trailing} trailing bytes' if trailing else ''}, "
-            f"expected {expected}"
-        )
+    if len(raw) != expected:
+        raise CheckpointError(f"stored tensor {key!r}: zstd frame decoded to {len(raw)} bytes, expected {expected}")
     flat = np.frombuffer(raw, dtype=np.uint8)
     if dtype.itemsize == 1:
         return flat.view(dtype)
