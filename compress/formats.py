@@ -206,21 +206,38 @@ def _smallest_encoding(
     """The encoding of `payload` (the tensor, or its int8 grid indices) and its stored parts by name."""
     maskable = payload.is_floating_point() or quantized
     sparse = maskable and _bitmask_pays(payload)
-    plain = _pack_bitmask(name, payload) if sparse else {name + VALUES_SUFFIX if quantized else name: payload}
-    best = (_BY_FLAGS[(sparse, quantized, False)], plain)
+    plain_encoding = _BY_FLAGS[(sparse, quantized, False)]
+    best = plain_encoding, encode_tensor(name, payload, plain_encoding)
     if not entropy_coding or payload.numel() * payload.element_size() < ENTROPY_MIN_BYTES:
         return best
-    best_bytes = _stored_bytes(plain)
+    limit = (1 - ENTROPY_MIN_SAVING[sparse]) * _stored_bytes(best[1])
+    best_size: int | None = None
     # both layouts are tried: a half-dense tensor's bitmask may pay only once its values are coded
-    layouts = [(False, {name + VALUES_SUFFIX: payload})]
-    if maskable:
-        layouts.append((True, plain if sparse else _pack_bitmask(name, payload)))
-    for layout_sparse, parts in layouts:
-        coded = {key: torch.from_numpy(entropy.encode(_bits(part.reshape(-1)))) for key, part in parts.items()}
-        size = _stored_bytes(coded)
-        if size <= (1 - ENTROPY_MIN_SAVING[sparse]) * _stored_bytes(plain) and size < best_bytes:
-            best, best_bytes = (_BY_FLAGS[(layout_sparse, quantized, True)], coded), size
+    for layout_sparse in (False, True) if maskable else (False,):
+        encoding = _BY_FLAGS[(layout_sparse, quantized, True)]
+        parts = encode_tensor(name, payload, encoding)
+        size = _stored_bytes(parts)
+        if size <= limit and (best_size is None or size < best_size):
+            best, best_size = (encoding, parts), size
     return best
+
+
+def encode_tensor(name: str, payload: torch.Tensor, encoding: Encoding | str) -> dict[str, torch.Tensor]:
+    """The stored parts of `payload` in `encoding`, by name: the tensor itself, or for the int8
+    encodings its int8 grid indices (`quantize_exact`), whose scale is stored as its own tensor."""
+    codec = ENCODINGS.get(encoding.value if isinstance(encoding, Encoding) else str(encoding))
+    if codec.quantized != (payload.dtype == torch.int8):
+        raise CheckpointError(
+            f"{name!r}: encoding {codec.encoding.value} stores {'int8 grid indices' if codec.quantized else 'the tensor'}, "
+            f"got a {payload.dtype} payload"
+        )
+    if codec.sparse:
+        parts = _pack_bitmask(name, payload)
+    else:
+        parts = {name + VALUES_SUFFIX if (codec.quantized or codec.entropy) else name: payload}
+    if codec.entropy:
+        parts = {key: torch.from_numpy(entropy.encode(_bits(part.reshape(-1)))) for key, part in parts.items()}
+    return parts
 
 
 def _stored_bytes(parts: Mapping[str, torch.Tensor]) -> int:
@@ -413,7 +430,7 @@ def _decode(
         if scale.numel() == 1:
             per_value = scale.reshape(())
         else:
-            channel = index // max(1, meta.numel // meta.shape[0])
+            channel = index // max(1, meta.numel // max(1, meta.shape[0]))
             per_value = torch.from_numpy(_bits(scale)[channel]).view(scale.dtype)
         values = dequantize(values, per_value, meta.torch_dtype)
     bits = _bits(values)
