@@ -357,27 +357,23 @@ def _decode_all(
     pool: ThreadPoolExecutor, metas: Mapping[str, TensorMeta], scale_of: Callable[[str], torch.Tensor | None],
     tensors: Mapping[str, torch.Tensor], used: set[str],
 ) -> dict[str, torch.Tensor]:
-    """Decodes `metas`: the large tensors on `pool` (largest first), the small ones here meanwhile."""
+    """Decodes `metas`: the large tensors on `pool` (largest first), the small ones here meanwhile; the
+    first CheckpointError in the order of `metas` is raised once all are done."""
+
+    def task(name: str) -> torch.Tensor:
+        return _decode(name, metas[name], scale_of(name), tensors, used)
+
     large = sorted((n for n, m in metas.items() if m.numel >= PARALLEL_MIN_NUMEL), key=lambda n: -metas[n].numel)
-    futures = {name: pool.submit(_decode, name, metas[name], scale_of(name), tensors, used) for name in large}
+    futures = {name: pool.submit(task, name) for name in large}
     out: dict[str, torch.Tensor] = {}
-    failure: tuple[int, BaseException] | None = None
-    order = {name: i for i, name in enumerate(metas)}
-    for name, meta in metas.items():
-        if name in futures:
-            continue
+    errors: dict[str, CheckpointError] = {}
+    for name in [n for n in metas if n not in futures] + large:  # the small ones while the pool works
         try:
-            out[name] = _decode(name, meta, scale_of(name), tensors, used)
+            out[name] = futures[name].result() if name in futures else task(name)
         except CheckpointError as error:
-            failure = failure or (order[name], error)
-    for name, future in futures.items():
-        try:
-            out[name] = future.result()
-        except CheckpointError as error:
-            if failure is None or order[name] < failure[0]:
-                failure = (order[name], error)
-    if failure is not None:
-        raise failure[1]
+            errors[name] = error
+    if errors:
+        raise errors[next(name for name in metas if name in errors)]
     return out
 
 
