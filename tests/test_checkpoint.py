@@ -479,7 +479,8 @@ def test_parallel_decode_matches_serial_and_reports_the_first_error() -> None:
     assert_bit_equal(decompress_state_dict(stored, metas, threads=4), sd)
     assert_bit_equal(decompress_state_dict(stored, metas, threads=1), sd)
     broken = dict(stored)
-    for name in ("l1.weight.values", "l4.weight.values"):  # both decoded on the pool
+    assert metas["small"].numel < formats.PARALLEL_MIN_NUMEL  # decoded inline, before the pool's results
+    for name in ("small.values", "l4.weight.values", "l1.weight.values"):
         broken[name] = stored[name][:-1]
     with pytest.raises(CheckpointError, match="'l1.weight.values'"):
         decompress_state_dict(broken, metas, threads=4)
