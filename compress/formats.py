@@ -213,7 +213,9 @@ def _smallest_encoding(
     limit = (1 - ENTROPY_MIN_SAVING[sparse]) * _stored_bytes(best[1])
     best_size: int | None = None
     # both layouts are tried: a half-dense tensor's bitmask may pay only once its values are coded
-    for layout_sparse in (False, True) if maskable else (False,):
+    # (not for a tensor without zeros: its bitmask would only add to the same values)
+    has_zeros = maskable and (sparse or int(torch.count_nonzero(payload)) < payload.numel())
+    for layout_sparse in (False, True) if has_zeros else (False,):
         encoding = _BY_FLAGS[(layout_sparse, quantized, True)]
         parts = encode_tensor(name, payload, encoding)
         size = _stored_bytes(parts)
