@@ -96,7 +96,6 @@ def level_sweep(variants: dict[str, dict[str, torch.Tensor]], levels: list[int],
     try:
         for level in levels:
             entropy.ZSTD_LEVEL = level
-            entropy._local.__dict__.clear()  # drop the cached compressor of the previous level
             for label in ("sparse fp32", "sparse + int8"):
                 sd = variants[label]
                 start = time.perf_counter()
@@ -108,7 +107,6 @@ def level_sweep(variants: dict[str, dict[str, torch.Tensor]], levels: list[int],
                 print(f"| {level} | {label} | {coded:,} | {encode_s:.2f} | {decode_s:.3f} |")
     finally:
         entropy.ZSTD_LEVEL = default
-        entropy._local.__dict__.clear()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,13 +26,15 @@ from zoo.errors import CheckpointError
 # decode takes the same time at every level (Huffman decoding of the exponent bytes dominates).
 ZSTD_LEVEL = 3
 
-_local = threading.local()  # zstd contexts are not thread-safe: one pair per thread
+_local = threading.local()  # zstd contexts are not thread-safe: one set per thread
 
 
 def _compressor() -> zstandard.ZstdCompressor:
-    if not hasattr(_local, "cctx"):
-        _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
-    return _local.cctx
+    """This thread's compressor at the current ZSTD_LEVEL (a benchmark may change the level)."""
+    by_level = _local.__dict__.setdefault("cctx", {})
+    if ZSTD_LEVEL not in by_level:
+        by_level[ZSTD_LEVEL] = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
+    return by_level[ZSTD_LEVEL]
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
