@@ -28,7 +28,6 @@ import timm
 import torch
 from safetensors import safe_open
 from torch import nn
-
 from zoo.compress import entropy
 from zoo.compress.checkpoint import METAS_KEY, WEIGHTS_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint
 from zoo.compress.formats import compress_state_dict, decompress_state_dict, metas_from_json
@@ -77,7 +76,7 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
 def measure(folder: Path, sd: dict[str, torch.Tensor], repeats: int) -> tuple[int, float, float, bool, str]:
     """(bytes on disk, decode seconds, load_checkpoint seconds, bit-exact, encodings used)."""
     with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
-        stored = {k: f.get_tensor(k) for k in f.keys()}
+        stored = f.get_tensors()
         metas = metas_from_json(f.metadata()[METAS_KEY])
     restored, _ = load_checkpoint(folder)
     exact = list(restored) == list(sd) and all(bit_equal(restored[k], sd[k]) for k in sd)
@@ -87,6 +86,14 @@ def measure(folder: Path, sd: dict[str, torch.Tensor], repeats: int) -> tuple[in
     used = ", ".join(f"{n} {e}" for e, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     return (checkpoint_bytes(folder), best_time(lambda: decompress_state_dict(stored, metas), repeats),
             best_time(lambda: load_checkpoint(folder), repeats), exact, used)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def level_sweep(variants: dict[str, dict[str, torch.Tensor]], levels: list[int], repeats: int) -> None:
@@ -103,7 +110,7 @@ def level_sweep(variants: dict[str, dict[str, torch.Tensor]], levels: list[int],
                 encode_s = time.perf_counter() - start
                 coded = sum(t.numel() for k, t in stored.items() if metas.get(k.rsplit(".", 1)[0]) is not None
                             and metas[k.rsplit(".", 1)[0]].codec.entropy)
-                decode_s = best_time(lambda: decompress_state_dict(stored, metas), repeats)
+                decode_s = best_time(lambda stored=stored, metas=metas: decompress_state_dict(stored, metas), repeats)
                 print(f"| {level} | {label} | {coded:,} | {encode_s:.2f} | {decode_s:.3f} |")
     finally:
         entropy.ZSTD_LEVEL = default
@@ -148,8 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dense_bytes = rows[0][2]
     threads = "" if args.threads is None else f" --threads {args.threads}"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor() or platform.machine()) if Path("/proc/cpuinfo").is_file() else platform.machine()
+    cpu = cpu_name()
     print(f"Command: `python benchmarks/bench_checkpoint_size.py --arch {args.arch} --sparsity {args.sparsity}"
           f" --repeats {args.repeats}{threads}`  ")
     print(f"Model: timm `{args.arch}` random init, {n_params / 1e6:.1f}M parameters; {len(names)} conv/linear "

@@ -30,12 +30,12 @@ from pathlib import Path
 import timm
 import torch
 from safetensors.torch import load_file, save_file
-
-import zoo
-from zoo import api
 from zoo.compress import checkpoint as ckpt
 from zoo.compress.formats import decompress_state_dict
 from zoo.hub import LocalHub
+
+import zoo
+from zoo import api
 from zoo.models import get_entry
 from zoo.store import Store
 

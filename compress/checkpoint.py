@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-
 from zoo.compress.formats import (
     TensorMeta,
     compress_state_dict,
@@ -39,8 +38,9 @@ from zoo.compress.formats import (
     metas_to_json,
     unshared,
 )
+
 from zoo.atomic import atomic_path, atomic_write_json, fsync_path
-from zoo.errors import ChecksumError, CheckpointError, InvalidArgumentError
+from zoo.errors import CheckpointError, ChecksumError, InvalidArgumentError
 
 FORMAT_NAME = "zoo-compressed"
 FORMAT_VERSION = 2  # the newest this code writes; see the module docstring

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from zoo.compress import entropy
+
 from zoo.errors import CheckpointError
 from zoo.registry import Registry
 

@@ -11,8 +11,8 @@ import timm
 import torch
 import zstandard
 from safetensors.torch import load_file, save_file
-
 from zoo.compress import checkpoint as ckpt
+from zoo.compress import entropy, formats
 from zoo.compress.checkpoint import (
     checkpoint_bytes,
     export_dense,
@@ -20,20 +20,19 @@ from zoo.compress.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from zoo.compress import entropy
-from zoo.compress import formats
 from zoo.compress.formats import (
     ENCODINGS,
     Encoding,
     TensorMeta,
     compress_state_dict,
-    encode_tensor,
-    quantize_exact,
     decompress_state_dict,
+    encode_tensor,
     metas_from_json,
     metas_to_json,
+    quantize_exact,
 )
-from zoo.errors import ChecksumError, CheckpointError, InvalidArgumentError, UnknownNameError
+
+from zoo.errors import CheckpointError, ChecksumError, InvalidArgumentError, UnknownNameError
 
 CONFIG = {
     "name": "net-test", "base_model": "net", "arch": "test_resnet", "model_kwargs": {"num_classes": 10}, "recipe": None,
