@@ -1,13 +1,17 @@
-"""Bytes on disk and decode time of the zoo's compressed checkpoint on a ResNet-50-sized state dict.
+"""Bytes on disk and decode speed of the zoo's compressed checkpoint on a ResNet-50-sized state dict.
 
-    /work/venv/bin/python benchmarks/bench_checkpoint_size.py [--arch resnet50] [--sparsity 0.9] [--threads N]
+    python benchmarks/bench_checkpoint_size.py [--arch resnet50] [--sparsity 0.9] [--repeats 5]
+                                               [--threads N] [--levels 1,3,9,19]
 
 Builds four state dicts from one random-init timm model: dense fp32; conv/linear weights pruned
 globally by magnitude; those weights on a per-output-channel symmetric int8 grid (absmax / 127,
-`X.weight_scale` beside each weight); and both. Saves each with `save_checkpoint`, then prints a
-markdown table: bytes on disk (weights + config.json) as a ratio to dense, the time to decode the
-stored tensors (`decompress_state_dict`) and the time of a whole `load_checkpoint` (read, SHA-256,
-decode). Pruning and quantization are the zoo's own (zoo.compress), so the bytes are those of real variants.
+`X.weight_scale` beside each weight); and both. Saves each twice, with the plain (format version 1)
+encodings and with entropy coding (zstd, the default), and prints one markdown table: bytes on disk
+(weights + config.json) and their ratio to dense, the time to decode the stored tensors
+(`decompress_state_dict`) and its speed in GB/s of dense output, and the time of a whole
+`load_checkpoint` (read, SHA-256, decode). Pruning and quantization are the zoo's own (zoo.compress), so
+the bytes are those of real variants. `--levels` adds a table of the zstd level's effect (bytes, encode
+time, decode time of the sparse variants' entropy-coded parts), which chose `entropy.ZSTD_LEVEL`.
 """
 from __future__ import annotations
 
@@ -24,13 +28,14 @@ import timm
 import torch
 from safetensors import safe_open
 from torch import nn
-
-from zoo.compress.checkpoint import WEIGHTS_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint
-from zoo.compress.formats import decompress_state_dict, metas_from_json
+from zoo.compress import entropy
+from zoo.compress.checkpoint import METAS_KEY, WEIGHTS_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint
+from zoo.compress.formats import compress_state_dict, decompress_state_dict, metas_from_json
 from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
 from zoo.compress.quantization import dequantize_per_channel, quantize_per_channel
 
-TARGETS = {"dense fp32": None, "sparse fp32": 0.15, "int8": 0.27, "sparse + int8": 0.07}
+TARGETS = {"dense fp32": None, "sparse fp32": 0.105, "int8": 0.27, "sparse + int8": 0.04}
+MIN_DECODE_GBPS = 1.0  # dense output per second, entropy-coded variants
 
 
 def sparse_state_dict(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
@@ -68,12 +73,56 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def measure(folder: Path, sd: dict[str, torch.Tensor], repeats: int) -> tuple[int, float, float, bool, str]:
+    """(bytes on disk, decode seconds, load_checkpoint seconds, bit-exact, encodings used)."""
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
+        stored = f.get_tensors()
+        metas = metas_from_json(f.metadata()[METAS_KEY])
+    restored, _ = load_checkpoint(folder)
+    exact = list(restored) == list(sd) and all(bit_equal(restored[k], sd[k]) for k in sd)
+    counts: dict[str, int] = {}
+    for meta in metas.values():
+        counts[meta.encoding.value] = counts.get(meta.encoding.value, 0) + 1
+    used = ", ".join(f"{n} {e}" for e, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (checkpoint_bytes(folder), best_time(lambda: decompress_state_dict(stored, metas), repeats),
+            best_time(lambda: load_checkpoint(folder), repeats), exact, used)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def level_sweep(variants: dict[str, dict[str, torch.Tensor]], levels: list[int], repeats: int) -> None:
+    """Bytes, encode and decode time of the sparse variants' entropy-coded parts at each zstd level."""
+    print("\n| zstd level | variant | entropy-coded bytes | encode (s) | decode (s) |\n|---:|---|---:|---:|---:|")
+    default = entropy.ZSTD_LEVEL
+    try:
+        for level in levels:
+            entropy.ZSTD_LEVEL = level
+            for label in ("sparse fp32", "sparse + int8"):
+                sd = variants[label]
+                start = time.perf_counter()
+                stored, metas = compress_state_dict(sd)
+                encode_s = time.perf_counter() - start
+                coded = sum(t.numel() for k, t in stored.items() if metas.get(k.rsplit(".", 1)[0]) is not None
+                            and metas[k.rsplit(".", 1)[0]].codec.entropy)
+                decode_s = best_time(lambda stored=stored, metas=metas: decompress_state_dict(stored, metas), repeats)
+                print(f"| {level} | {label} | {coded:,} | {encode_s:.2f} | {decode_s:.3f} |")
+    finally:
+        entropy.ZSTD_LEVEL = default
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--levels", default="", help="comma-separated zstd levels to compare (default: none)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -90,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         "sparse + int8": int8_grid(sparse, names),
     }
     n_params = sum(p.numel() for p in model.parameters())
+    dense_output = sum(t.numel() * t.element_size() for t in dense.values())
     config = {
         "name": f"{args.arch}-bench", "base_model": args.arch, "arch": args.arch, "model_kwargs": {}, "recipe": None,
     }
@@ -97,35 +147,37 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, sd in variants.items():
-            folder = save_checkpoint(Path(tmp) / label.replace(" ", "_"), sd, config=config)
-            with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
-                stored = {k: f.get_tensor(k) for k in f.keys()}
-                metas = metas_from_json(f.metadata()["zoo.tensor_metas"])
-            restored, _ = load_checkpoint(folder)
-            exact = list(restored) == list(sd) and all(bit_equal(restored[k], sd[k]) for k in sd)
-            rows.append((
-                label, checkpoint_bytes(folder),
-                best_time(lambda: decompress_state_dict(stored, metas), args.repeats),
-                best_time(lambda: load_checkpoint(folder), args.repeats), exact,
-            ))
+            for coding in ("plain", "zstd"):
+                folder = Path(tmp) / f"{label.replace(' ', '_')}-{coding}"
+                # plain: the version-1 encodings, what the previous format wrote
+                save_checkpoint(folder, sd, config=config, entropy_coding=coding == "zstd")
+                rows.append((label, coding, *measure(folder, sd, args.repeats)))
 
-    dense_bytes = rows[0][1]
+    dense_bytes = rows[0][2]
     threads = "" if args.threads is None else f" --threads {args.threads}"
+    cpu = cpu_name()
     print(f"Command: `python benchmarks/bench_checkpoint_size.py --arch {args.arch} --sparsity {args.sparsity}"
           f" --repeats {args.repeats}{threads}`  ")
     print(f"Model: timm `{args.arch}` random init, {n_params / 1e6:.1f}M parameters; {len(names)} conv/linear "
           f"weights pruned globally by magnitude to {args.sparsity:.0%} and/or put on a per-channel int8 grid.  ")
-    print(f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, Python "
-          f"{sys.version.split()[0]}, torch {torch.__version__}; times are the best of {args.repeats}.\n")
-    print("| variant | bytes on disk | ratio to dense | target | decode (s) | load_checkpoint (s) "
-          "| round trip bit-exact |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for label, size, decode_s, load_s, exact in rows:
+    print(f"Machine: {cpu}, {torch.get_num_threads()} torch threads, Python {sys.version.split()[0]}, torch "
+          f"{torch.__version__}, zstd level {entropy.ZSTD_LEVEL}; times are the best of {args.repeats}.\n")
+    print("| variant | encodings | bytes on disk | ratio to dense | target | decode (s) | decode GB/s of dense "
+          "output | load_checkpoint (s) | round trip bit-exact | tensors by encoding |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+    for label, coding, size, decode_s, load_s, exact, used in rows:
         target = TARGETS[label]
         ratio = size / dense_bytes
-        mark = "-" if target is None else f"<= {target:.2f}x ({'met' if ratio <= target else 'MISSED'})"
-        exact_mark = "yes" if exact else "NO"
-        print(f"| {label} | {size:,} | {ratio:.3f}x | {mark} | {decode_s:.3f} | {load_s:.3f} | {exact_mark} |")
+        mark = "-" if target is None or coding == "plain" else f"<= {target}x ({'met' if ratio <= target else 'MISSED'})"
+        speed = dense_output / decode_s / 1e9
+        print(f"| {label} | {coding} | {size:,} | {ratio:.3f}x | {mark} | {decode_s:.3f} | {speed:.1f} | "
+              f"{load_s:.3f} | {'yes' if exact else 'NO'} | {used} |")
+    slow = [f"{r[0]} ({dense_output / r[3] / 1e9:.2f} GB/s)" for r in rows
+            if r[1] == "zstd" and dense_output / r[3] / 1e9 < MIN_DECODE_GBPS]
+    print(f"\nDecode >= {MIN_DECODE_GBPS} GB/s of dense output for every entropy-coded variant: "
+          f"{'met' if not slow else 'MISSED: ' + ', '.join(slow)}")
+    if args.levels:
+        level_sweep(variants, [int(x) for x in args.levels.split(",")], args.repeats)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,13 @@
     folder/
       model.safetensors   the encoded tensors (see zoo.compress.formats); the per-tensor metas as JSON
                           under the header metadata key "zoo.tensor_metas"
-      config.json         {"format": "zoo-compressed", "format_version": 1, "name", "base_model",
+      config.json         {"format": "zoo-compressed", "format_version": 1 or 2, "name", "base_model",
                           "arch", "model_kwargs", "recipe", <caller's extra keys>,
                           "files": {"model.safetensors": {"sha256", "bytes"}}}
+
+Version 2 added the entropy-coded (zstd) tensor encodings; a checkpoint records the lowest version that
+holds all its encodings, so one without them stays readable by version-1 readers, and every version-1
+checkpoint loads unchanged. A version-1 file that names a version-2 encoding is refused.
 
 Saving is atomic: the folder is written beside the target and renamed into place, so an interrupted
 save leaves the previous checkpoint intact and never a partial one. Loading checks the format name and
@@ -26,7 +30,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-
 from zoo.compress.formats import (
     TensorMeta,
     compress_state_dict,
@@ -35,12 +38,13 @@ from zoo.compress.formats import (
     metas_to_json,
     unshared,
 )
+
 from zoo.atomic import atomic_path, atomic_write_json, fsync_path
-from zoo.errors import ChecksumError, CheckpointError, InvalidArgumentError
+from zoo.errors import CheckpointError, ChecksumError, InvalidArgumentError
 
 FORMAT_NAME = "zoo-compressed"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2  # the newest this code writes; see the module docstring
+SUPPORTED_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METAS_KEY = "zoo.tensor_metas"
@@ -52,12 +56,16 @@ _CHUNK = 1 << 20
 
 def save_checkpoint(
     folder: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor], *, config: dict[str, Any],
+    entropy_coding: bool = True,
 ) -> Path:
     """Writes `state_dict` compressed, with `config` (name, base_model, arch, model_kwargs, recipe and
-    any extra JSON metadata), into `folder`, atomically replacing a checkpoint already there."""
+    any extra JSON metadata), into `folder`, atomically replacing a checkpoint already there.
+
+    `entropy_coding=False` keeps to the plain encodings: a version-1 checkpoint, which zoo versions
+    before the entropy-coded encodings can read."""
     folder = Path(folder)
     body = _checked_config(config)
-    stored, metas = compress_state_dict(state_dict)
+    stored, metas = compress_state_dict(state_dict, entropy_coding=entropy_coding)
     _check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -67,7 +75,8 @@ def save_checkpoint(
         save_file(stored, str(weights), metadata={"format": "pt", METAS_KEY: metas_to_json(metas)})
         fsync_path(weights)
         files = {WEIGHTS_FILE: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
-        header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **body, "files": files}
+        version = max((meta.codec.since for meta in metas.values()), default=1)
+        header = {"format": FORMAT_NAME, "format_version": version, **body, "files": files}
         atomic_write_json(tmp / CONFIG_FILE, header)
         _swap_in(tmp, folder)
     except BaseException:
@@ -98,7 +107,7 @@ def load_checkpoint(
     with ThreadPoolExecutor(max_workers=1) as pool:
         digests = {fname: pool.submit(sha256_file, folder / fname) for fname in config["files"]} if verify else {}
         try:
-            tensors, metas = _read_weights(folder / WEIGHTS_FILE)
+            tensors, metas = _read_weights(folder / WEIGHTS_FILE, config["format_version"])
             state_dict, failure = decompress_state_dict(tensors, metas), None
         except Exception as error:  # a damaged file: its checksum error, if any, is the one to report
             state_dict, failure = {}, error
@@ -130,7 +139,7 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path} must hold a JSON object")
     if config.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format')!r}; supported: {FORMAT_NAME!r}")
-    if config.get("format_version") not in SUPPORTED_VERSIONS:
+    if type(config.get("format_version")) is not int or config["format_version"] not in SUPPORTED_VERSIONS:
         raise CheckpointError(
             f"{path}: {FORMAT_NAME} version {config.get('format_version')!r} is not supported; "
             f"supported versions: {', '.join(map(str, SUPPORTED_VERSIONS))}"
@@ -252,13 +261,17 @@ def _swap_in(tmp: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, TensorMeta]]:
+def _read_weights(path: Path, version: int) -> tuple[dict[str, torch.Tensor], dict[str, TensorMeta]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = f.get_tensors()
     except SafetensorError as err:
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
     if METAS_KEY not in metadata:
         raise CheckpointError(f"{path}: header metadata lacks {METAS_KEY!r}; not a {FORMAT_NAME} weight file")
-    return tensors, metas_from_json(metadata[METAS_KEY])
+    metas = metas_from_json(metadata[METAS_KEY])
+    newer = sorted({m.encoding.value for m in metas.values() if m.codec.since > version})
+    if newer:
+        raise CheckpointError(f"{path}: encodings {newer} need a newer format than the recorded version {version}")
+    return tensors, metas

@@ -1,6 +1,6 @@
 """Tensor encodings of a compressed checkpoint: a state dict becomes a smaller state dict and back.
 
-Every tensor is stored in one of four encodings (compressed-tensors style):
+Every tensor is stored in one of eight encodings (compressed-tensors style), four plain ones:
 
 - ``dense``: the tensor as is, under its own name.
 - ``bitmask``: ``name.bitmask`` (uint8, one bit per element, packed in little bit order) and
@@ -11,24 +11,33 @@ Every tensor is stored in one of four encodings (compressed-tensors style):
   ``weight == q.float() * scale.view(-1, 1, ...)`` with q in [-127, 127].
 - ``bitmask-int8``: both: ``name.bitmask`` plus the non-zero int8 values in ``name.values``.
 
+and their entropy-coded forms ``dense-zstd``, ``bitmask-zstd``, ``int8-zstd`` and ``bitmask-int8-zstd``
+(format version 2): the same parts, each a 1-D uint8 tensor holding one zstd frame of the part's
+byte-shuffled items (zoo.compress.entropy): ``name.values`` (the flattened tensor for ``dense-zstd``)
+and, for the sparse ones, ``name.bitmask``. An entropy-coded encoding replaces the best plain one when
+it is the smallest and saves at least ``ENTROPY_MIN_SAVING`` of the plain one's bytes (see there).
+
 Signed zeros: the bitmask keeps the elements that compare unequal to zero, so -0.0 is stored as a zero
 and decodes as +0.0 (pruning by ``w * mask`` makes -0.0 for every negative pruned weight; keeping them
 would make those tensors dense); likewise an int8 index of 0 decodes as +0.0. Dense tensors keep -0.0.
 Decoding is otherwise bit for bit: same dtype, shape and bits, NaNs and infinities included.
 
-Decoding is on the hot path of loading a model, so it uses only vectorized numpy/torch operations
-(ResNet-50's 25.6M parameters at 90% sparsity decode in a few tens of milliseconds).
+Decoding is on the hot path of loading a model, so it uses only vectorized numpy/torch/zstd calls,
+which release the GIL, and decodes large tensors on a thread pool (ResNet-50's 25.6M parameters at
+90 % sparsity decode in a few tens of milliseconds).
 """
 from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from zoo.compress import entropy
 
 from zoo.errors import CheckpointError
 from zoo.registry import Registry
@@ -41,6 +50,17 @@ INT8_MAX = 127
 # Each extra stored tensor costs about this many bytes of safetensors header (name, dtype, shape,
 # offsets) and meta JSON; a bitmask must beat dense by more than that to be worth a second tensor.
 TENSOR_OVERHEAD_BYTES = 96
+
+# The fraction of its plain encoding's bytes an entropy-coded encoding must save, by whether the plain
+# encoding is a bitmask. A tensor stored plain dense (or int8) is read in place, zero-copy from the file:
+# coding it turns a free read into a decode (~1-2 GB/s) on every load, for the ~10-15 % zstd saves on
+# weights with random-looking mantissas, so it must save a fifth. A tensor stored plain as a bitmask is
+# decoded (scattered) either way, and zstd adds little to that: any real saving pays there.
+ENTROPY_MIN_SAVING = {False: 0.2, True: 0.02}  # plain encoding sparse? -> fraction
+# Tensors smaller than this are never entropy-coded (a zstd frame costs ~20 bytes; not worth trying).
+ENTROPY_MIN_BYTES = 1024
+# Tensors with at least this many elements are decoded on the thread pool, smaller ones inline.
+PARALLEL_MIN_NUMEL = 1 << 16
 
 # dtypes a checkpoint may hold, by the name written in TensorMeta.dtype (the torch name less "torch.").
 _DTYPE_NAMES = (
@@ -58,15 +78,23 @@ class Encoding(str, enum.Enum):
     BITMASK = "bitmask"
     INT8 = "int8"
     BITMASK_INT8 = "bitmask-int8"
+    DENSE_ZSTD = "dense-zstd"
+    BITMASK_ZSTD = "bitmask-zstd"
+    INT8_ZSTD = "int8-zstd"
+    BITMASK_INT8_ZSTD = "bitmask-int8-zstd"
 
 
 @dataclass(frozen=True)
 class Codec:
-    """What an encoding does: keep only non-zeros behind a bitmask, store int8 grid indices, or both."""
+    """What an encoding does: keep only non-zeros behind a bitmask, store int8 grid indices, or both;
+    `entropy`: every stored part is a zstd frame of its shuffled bytes; `since`: the first checkpoint
+    format version that may hold it."""
 
     encoding: Encoding
     sparse: bool
     quantized: bool
+    entropy: bool = False
+    since: int = 1
 
 
 ENCODINGS: Registry[Codec] = Registry("tensor encoding")
@@ -75,8 +103,13 @@ for _codec in (
     Codec(Encoding.BITMASK, sparse=True, quantized=False),
     Codec(Encoding.INT8, sparse=False, quantized=True),
     Codec(Encoding.BITMASK_INT8, sparse=True, quantized=True),
+    Codec(Encoding.DENSE_ZSTD, sparse=False, quantized=False, entropy=True, since=2),
+    Codec(Encoding.BITMASK_ZSTD, sparse=True, quantized=False, entropy=True, since=2),
+    Codec(Encoding.INT8_ZSTD, sparse=False, quantized=True, entropy=True, since=2),
+    Codec(Encoding.BITMASK_INT8_ZSTD, sparse=True, quantized=True, entropy=True, since=2),
 ):
     ENCODINGS.register(_codec.encoding.value, _codec)
+_BY_FLAGS = {(c.sparse, c.quantized, c.entropy): c.encoding for _, c in ENCODINGS.items()}
 
 
 @dataclass(frozen=True)
@@ -143,10 +176,11 @@ def metas_from_json(text: str) -> dict[str, TensorMeta]:
 # Compression -------------------------------------------------------------------------------------
 
 def compress_state_dict(
-    state_dict: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor], *, entropy_coding: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, TensorMeta]]:
     """Encodes every tensor in its smallest exact encoding; returns (stored tensors, metas by name).
 
+    With `entropy_coding=False` only the four plain (format version 1) encodings are used.
     A weight with a ``*_scale`` sibling must lie exactly on its int8 grid, else CheckpointError.
     """
     stored: dict[str, torch.Tensor] = {}
@@ -157,18 +191,59 @@ def compress_state_dict(
         tensor = tensor.detach().cpu()
         scale = state_dict.get(name + SCALE_SUFFIX) if _is_weight(name) else None
         payload = tensor if scale is None else quantize_exact(name, tensor, scale.detach().cpu())
-        sparse = _bitmask_pays(payload) if (payload.is_floating_point() or scale is not None) else False
-        encoding = {
-            (False, False): Encoding.DENSE, (True, False): Encoding.BITMASK,
-            (False, True): Encoding.INT8, (True, True): Encoding.BITMASK_INT8,
-        }[(sparse, scale is not None)]
-        parts = _pack_bitmask(name, payload) if sparse else {name if scale is None else name + VALUES_SUFFIX: payload}
+        encoding, parts = _smallest_encoding(name, payload, quantized=scale is not None, entropy_coding=entropy_coding)
         for key, part in parts.items():
             if key in stored or (key != name and key in state_dict):
                 raise CheckpointError(f"cannot store {name!r}: its part {key!r} collides with another tensor's name")
             stored[key] = part.contiguous()
         metas[name] = TensorMeta(encoding, tuple(tensor.shape), dtype_name(tensor.dtype))
     return unshared(stored), metas
+
+
+def _smallest_encoding(
+    name: str, payload: torch.Tensor, *, quantized: bool, entropy_coding: bool,
+) -> tuple[Encoding, dict[str, torch.Tensor]]:
+    """The encoding of `payload` (the tensor, or its int8 grid indices) and its stored parts by name."""
+    maskable = payload.is_floating_point() or quantized
+    sparse = maskable and _bitmask_pays(payload)
+    plain_encoding = _BY_FLAGS[(sparse, quantized, False)]
+    best = plain_encoding, encode_tensor(name, payload, plain_encoding)
+    if not entropy_coding or payload.numel() * payload.element_size() < ENTROPY_MIN_BYTES:
+        return best
+    limit = (1 - ENTROPY_MIN_SAVING[sparse]) * _stored_bytes(best[1])
+    best_size: int | None = None
+    # both layouts are tried: a half-dense tensor's bitmask may pay only once its values are coded
+    # (not for a tensor without zeros: its bitmask would only add to the same values)
+    has_zeros = maskable and (sparse or int(torch.count_nonzero(payload)) < payload.numel())
+    for layout_sparse in (False, True) if has_zeros else (False,):
+        encoding = _BY_FLAGS[(layout_sparse, quantized, True)]
+        parts = encode_tensor(name, payload, encoding)
+        size = _stored_bytes(parts)
+        if size <= limit and (best_size is None or size < best_size):
+            best, best_size = (encoding, parts), size
+    return best
+
+
+def encode_tensor(name: str, payload: torch.Tensor, encoding: Encoding | str) -> dict[str, torch.Tensor]:
+    """The stored parts of `payload` in `encoding`, by name: the tensor itself, or for the int8
+    encodings its int8 grid indices (`quantize_exact`), whose scale is stored as its own tensor."""
+    codec = ENCODINGS.get(encoding.value if isinstance(encoding, Encoding) else str(encoding))
+    if codec.quantized != (payload.dtype == torch.int8):
+        raise CheckpointError(
+            f"{name!r}: encoding {codec.encoding.value} stores {'int8 grid indices' if codec.quantized else 'the tensor'}, "
+            f"got a {payload.dtype} payload"
+        )
+    if codec.sparse:
+        parts = _pack_bitmask(name, payload)
+    else:
+        parts = {name + VALUES_SUFFIX if (codec.quantized or codec.entropy) else name: payload}
+    if codec.entropy:
+        parts = {key: torch.from_numpy(entropy.encode(_bits(part.reshape(-1)))) for key, part in parts.items()}
+    return parts
+
+
+def _stored_bytes(parts: Mapping[str, torch.Tensor]) -> int:
+    return sum(p.numel() * p.element_size() + TENSOR_OVERHEAD_BYTES for p in parts.values())
 
 
 def quantize_exact(name: str, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -258,21 +333,50 @@ def unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # Decompression -----------------------------------------------------------------------------------
 
 def decompress_state_dict(
-    tensors: Mapping[str, torch.Tensor], metas: Mapping[str, TensorMeta],
+    tensors: Mapping[str, torch.Tensor], metas: Mapping[str, TensorMeta], *, threads: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Restores the original state dict (same names, order, dtypes, shapes and bits; -0.0 -> +0.0)."""
-    used: set[str] = set()
+    """Restores the original state dict (same names, order, dtypes, shapes and bits; -0.0 -> +0.0).
+
+    Tensors of at least PARALLEL_MIN_NUMEL elements are decoded on `threads` threads (default: torch's
+    intra-op thread count), the others on the calling thread meanwhile; the first error in the metas'
+    order is raised.
+    """
+    used: set[str] = set()  # set.add is atomic: the pool's threads share it
     decoded: dict[str, torch.Tensor] = {}
     quantized = {name: meta for name, meta in metas.items() if meta.codec.quantized}
-    for name, meta in metas.items():
-        if name not in quantized:
-            decoded[name] = _decode(name, meta, None, tensors, used)
-    for name, meta in quantized.items():
-        decoded[name] = _decode(name, meta, _stored_scale(name, meta, decoded), tensors, used)
+    plain = {name: meta for name, meta in metas.items() if name not in quantized}
+    workers = max(1, torch.get_num_threads() if threads is None else threads)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded.update(_decode_all(pool, plain, lambda name: None, tensors, used))
+        decoded.update(_decode_all(pool, quantized, lambda name: _stored_scale(name, metas[name], decoded), tensors, used))
     extra = set(tensors) - used
     if extra:
         raise CheckpointError(f"stored tensors without a meta: {sorted(extra)[:10]}")
     return {name: decoded[name] for name in metas}
+
+
+def _decode_all(
+    pool: ThreadPoolExecutor, metas: Mapping[str, TensorMeta], scale_of: Callable[[str], torch.Tensor | None],
+    tensors: Mapping[str, torch.Tensor], used: set[str],
+) -> dict[str, torch.Tensor]:
+    """Decodes `metas`: the large tensors on `pool` (largest first), the small ones here meanwhile; the
+    first CheckpointError in the order of `metas` is raised once all are done."""
+
+    def task(name: str) -> torch.Tensor:
+        return _decode(name, metas[name], scale_of(name), tensors, used)
+
+    large = sorted((n for n, m in metas.items() if m.numel >= PARALLEL_MIN_NUMEL), key=lambda n: -metas[n].numel)
+    futures = {name: pool.submit(task, name) for name in large}
+    out: dict[str, torch.Tensor] = {}
+    errors: dict[str, CheckpointError] = {}
+    for name in [n for n in metas if n not in futures] + large:  # the small ones while the pool works
+        try:
+            out[name] = futures[name].result() if name in futures else task(name)
+        except CheckpointError as error:
+            errors[name] = error
+    if errors:
+        raise errors[next(name for name in metas if name in errors)]
+    return out
 
 
 def _stored_scale(name: str, meta: TensorMeta, decoded: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -296,22 +400,35 @@ def _decode(
 ) -> torch.Tensor:
     """One tensor from its stored parts; `scale` is given exactly for quantized encodings."""
     codec = meta.codec
-    values_key = name + VALUES_SUFFIX if (codec.sparse or codec.quantized) else name
+    item = torch.int8 if codec.quantized else meta.torch_dtype
+    values_key = name + VALUES_SUFFIX if (codec.sparse or codec.quantized or codec.entropy) else name
     values = _take(tensors, values_key, used)
-    _check_dtype(values_key, values, torch.int8 if codec.quantized else meta.torch_dtype)
+    _check_dtype(values_key, values, torch.uint8 if codec.entropy else item)
+    if codec.entropy and values.dim() != 1:
+        raise CheckpointError(f"{values_key!r} must be a 1-D zstd frame, has shape {list(values.shape)}")
     if not codec.sparse:
-        if tuple(values.shape) != meta.shape:
+        if codec.entropy:
+            bits = entropy.decode(values_key, values.numpy(), meta.numel, _np_bits(item))
+            values = torch.from_numpy(_writable(bits)).view(item).view(meta.shape)
+        elif tuple(values.shape) != meta.shape:
             raise CheckpointError(f"{values_key!r} has shape {list(values.shape)}, meta says {list(meta.shape)}")
         if scale is None:
             return values
         return dequantize(values, _broadcast_scale(name, scale, meta.shape), meta.torch_dtype)
-    index = _unpack_bitmask(name, meta, values, tensors, used)
+    index = _unpack_bitmask(name, meta, tensors, used)
+    if codec.entropy:
+        bits = entropy.decode(values_key, values.numpy(), index.size, _np_bits(item))
+        values = torch.from_numpy(_writable(bits)).view(item)
+    elif values.dim() != 1 or values.numel() != index.size:
+        raise CheckpointError(
+            f"{name!r}: bitmask marks {index.size} non-zeros, {values.numel()} stored (shape {list(values.shape)})"
+        )
     if scale is not None:
         # dequantize only the non-zeros: one multiply per stored value instead of one per element
         if scale.numel() == 1:
             per_value = scale.reshape(())
         else:
-            channel = index // max(1, meta.numel // meta.shape[0])
+            channel = index // max(1, meta.numel // max(1, meta.shape[0]))
             per_value = torch.from_numpy(_bits(scale)[channel]).view(scale.dtype)
         values = dequantize(values, per_value, meta.torch_dtype)
     bits = _bits(values)
@@ -320,24 +437,32 @@ def _decode(
     return torch.from_numpy(out).view(meta.torch_dtype).view(meta.shape)
 
 
-def _unpack_bitmask(
-    name: str, meta: TensorMeta, values: torch.Tensor, tensors: Mapping[str, torch.Tensor], used: set[str],
-) -> np.ndarray:
-    """Flat positions of the stored values, from the packed bitmask; checked against the values."""
+def _unpack_bitmask(name: str, meta: TensorMeta, tensors: Mapping[str, torch.Tensor], used: set[str]) -> np.ndarray:
+    """Flat positions of the stored values, from the packed (or zstd-coded packed) bitmask."""
     bitmask_key = name + BITMASK_SUFFIX
     packed = _take(tensors, bitmask_key, used)
     _check_dtype(bitmask_key, packed, torch.uint8)
     n = meta.numel
-    if packed.dim() != 1 or packed.numel() != (n + 7) // 8 or values.dim() != 1:
-        raise CheckpointError(
-            f"{name!r}: bitmask of {packed.numel()} bytes and values of shape {list(values.shape)} "
-            f"do not fit {n} elements"
-        )
-    mask = np.unpackbits(packed.numpy(), count=n, bitorder="little").view(np.bool_)
-    index = np.flatnonzero(mask)  # numpy's nonzero is fastest on a bool array
-    if index.size != values.numel():
-        raise CheckpointError(f"{name!r}: bitmask marks {index.size} non-zeros, {values.numel()} stored")
-    return index
+    if packed.dim() != 1:
+        raise CheckpointError(f"{bitmask_key!r} must be 1-D, has shape {list(packed.shape)}")
+    if meta.codec.entropy:
+        bits = entropy.decode(bitmask_key, packed.numpy(), (n + 7) // 8, np.dtype(np.uint8))
+    elif packed.numel() != (n + 7) // 8:
+        raise CheckpointError(f"{name!r}: bitmask of {packed.numel()} bytes does not fit {n} elements")
+    else:
+        bits = packed.numpy()
+    mask = np.unpackbits(bits, count=n, bitorder="little").view(np.bool_)
+    return np.flatnonzero(mask)  # numpy's nonzero is fastest on a bool array
+
+
+def _np_bits(dtype: torch.dtype) -> np.dtype:
+    """The numpy carrier of a torch dtype's raw bits (as `_bits` views them)."""
+    return np.dtype({1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}[dtype.itemsize])
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """`array`, copied if read-only (a view of decoded bytes): torch warns on read-only arrays."""
+    return array if array.flags.writeable else array.copy()
 
 
 def _bits(tensor: torch.Tensor) -> np.ndarray:

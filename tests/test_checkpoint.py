@@ -1,15 +1,18 @@
 """The compressed checkpoint format: exact round trips, integrity checks, atomic saves, dense export."""
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from pathlib import Path
 
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
-
+import zstandard
+from safetensors.torch import load_file, save_file
 from zoo.compress import checkpoint as ckpt
+from zoo.compress import entropy, formats
 from zoo.compress.checkpoint import (
     checkpoint_bytes,
     export_dense,
@@ -20,12 +23,16 @@ from zoo.compress.checkpoint import (
 from zoo.compress.formats import (
     ENCODINGS,
     Encoding,
+    TensorMeta,
     compress_state_dict,
     decompress_state_dict,
+    encode_tensor,
     metas_from_json,
     metas_to_json,
+    quantize_exact,
 )
-from zoo.errors import ChecksumError, CheckpointError, InvalidArgumentError, UnknownNameError
+
+from zoo.errors import CheckpointError, ChecksumError, InvalidArgumentError, UnknownNameError
 
 CONFIG = {
     "name": "net-test", "base_model": "net", "arch": "test_resnet", "model_kwargs": {"num_classes": 10}, "recipe": None,
@@ -75,9 +82,9 @@ def test_float_round_trip_is_bit_exact_at_any_sparsity(sparsity: float, shape: t
     assert_bit_equal(decompress_state_dict(stored, metas), sd)
 
 
-def test_encoding_is_the_smaller_one() -> None:
+def test_plain_encoding_is_the_smaller_one() -> None:
     sd = {"dense.weight": sparse((256, 64), 0.0), "half.weight": sparse((256, 64), 0.5), "tiny.bias": torch.zeros(4)}
-    stored, metas = compress_state_dict(sd)
+    stored, metas = compress_state_dict(sd, entropy_coding=False)
     assert encodings(metas) == {
         "dense.weight": Encoding.DENSE, "half.weight": Encoding.BITMASK, "tiny.bias": Encoding.DENSE,
     }
@@ -89,7 +96,7 @@ def test_encoding_is_the_smaller_one() -> None:
 def test_bitmask_uses_little_bit_order() -> None:
     t = torch.zeros(1000)
     t[[0, 3, 9, 999]] = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    stored, _ = compress_state_dict({"t": t})
+    stored, _ = compress_state_dict({"t": t}, entropy_coding=False)
     bits = stored["t.bitmask"]
     assert bits[0] == 0b1001 and bits[1] == 0b10 and bits[124] == 0b10000000
     assert stored["t.values"].tolist() == [1.0, 2.0, 3.0, 4.0]
@@ -104,10 +111,14 @@ def test_int8_round_trip_is_bit_exact(sparsity: float) -> None:
         "conv.input_scale": torch.tensor(0.02), "conv.input_zero_point": torch.tensor(0, dtype=torch.int32),
         "fc.weight": fc, "fc.weight_scale": fc_scale, "fc.bias": torch.randn(10),
     }
-    stored, metas = compress_state_dict(sd)
+    stored, metas = compress_state_dict(sd, entropy_coding=False)
     expected = Encoding.INT8 if sparsity < 0.5 else Encoding.BITMASK_INT8
     assert metas["conv.weight"].encoding == expected and metas["fc.weight"].encoding == expected
     assert stored["conv.weight.values"].dtype == torch.int8
+    assert_bit_equal(decompress_state_dict(stored, metas), sd)
+    stored, metas = compress_state_dict(sd)
+    if sparsity == 0.95:  # mask and values both compress: the zstd form saves more than ENTROPY_MIN_SAVING
+        assert metas["conv.weight"].encoding == Encoding.BITMASK_INT8_ZSTD
     assert_bit_equal(decompress_state_dict(stored, metas), sd)
 
 
@@ -144,8 +155,11 @@ def test_non_float_and_low_precision_tensors_round_trip(tmp_path: Path) -> None:
     restored, _ = load_checkpoint(folder)
     assert_bit_equal(restored, sd)
     _, metas = compress_state_dict(sd)
-    assert metas["ids"].encoding == Encoding.DENSE and metas["bf16.dense"].encoding == Encoding.DENSE
-    assert metas["bf16.sparse"].encoding == Encoding.BITMASK and metas["fp64.sparse"].encoding == Encoding.BITMASK
+    # 4000 bytes of zeros compress to a few bytes; bf16 randoms (462 bytes) are too small to try
+    assert metas["ids"].encoding == Encoding.DENSE_ZSTD and metas["bf16.dense"].encoding == Encoding.DENSE
+    _, plain = compress_state_dict(sd, entropy_coding=False)
+    assert plain["bf16.sparse"].encoding == Encoding.BITMASK and plain["fp64.sparse"].encoding == Encoding.BITMASK
+    assert_bit_equal(decompress_state_dict(*compress_state_dict(sd, entropy_coding=False)), sd)
 
 
 def test_special_values_survive_and_negative_zero_becomes_zero() -> None:
@@ -171,7 +185,8 @@ def test_checkpoint_round_trip_keeps_config_and_extra_metadata(tmp_path: Path) -
     folder = save_checkpoint(tmp_path / "ck", sd, config=config)
     restored, loaded = load_checkpoint(folder)
     assert_bit_equal(restored, sd)
-    assert loaded["format"] == "zoo-compressed" and loaded["format_version"] == 1
+    # the 90 %-sparse int8 weight is entropy-coded: the lowest version holding it is 2
+    assert loaded["format"] == "zoo-compressed" and loaded["format_version"] == 2
     assert {k: loaded[k] for k in config} == config
     weights = folder / "model.safetensors"
     entry = {"sha256": ckpt.sha256_file(weights), "bytes": weights.stat().st_size}
@@ -284,7 +299,8 @@ def test_missing_files_are_checkpoint_errors(saved) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
-    [("format_version", 2, r"version 2 is not supported; supported versions: 1"),
+    [("format_version", 3, r"version 3 is not supported; supported versions: 1, 2"),
+     ("format_version", True, r"version True is not supported"),
      ("format", "other", r"unknown checkpoint format 'other'; supported: 'zoo-compressed'"),
      ("files", {"../x": {"sha256": "0", "bytes": 1}}, "must list"),
      ("files", {"model.safetensors": {"sha256": "0", "bytes": 1}, "../x": {"sha256": "0", "bytes": 1}}, "plain name")],
@@ -386,3 +402,215 @@ def test_export_dense_loads_through_timm(tmp_path: Path) -> None:
 def test_export_dense_rejects_other_inputs(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError):
         export_dense([torch.zeros(1)], tmp_path / "x.safetensors")
+
+
+# Entropy-coded encodings and format versions -----------------------------------------------------
+
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+# (shape, sparsity): empty, scalar, all zero, all non-zero, typical, odd sizes (bitmask tail bits)
+CASES = [((0,), 0.5), ((0, 3), 0.0), ((), 0.0), ((), 1.0), ((257,), 1.0), ((257,), 0.0), ((33, 7), 0.9),
+         ((8, 4, 3, 3), 0.5), ((3000,), 0.99)]
+
+
+def encoded(name: str, tensor: torch.Tensor, encoding: Encoding) -> tuple[dict[str, torch.Tensor], dict]:
+    """`tensor` stored in `encoding` (not quantized) by hand rather than by the size rule; (parts, metas)."""
+    meta = TensorMeta(encoding, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+    return encode_tensor(name, tensor, encoding), {name: meta}
+
+
+@pytest.mark.parametrize("encoding", [e for e in Encoding if not ENCODINGS.get(e.value).quantized])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("shape", "sparsity"), CASES)
+def test_every_float_encoding_round_trips_bit_exactly(encoding, dtype, shape, sparsity) -> None:
+    tensor = sparse(shape, sparsity, dtype=dtype, seed=len(shape))
+    parts, metas = encoded("t", tensor, encoding)
+    assert_bit_equal(decompress_state_dict(parts, metas), {"t": tensor})
+
+
+@pytest.mark.parametrize("encoding", [e for e in Encoding if ENCODINGS.get(e.value).quantized])
+@pytest.mark.parametrize(("shape", "sparsity"), [((0, 3), 0.0), ((6, 5), 1.0), ((6, 5), 0.0), ((32, 16, 3, 3), 0.9)])
+def test_every_int8_encoding_round_trips_bit_exactly(encoding, shape, sparsity) -> None:
+    weight, scale = on_int8_grid(sparse(shape, sparsity, seed=5)) if shape[0] else (torch.zeros(shape), torch.zeros(0))
+    sd = {"l.weight_scale": scale, "l.weight": weight}
+    parts = {"l.weight_scale": scale, **encode_tensor("l.weight", quantize_exact("l.weight", weight, scale), encoding)}
+    metas = {"l.weight_scale": TensorMeta(Encoding.DENSE, tuple(scale.shape), "float32"),
+             "l.weight": TensorMeta(encoding, shape, "float32")}
+    assert_bit_equal(decompress_state_dict(parts, metas), sd)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.int16])
+def test_dense_zstd_round_trips_integer_and_bool_tensors(dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    tensor = torch.randint(0, 2 if dtype == torch.bool else 16, (5, 301), generator=g).to(dtype)
+    parts, metas = encoded("t", tensor, Encoding.DENSE_ZSTD)
+    assert_bit_equal(decompress_state_dict(parts, metas), {"t": tensor})
+    stored, chosen = compress_state_dict({"t": tensor})  # few distinct values: coding pays
+    assert chosen["t"].encoding == Encoding.DENSE_ZSTD and set(stored) == {"t.values"}
+    assert_bit_equal(decompress_state_dict(stored, chosen), {"t": tensor})
+
+
+def test_entropy_coding_is_chosen_where_it_pays() -> None:
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(256, 512, generator=g)
+    pruned = torch.where(weight.abs() > weight.abs().quantile(0.9), weight, 0.0)  # magnitude: exponents cluster
+    sd = {"dense.weight": weight, "pruned.weight": pruned, "ones": torch.ones(4096), "small": torch.zeros(8)}
+    stored, metas = compress_state_dict(sd)
+    plain_stored, plain_metas = compress_state_dict(sd, entropy_coding=False)
+    assert encodings(plain_metas) == {"dense.weight": Encoding.DENSE, "pruned.weight": Encoding.BITMASK,
+                                      "ones": Encoding.DENSE, "small": Encoding.DENSE}
+    # random mantissas save < ENTROPY_MIN_SAVING[False]: stays plain (read in place); a tiny tensor is not tried
+    assert encodings(metas) == {"dense.weight": Encoding.DENSE, "pruned.weight": Encoding.BITMASK_ZSTD,
+                                "ones": Encoding.DENSE_ZSTD, "small": Encoding.DENSE}
+    assert stored["pruned.weight.bitmask"].dtype == torch.uint8 and stored["pruned.weight.values"].dim() == 1
+    def nbytes(tensors: dict[str, torch.Tensor], prefix: str) -> int:
+        return sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith(prefix))
+
+    assert nbytes(stored, "pruned") < 0.85 * nbytes(plain_stored, "pruned")  # the mask shrinks ~3x, values ~10 %
+    assert nbytes(stored, "ones") < 100
+    assert_bit_equal(decompress_state_dict(stored, metas), sd)
+
+
+def test_parallel_decode_matches_serial_and_reports_the_first_error() -> None:
+    sd = {f"l{i}.weight": sparse((64, 32, 3, 3), 0.9, seed=i) for i in range(6)}
+    sd["small"] = sparse((100,), 0.9)
+    stored, metas = compress_state_dict(sd)
+    assert all(m.codec.entropy for m in metas.values() if m.numel >= formats.PARALLEL_MIN_NUMEL)
+    assert_bit_equal(decompress_state_dict(stored, metas, threads=4), sd)
+    assert_bit_equal(decompress_state_dict(stored, metas, threads=1), sd)
+    broken = dict(stored)
+    assert metas["small"].numel < formats.PARALLEL_MIN_NUMEL  # decoded inline, before the pool's results
+    for name in ("small.values", "l4.weight.values", "l1.weight.values"):
+        broken[name] = stored[name][:-1]
+    with pytest.raises(CheckpointError, match="'l1.weight.values'"):
+        decompress_state_dict(broken, metas, threads=4)
+
+
+def zstd_parts() -> tuple[dict[str, torch.Tensor], dict]:
+    tensor = sparse((40, 50), 0.9, seed=3)
+    parts, metas = encoded("t", tensor, Encoding.BITMASK_ZSTD)
+    return parts, metas
+
+
+@pytest.mark.parametrize("key", ["t.values", "t.bitmask"])
+def test_every_corrupted_byte_of_a_frame_is_a_checkpoint_error(key: str) -> None:
+    parts, metas = zstd_parts()
+    frame = parts[key]
+    for i in range(frame.numel()):
+        damaged = frame.clone()
+        damaged[i] ^= 0x5A
+        with pytest.raises(CheckpointError, match=repr(key)):
+            decompress_state_dict({**parts, key: damaged}, metas)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [(lambda f: f[:-4], "damaged zstd frame"), (lambda f: f[:3], "not a zstd frame"),
+     (lambda f: torch.cat([f, f]), "damaged zstd frame"),  # a second frame: trailing data
+     (lambda f: torch.cat([f, torch.zeros(1, dtype=torch.uint8)]), "damaged zstd frame"),
+     (lambda f: f.view(1, -1), "1-D zstd frame"), (lambda f: f.to(torch.int8), "expected torch.uint8")],
+)
+def test_malformed_frames_are_checkpoint_errors(change, message: str) -> None:
+    parts, metas = zstd_parts()
+    with pytest.raises(CheckpointError, match=message):
+        decompress_state_dict({**parts, "t.values": change(parts["t.values"])}, metas)
+
+
+def header_only_frame(content_size: int) -> torch.Tensor:
+    """A zstd frame header declaring `content_size` bytes (single segment, 8-byte size), one empty block."""
+    raw = struct.pack("<IBQ", 0xFD2FB528, 0b1110_0000, content_size) + bytes([1, 0, 0])
+    assert zstandard.frame_content_size(raw) == content_size
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def test_decoded_size_is_bounded_by_the_shape_before_allocating(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts, metas = zstd_parts()
+
+    huge = header_only_frame(1 << 40)
+    real = zstandard.ZstdDecompressor()
+    decompressed: list[bytes] = []
+
+    class Recording:
+        def decompress(self, data, **kwargs):
+            decompressed.append(bytes(data))
+            return real.decompress(data, **kwargs)
+
+    monkeypatch.setattr(entropy, "_decompressor", lambda: Recording())
+    for key in ("t.bitmask", "t.values"):
+        with pytest.raises(CheckpointError, match=rf"{key!r} declares 1099511627776 bytes decoded, its meta implies"):
+            decompress_state_dict({**parts, key: huge}, metas)
+    assert decompressed and bytes(huge.numpy()) not in decompressed  # refused from the header alone
+    # a well-formed frame of the wrong size (one value more than the bitmask marks) is refused the same way
+    nnz = int(torch.count_nonzero(decompress_state_dict(parts, metas)["t"]))
+    extra = torch.from_numpy(entropy.encode(torch.ones(nnz + 1).numpy()))
+    with pytest.raises(CheckpointError, match=rf"declares {4 * (nnz + 1)} bytes decoded, its meta implies {4 * nnz}"):
+        decompress_state_dict({**parts, "t.values": extra}, metas)
+    _, dense_meta = encoded("d", torch.randn(10), Encoding.DENSE_ZSTD)
+    with pytest.raises(CheckpointError, match="declares 1099511627776 bytes decoded, its meta implies 40"):
+        decompress_state_dict({"d.values": huge}, dense_meta)
+    assert bytes(huge.numpy()) not in decompressed
+
+
+def test_corrupted_frame_on_disk_is_typed(tmp_path: Path) -> None:
+    sd = {"conv.weight": sparse((64, 32, 3, 3), 0.9)}
+    folder = save_checkpoint(tmp_path / "ck", sd, config=CONFIG)
+    assert read_config(folder)["format_version"] == 2
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-200] ^= 0xFF  # inside the last stored frame
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError):
+        load_checkpoint(folder)
+    with pytest.raises(CheckpointError, match="zstd frame"):
+        load_checkpoint(folder, verify=False)
+
+
+def write_v1_by_hand(folder: Path) -> dict[str, torch.Tensor]:
+    """A version-1 checkpoint laid out by hand, as the zoo wrote them before format version 2."""
+    folder.mkdir()
+    expected = {"w": torch.tensor([0.0, 1.5, 0.0, 0.0, -2.0, 0.0, 0.0, 0.0, 3.0]), "b": torch.tensor([1.0, 2.0]),
+                "q.weight_scale": torch.tensor([0.5, 0.25]), "q.weight": torch.tensor([[1.0, -0.5], [0.0, 0.25]])}
+    stored = {"w.bitmask": torch.tensor([0b0001_0010, 0b1], dtype=torch.uint8), "w.values": torch.tensor([1.5, -2.0, 3.0]),
+              "b": expected["b"], "q.weight_scale": expected["q.weight_scale"],
+              "q.weight.values": torch.tensor([[2, -1], [0, 1]], dtype=torch.int8)}
+    metas = {"w": {"encoding": "bitmask", "shape": [9], "dtype": "float32"},
+             "b": {"encoding": "dense", "shape": [2], "dtype": "float32"},
+             "q.weight_scale": {"encoding": "dense", "shape": [2], "dtype": "float32"},
+             "q.weight": {"encoding": "int8", "shape": [2, 2], "dtype": "float32"}}
+    save_file(stored, str(folder / "model.safetensors"), metadata={"format": "pt", "zoo.tensor_metas": json.dumps(metas)})
+    data = (folder / "model.safetensors").read_bytes()
+    files = {"model.safetensors": {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
+    (folder / "config.json").write_text(json.dumps({"format": "zoo-compressed", "format_version": 1, **CONFIG, "files": files}))
+    return expected
+
+
+def test_version_1_checkpoints_still_load(tmp_path: Path) -> None:
+    expected = write_v1_by_hand(tmp_path / "by-hand")
+    restored, config = load_checkpoint(tmp_path / "by-hand")
+    assert config["format_version"] == 1
+    assert_bit_equal(restored, expected)
+    # the plain encoder path still writes version 1, readable by zoo versions before the zstd encodings
+    sd = {"conv.weight": sparse((64, 32, 3, 3), 0.9), "bn.num_batches_tracked": torch.tensor(3)}
+    folder = save_checkpoint(tmp_path / "plain", sd, config=CONFIG, entropy_coding=False)
+    assert read_config(folder)["format_version"] == 1
+    with ckpt.safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        assert {m.encoding for m in metas_from_json(f.metadata()[ckpt.METAS_KEY]).values()} <= {
+            Encoding.DENSE, Encoding.BITMASK, Encoding.INT8, Encoding.BITMASK_INT8}
+    assert_bit_equal(load_checkpoint(folder)[0], sd)
+
+
+def test_version_1_checkpoint_naming_a_zstd_encoding_is_refused(tmp_path: Path) -> None:
+    folder = save_checkpoint(tmp_path / "ck", {"conv.weight": sparse((64, 32, 3, 3), 0.9)}, config=CONFIG)
+    config = json.loads((folder / "config.json").read_text())
+    config["format_version"] = 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"\['bitmask-zstd'\] need a newer format than the recorded version 1"):
+        load_checkpoint(folder)
+
+
+def test_encode_tensor_refuses_a_payload_of_the_wrong_kind() -> None:
+    with pytest.raises(CheckpointError, match="int8 grid indices"):
+        encode_tensor("l.weight", torch.randn(4), Encoding.INT8_ZSTD)
+    with pytest.raises(CheckpointError, match="stores the tensor"):
+        encode_tensor("t", torch.zeros(4, dtype=torch.int8), Encoding.BITMASK_ZSTD)
+    with pytest.raises(UnknownNameError):
+        encode_tensor("t", torch.zeros(4), "zstd")
