@@ -53,7 +53,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(zoo.api, "train_base_model", counted)  # a spy: the budget is the store's options
-        store = Store(hub=LocalHub(root / "hub"), cache_root=root / "cache", options=TrainOptions(epochs=1))
+        store = Store(hub=LocalHub(root / "hub"), cache_root=root / "cache",
+                      options=TrainOptions(epochs=1, graph_runtimes=()))
         base = zoo.load(BASE, store=store, progress=False)
         yield Zoo(root, store, trainings, base)
 
@@ -342,7 +343,8 @@ def test_a_base_that_starts_from_another_entry_gets_its_trained_weights(tmp_path
         return model
 
     monkeypatch.setitem(INITIALIZERS._items, "resnet", copy_weights)
-    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache", options=TrainOptions(epochs=1))
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache",
+                  options=TrainOptions(epochs=1, graph_runtimes=()))
     model = zoo.load(child.name, store=store, progress=False)
     assert seen == [BASE] and model.zoo.source == "trained"
     assert zoo.load(child.name, store=store, progress=False).zoo.source == "cache" and seen == [BASE]
@@ -360,7 +362,8 @@ def test_a_briefly_trained_base_is_never_taken_for_the_fully_trained_one(
 
     assert trained.base.zoo.path.parent.parent == trained.store.cache_root
     config = json.loads((trained.base.zoo.path / "config.json").read_text())
-    assert config["train_options"] == {"epochs": 1, "finetune_epochs": None, "latency_seconds": 0.5}
+    assert config["train_options"] == {"epochs": 1, "finetune_epochs": None, "latency_seconds": 0.5,
+                                       "graph_runtimes": []}
     monkeypatch.setattr(zoo.api, "train_base_model", refuse)
     by_recipe = Store(hub=trained.store.hub, cache_root=trained.store.cache_root, options=TrainOptions())
     with pytest.raises(RuntimeError, match="would train"):

@@ -24,7 +24,7 @@ def blocks(language: str) -> list[str]:
 def quick_store(tmp_path, monkeypatch) -> Store:
     """A private hub and cache, and training and fine-tuning cut to one epoch (the default store's
     options, from the environment), so the README's loads run in seconds."""
-    options = TrainOptions(epochs=1, finetune_epochs=1, latency_seconds=0.05)
+    options = TrainOptions(epochs=1, finetune_epochs=1, latency_seconds=0.05, graph_runtimes=())
     monkeypatch.setenv("ZOO_HUB", str(tmp_path / "hub"))
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(ENV_VAR, options.to_text())

@@ -105,3 +105,14 @@ def test_a_family_never_mixes_variants_of_other_base_weights(tmp_path_factory: p
             family = family_models(BASE, store)  # the original base: its own variant, not the other's
     assert [m.zoo.name for m in family] == [BASE, old.zoo.name] and family[1].zoo.path == old.zoo.path
     assert store_env(store)["ZOO_TRAIN_OPTIONS"] == SHORT.to_text()
+
+
+def test_the_measured_runtimes_are_an_explicit_option() -> None:
+    assert TrainOptions().measured_runtimes == ("onnxruntime", "openvino")
+    options = TrainOptions(epochs=1, graph_runtimes=("openvino",))
+    assert options.to_text() == "epochs=1,latency_seconds=0.5,graph_runtimes=openvino"
+    assert TrainOptions.parse(options.to_text()) == options and options.cache_key() != ""
+    assert TrainOptions.parse("graph_runtimes=none").measured_runtimes == ()
+    for bad in (("tensorrt",), ("openvino", "openvino"), ["openvino"]):
+        with pytest.raises(zoo.InvalidArgumentError, match="graph_runtimes"):
+            TrainOptions(graph_runtimes=bad)

@@ -24,7 +24,7 @@ from zoo.options import TrainOptions
 from zoo.store import Store
 
 BASE = "test_resnet.zoo_digits"
-SHORT = TrainOptions(epochs=1, finetune_epochs=1, latency_seconds=0.05)
+SHORT = TrainOptions(epochs=1, finetune_epochs=1, latency_seconds=0.05, graph_runtimes=())
 _TRAINED: dict[str, Path] = {}  # base name -> a variant cache holding only it, for this session
 
 

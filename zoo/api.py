@@ -240,7 +240,8 @@ def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options
     save_checkpoint(folder, model.state_dict(), config=config)
     report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                              quant=spec.quant, recipe=recipe, progress=progress,
-                             latency_seconds=options.latency_seconds, export_root=_exports(folder))
+                             latency_seconds=options.latency_seconds, export_root=_exports(folder),
+                             graph_runtimes=options.measured_runtimes)
     report.save(folder / REPORT_FILE)
     model.zoo = LoadedVariant(spec.name, spec.base.name, spec.sparsity, spec.quant, recipe, source, folder, report)
     return model
@@ -283,15 +284,17 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Modu
 
 def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
                 options: TrainOptions | None = None) -> nn.Module:
-    """A cached variant; one whose measurement was interrupted (no report yet) or was made by an older
-    evaluator is measured now (latency for `options.latency_seconds`)."""
+    """A cached variant. It is measured now when its measurement was interrupted (no report yet), made by
+    an older evaluator, made without evaluation data that is here now, or lacks a runtime `options`
+    asks latency for (latency for `options.latency_seconds`)."""
     model = _from_checkpoint(spec.base, folder, source="cache")
-    report = model.zoo.report
-    if report is None or not report.is_current or (report.eval_data_missing and has_eval_data(spec.base)):
+    report, options = model.zoo.report, options or TrainOptions()
+    if report is None or not report.is_current or (report.eval_data_missing and has_eval_data(spec.base)) \
+            or not set(options.measured_runtimes) <= {*report.latency_by_runtime, *report.runtime_errors}:
         report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                                  quant=spec.quant, recipe=model.zoo.recipe, progress=progress,
-                                 latency_seconds=(options or TrainOptions()).latency_seconds,
-                                 export_root=_exports(folder))
+                                 latency_seconds=options.latency_seconds, export_root=_exports(folder),
+                                 graph_runtimes=options.measured_runtimes)
         report.save(folder / REPORT_FILE)
         model.zoo = dataclasses.replace(model.zoo, report=report)
     return model

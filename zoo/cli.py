@@ -177,7 +177,8 @@ def evaluate(names, as_json, hub_root, cache_root):
         reports.append(measure_variant(model, _entry(model.zoo.base_model), name=model.zoo.name,
                                        checkpoint_dir=model.zoo.path, sparsity=model.zoo.sparsity,
                                        quant=model.zoo.quant, recipe=model.zoo.recipe,
-                                       latency_seconds=store.options.latency_seconds))
+                                       latency_seconds=store.options.latency_seconds,
+                                       graph_runtimes=store.options.measured_runtimes))
     if as_json:
         click.echo(report_json(reports))
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from zoo.entry import ModelEntry
 from zoo.errors import NoEvaluationDataError
 from zoo.evaluate import VariantReport, count_flops, count_parameters, current_machine, measure_latency
 from zoo.options import DEFAULT_LATENCY_SECONDS
+from zoo.runtimes.names import GRAPH_RUNTIMES
 from zoo.tasks import task_of
 
 EVAL_BATCH_SIZE = 256
@@ -32,6 +34,7 @@ def measure_variant(
     progress: bool = True,
     latency_seconds: float = DEFAULT_LATENCY_SECONDS,
     export_root: Path | None = None,
+    graph_runtimes: Sequence[str] = GRAPH_RUNTIMES,
 ) -> VariantReport:
     """Every number a card shows for `model`, a variant of `entry` saved at `checkpoint_dir`.
 
@@ -40,7 +43,7 @@ def measure_variant(
     says why in `eval_data_missing` (and `zoo.load` measures it again once the data is there); any
     other failure of the evaluation is raised, never recorded as "not measured".
 
-    Latency is measured in torch eager and in every graph runtime (zoo.runtimes) the family exports
+    Latency is measured in torch eager and in each of `graph_runtimes` (zoo.runtimes) the family exports
     to; the exports are cached under `export_root` (default: a temporary folder, removed after).
     """
     task = task_of(entry)
@@ -59,7 +62,7 @@ def measure_variant(
     threads = torch.get_num_threads()
     latency = measure_latency(model, example, min_run_time=latency_seconds, num_threads=threads)
     runtimes = _runtime_latencies(model, entry, example, latency.median_ms, checkpoint_dir, export_root, quant,
-                                  latency_seconds, threads)
+                                  latency_seconds, threads, tuple(graph_runtimes))
     return VariantReport(
         name=name, base_model=entry.name, task=entry.task, dataset=entry.eval_data.name,
         split=entry.eval_data.split, metrics=metrics, metric_average=average,
@@ -75,7 +78,8 @@ def measure_variant(
 # Latency per runtime (zoo.runtimes) ----------------------------------------------------------------
 
 def _runtime_latencies(model: nn.Module, entry: ModelEntry, example, torch_ms: float, checkpoint_dir: Path,
-                       export_root: Path | None, quant: str | None, latency_seconds: float, threads: int):
+                       export_root: Path | None, quant: str | None, latency_seconds: float, threads: int,
+                       graph_runtimes: tuple[str, ...]):
     from zoo.runtimes import UnsupportedExportError, weights_identity
     from zoo.runtimes.measure import measure_runtimes
 
@@ -87,7 +91,8 @@ def _runtime_latencies(model: nn.Module, entry: ModelEntry, example, torch_ms: f
         root = export_root if export_root is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         return measure_runtimes(model, signature, example, torch_ms=torch_ms, export_root=root,
                                 weights_identity=weights_identity(checkpoint_dir), quant=quant,
-                                latency_seconds=latency_seconds, threads=threads, unsupported=unsupported)
+                                latency_seconds=latency_seconds, threads=threads, unsupported=unsupported,
+                                runtimes=graph_runtimes)
 
 
 def has_eval_data(entry: ModelEntry) -> bool:

@@ -19,8 +19,7 @@ from torch import nn
 from zoo.errors import InvalidArgumentError
 from zoo.runtimes.signature import GraphSignature
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
-GRAPH_RUNTIMES = RUNTIMES[1:]
+from zoo.runtimes.names import GRAPH_RUNTIMES, RUNTIMES  # noqa: F401  (re-exported)
 
 
 def check_runtime(runtime: str) -> str:
