@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-# The libraries besides torch whose code computes the numbers of a report (models, metrics).
-LIBRARIES = ("timm", "transformers", "torchmetrics")
+# The libraries besides torch whose code computes the numbers of a report (models, metrics, runtimes).
+LIBRARIES = ("timm", "transformers", "torchmetrics", "onnxruntime", "openvino")
 
 _CPUINFO = Path("/proc/cpuinfo")
 # /proc/cpuinfo keys naming the CPU, in order of preference (x86, then ARM boards and others).

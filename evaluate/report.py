@@ -65,6 +65,14 @@ class VariantReport:
     evaluator_version: int = EVALUATOR_VERSION
 
     @property
+    def best_runtime(self) -> tuple[str, float]:
+        """(runtime, median ms) of the fastest runtime measured (torch eager when no other ran)."""
+        if not self.latency_by_runtime:
+            return "torch", self.latency_ms
+        runtime = min(self.latency_by_runtime, key=lambda name: (self.latency_by_runtime[name], name))
+        return runtime, self.latency_by_runtime[runtime]
+
+    @property
     def is_current(self) -> bool:
         return self.evaluator_version == EVALUATOR_VERSION
 

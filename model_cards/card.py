@@ -48,12 +48,27 @@ def is_base(report: VariantReport) -> bool:
     return report.recipe is None
 
 
+# Recipe steps that remove whole structures (channels, heads, FFN neurons): the model gets smaller and
+# dense, so its `sparsity` is the fraction of structures removed, not of zero weights.
+STRUCTURED_STEPS = {"ChannelPruningConfig": "channels", "HeadPruningConfig": "attention heads and FFN neurons"}
+
+
+def structured_pruning(report: VariantReport) -> str | None:
+    """What a structured variant removed ("channels", ...), from its recipe; None for other variants."""
+    for step in report.recipe or ():
+        if step.get("type") in STRUCTURED_STEPS:
+            return STRUCTURED_STEPS[step["type"]]
+    return None
+
+
 def variant_kind(report: VariantReport) -> str:
-    """"dense", "sparse", "quantized" or "sparse + quantized": what the plot's markers distinguish."""
-    sparse, quantized = report.sparsity > 0, report.quant is not None
-    if sparse and quantized:
-        return "sparse + quantized"
-    return "sparse" if sparse else "quantized" if quantized else "dense"
+    """"dense", "sparse", "structured", "quantized", or a pruned kind "+ quantized": what the plot's
+    markers distinguish."""
+    pruned = ("structured" if structured_pruning(report) else "sparse") if report.sparsity > 0 else None
+    quantized = report.quant is not None
+    if pruned and quantized:
+        return f"{pruned} + quantized"
+    return pruned or ("quantized" if quantized else "dense")
 
 
 def short_label(report: VariantReport) -> str:
@@ -70,7 +85,7 @@ def card_tags(report: VariantReport) -> list[str]:
     """Hub tags: always `zoo` and the task; `sparse`/`pruned` and `quantized`/<scheme> as they apply."""
     tags = ["zoo", report.task]
     if report.sparsity > 0:
-        tags += ["sparse", "pruned"]
+        tags += ["structured-pruning", "pruned"] if structured_pruning(report) else ["sparse", "pruned"]
     if report.quant is not None:
         tags += ["quantized", report.quant]
     return tags
@@ -175,7 +190,11 @@ def _describe(report: VariantReport) -> str:
     if is_base(report):
         return "the dense, unquantized base model of its family"
     parts = []
-    if report.sparsity > 0:
+    removed = structured_pruning(report)
+    if report.sparsity > 0 and removed:
+        parts.append(f"with {100 * report.sparsity:.4g} % of its {removed} removed (structured pruning: a "
+                     "smaller dense model)")
+    elif report.sparsity > 0:
         parts.append(f"pruned to {100 * report.sparsity:.4g} % sparsity")
     if report.quant is not None:
         parts.append(f"quantized ({report.quant})")
@@ -211,8 +230,36 @@ def _metric_rows(report: VariantReport) -> list[tuple[str, str]]:
         ("parameters, total", f"{report.params_total:,}"),
         ("parameters, non-zero", f"{report.params_nonzero:,} ({_percent(nonzero)})"),
         ("size on disk", f"{_bytes(report.bytes_on_disk)} ({report.bytes_on_disk:,} bytes)"),
-        ("latency, batch 1", f"{report.latency_ms:.2f} ms"),
+        *_latency_rows(report),
     ]
+
+
+def _latency_rows(report: VariantReport) -> list[tuple[str, str]]:
+    """Latency at batch 1 in torch eager and in every other runtime measured (or why not), fastest marked;
+    for an int8 variant, which path produced its numbers."""
+    best, _ = report.best_runtime
+    rows = [(f"latency, batch 1, {LATENCY_NAMES.get(runtime, runtime)}",
+             f"{ms:.2f} ms" + (" (fastest)" if runtime == best and len(report.latency_by_runtime) > 1 else ""))
+            for runtime, ms in (report.latency_by_runtime or {"torch": report.latency_ms}).items()]
+    rows += [(f"latency, batch 1, {LATENCY_NAMES.get(runtime, runtime)}", f"not measured: {why}")
+             for runtime, why in report.runtime_errors.items()]
+    if report.quant is not None:
+        rows.append(("int8 arithmetic", report.int8_path or "not recorded"))
+    return rows
+
+
+LATENCY_NAMES = {"torch": "torch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def int8_line(report: VariantReport) -> str | None:
+    """For an int8 variant on a CPU without integer dot-product instructions (VNNI, AMX): the card says
+    that int8 saves bytes there, not time."""
+    if report.quant is None or report.machine is None:
+        return None
+    if any(flag in report.machine.isa for flag in ("VNNI", "AMX")):
+        return None
+    return (f"This CPU ({report.machine.cpu}, {report.machine.isa}) has no integer dot-product instructions "
+            "(VNNI, AMX): on it int8 saves bytes, not time.")
 
 
 def machine_line(report: VariantReport) -> str:
@@ -237,7 +284,7 @@ def _family_table(family: Sequence[VariantReport], current: str | None, base: Va
     FLOPs are also given relative to `base`'s dense FLOPs."""
     keys = _metric_keys(family)
     header = ["variant", "kind", *(metric_spec(k).name for k in keys), "non-zero FLOPs",
-              "vs dense base", "non-zero params", "size", "latency (ms)"]
+              "vs dense base", "non-zero params", "size", "torch eager (ms)", "fastest runtime (ms)"]
     rows = []
     for report in family:
         name = f"`{report.name}`"
@@ -245,7 +292,8 @@ def _family_table(family: Sequence[VariantReport], current: str | None, base: Va
         cells += [metric_spec(k).format(report.metrics[k]) if k in report.metrics else "n/a" for k in keys]
         ratio = report.flops_sparse / base.flops_dense if base and base.flops_dense else None
         cells += [_mflops(report.flops_sparse), f"{ratio:.2f}x" if ratio is not None else "n/a",
-                  f"{report.params_nonzero:,}", _bytes(report.bytes_on_disk), f"{report.latency_ms:.2f}"]
+                  f"{report.params_nonzero:,}", _bytes(report.bytes_on_disk), f"{report.latency_ms:.2f}",
+                  "{1:.2f} ({0})".format(*report.best_runtime)]
         rows.append(cells)
     return {"header": header, "rows": rows}
 
@@ -283,11 +331,16 @@ input.
 {% endfor %}
 {% if flops_exclude %}{{ flops_exclude }}
 
+{% endif %}{% if int8_note %}{{ int8_note }}
+
 {% endif %}{{ machine_line }}
 """
 
 _FAMILY_SECTION = """\
 {% if plot_filename %}![{{ plot_alt }}]({{ plot_filename }})
+
+{% endif -%}
+{% if latency_plot_filename %}![{{ latency_plot_alt }}]({{ latency_plot_filename }})
 
 {% endif -%}
 | {{ family.header | join(" | ") }} |
@@ -389,7 +442,7 @@ Each variant loads the same way under its own name (first column of the table ab
 def _render(template: str, report: VariantReport, family: Sequence[VariantReport], *, family_base: str,
             plot_filename: str | None, license: str, dataset_description: str, library_name: str, example: str,
             about: str, extra_plots: Sequence[CardPlot], references: Sequence[VariantReport],
-            base_repo_id: str | None = None) -> ModelCard:
+            base_repo_id: str | None = None, latency_plot_filename: str | None = None) -> ModelCard:
     check_family([*family, *references])
     base = next((r for r in family if is_base(r)), None)
     data = card_data(report, license=license, library_name=library_name, base_repo_id=base_repo_id)
@@ -409,6 +462,7 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
         metric_rows=_metric_rows(report),
         flops_exclude=uncounted_line(report),
         machine_line=machine_line(report),
+        int8_note=int8_line(report),
         family=_family_table(_family_order(family), report.name, base),
         family_base=family_base,
         example=example,
@@ -417,6 +471,9 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
         references=_family_table(references, None, base) if references else None,
         primary_name=metric_spec(next(iter(report.metrics))).name,
         plot_filename=plot_filename,
+        latency_plot_filename=latency_plot_filename,
+        latency_plot_alt=f"{metric_spec(next(iter(report.metrics))).name} vs latency in the fastest runtime of "
+                         f"the {family_base} family",
         plot_alt=f"{metric_spec(next(iter(report.metrics))).name} vs non-zero FLOPs of the {family_base} family",
     )
 
@@ -424,7 +481,7 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
 def variant_card(report: VariantReport, *, base_repo_id: str, family_reports: list[VariantReport],
                  plot_filename: str | None, license: str, dataset_description: str, example: str, about: str,
                  extra_plots: Sequence[CardPlot] = (), references: Sequence[VariantReport] = (),
-                 library_name: str = "zoo") -> ModelCard:
+                 library_name: str = "zoo", latency_plot_filename: str | None = None) -> ModelCard:
     """The card of one variant of the base published as `base_repo_id` (the Hub repo id its card's
     `base_model` names, so the Hub links the two); `family_reports` (which must include `report`) fill the family table,
     `references` (base models of the same task) the comparison table; `example` says what one example
@@ -436,12 +493,14 @@ def variant_card(report: VariantReport, *, base_repo_id: str, family_reports: li
     return _render(VARIANT_TEMPLATE, report, family_reports, family_base=family_base,
                    plot_filename=plot_filename, license=license, dataset_description=dataset_description,
                    library_name=library_name, example=example, about=about, extra_plots=extra_plots,
-                   references=references, base_repo_id=validated_repo_id(base_repo_id))
+                   references=references, base_repo_id=validated_repo_id(base_repo_id),
+                   latency_plot_filename=latency_plot_filename)
 
 
 def base_card(base_report: VariantReport, variant_reports: list[VariantReport], *, plot_filename: str | None,
               license: str, dataset_description: str, example: str, about: str, extra_plots: Sequence[CardPlot] = (),
-              references: Sequence[VariantReport] = (), library_name: str = "zoo") -> ModelCard:
+              references: Sequence[VariantReport] = (), library_name: str = "zoo",
+              latency_plot_filename: str | None = None) -> ModelCard:
     """The card of a base model: its own results, and the family overview (table + plots) up front.
     `variant_reports` may or may not include the base; each variant must derive from it. The other
     arguments are `variant_card`'s."""
@@ -456,4 +515,4 @@ def base_card(base_report: VariantReport, variant_reports: list[VariantReport], 
     return _render(BASE_TEMPLATE, base_report, family, family_base=base_report.name,
                    plot_filename=plot_filename, license=license, dataset_description=dataset_description,
                    library_name=library_name, example=example, about=about, extra_plots=extra_plots,
-                   references=references)
+                   references=references, latency_plot_filename=latency_plot_filename)

@@ -18,8 +18,11 @@ from zoo.errors import InvalidArgumentError
 from zoo.evaluate.report import VariantReport
 from zoo.model_cards.card import metric_spec, short_label, variant_kind
 
-MARKERS = {"dense": "o", "sparse": "^", "quantized": "s", "sparse + quantized": "D"}
-COLORS = {"dense": "tab:blue", "sparse": "tab:orange", "quantized": "tab:green", "sparse + quantized": "tab:red"}
+MARKERS = {"dense": "o", "sparse": "^", "quantized": "s", "sparse + quantized": "D", "structured": "P",
+           "structured + quantized": "X"}
+COLORS = {"dense": "tab:blue", "sparse": "tab:orange", "quantized": "tab:green", "sparse + quantized": "tab:red",
+          "structured": "tab:purple", "structured + quantized": "tab:brown"}
+LATENCY = "latency"  # the x axis key of the accuracy-vs-latency plot (not a metric)
 LOG_SPAN = 10.0  # use a log x axis when the largest FLOPs count is at least this many times the smallest
 
 
@@ -69,6 +72,9 @@ class _Axis:
     def of(reports: Sequence[VariantReport], key: str | None) -> _Axis:
         if key is None:
             return _Axis([r.flops_sparse / 1e6 for r in reports], "non-zero MFLOPs per example", False)
+        if key == LATENCY:
+            return _Axis([r.best_runtime[1] for r in reports], "latency at batch 1, fastest runtime measured (ms)",
+                         False)
         spec = metric_spec(key)
         missing = [r.name for r in reports if key not in r.metrics]
         if missing:
@@ -88,6 +94,15 @@ def plot_accuracy_vs_flops(reports: Sequence[VariantReport], path: str | Path, *
     `pareto` gives the front's indices into `reports`; without it `zoo.evaluate.pareto` computes it.
     `references` (other models of the task) are drawn as grey crosses, outside the front."""
     return _plot(reports, path, x=None, y=metric, pareto=pareto, title=title, references=references)
+
+
+def plot_accuracy_vs_latency(reports: Sequence[VariantReport], path: str | Path, *, metric: str = "top1",
+                             pareto: list[int] | None = None, title: str | None = None,
+                             references: Sequence[VariantReport] = ()) -> Path:
+    """Plot `metric` against each variant's measured latency in its fastest runtime (torch eager, ONNX
+    Runtime, OpenVINO: `VariantReport.best_runtime`), with the Pareto front on latency; otherwise as
+    `plot_accuracy_vs_flops`."""
+    return _plot(reports, path, x=LATENCY, y=metric, pareto=pareto, title=title, references=references)
 
 
 def plot_metric_vs_metric(reports: Sequence[VariantReport], path: str | Path, *, x: str, y: str,
@@ -142,7 +157,7 @@ def _plot(reports: Sequence[VariantReport], path: str | Path, *, x: str | None, 
     ax.set_xlabel(x_axis.label + (" (log scale)" if log_x else ""))
     ax.set_ylabel(y_axis.label)
     first = reports[0]
-    x_name = "FLOPs" if x is None else metric_spec(x).name
+    x_name = "FLOPs" if x is None else "latency" if x == LATENCY else metric_spec(x).name
     ax.set_title(title or f"{first.base_model}: {metric_spec(y).name} vs {x_name} on {first.dataset} ({first.split})",
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)

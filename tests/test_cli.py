@@ -32,7 +32,8 @@ from zoo.publish import family_cards, push_variant
 from zoo.store import Store
 
 OS50 = f"{BASE}_os50"
-REPO_FILES = {"config.json", "model.safetensors", "report.json", "README.md", "accuracy_vs_flops.png", "recipe.json"}
+REPO_FILES = {"config.json", "model.safetensors", "report.json", "README.md", "accuracy_vs_flops.png",
+              "accuracy_vs_latency.png", "recipe.json"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,7 +73,8 @@ def table_rows(output: str) -> dict[str, list[str]]:
     """Rows of `report_table`, by variant name (the starred ones end with '*')."""
     lines = output.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("variant "))
-    assert lines[start].split() == ["variant", "top1", "MFLOPs", "nz", "MFLOPs", "nz", "params", "bytes", "ms"]
+    assert lines[start].split() == ["variant", "top1", "MFLOPs", "nz", "MFLOPs", "nz", "params", "bytes", "eager", "ms",
+                                    "fastest", "ms", "(runtime)"]
     rows = {}
     for line in lines[start + 2:]:
         if not line or line.startswith("* "):
@@ -135,6 +137,7 @@ def test_compress_derives_then_finds_the_variant_and_prints_its_table(
     row = table_rows(first)[OS50]
     assert row[0] == f"{100 * report.metrics['top1']:.2f}"
     assert row[3] == f"{report.params_nonzero:,}" and row[4] == f"{report.bytes_on_disk:,}"
+    assert row[5:7] == [f"{report.latency_ms:.2f}", f"{report.latency_ms:.2f}"] and row[7] == "(torch)"
     assert report.params_nonzero < cached_report(fresh, BASE).params_nonzero * 0.6
     second = ok(args, env)
     assert second.splitlines()[0].startswith(f"{OS50}: cache at ")

@@ -99,7 +99,7 @@ def test_variant_card_body(reports):
     assert "| top-5 accuracy (average=micro) | 100.00 % |" in body
     assert "| FLOPs per example, dense | 71.2 M (71,234,560) |" in body
     assert "| parameters, non-zero | 1,118,164 (10.00 %) |" in body
-    assert "| latency, batch 1 | 1.37 ms |" in body
+    assert "| latency, batch 1, torch eager | 1.37 ms |" in body
     assert "![top-1 accuracy vs non-zero FLOPs of the resnet18.zoo_digits family](accuracy_vs_flops.png)" in body
     assert 'zoo.load("resnet18.zoo_digits_sp90")' in body
     assert "Handwritten digits" in body
@@ -176,11 +176,11 @@ def test_cards_say_under_the_results_table_where_they_were_measured(reports):
     reports = [dataclasses.replace(r, machine=MACHINE) for r in reports]
     reports[3] = dataclasses.replace(reports[3], machine=dataclasses.replace(MACHINE, threads=1))
     body = _body(_variant(reports, 2))
-    assert "| latency, batch 1 | 1.37 ms |\n\n" + MACHINE_LINE + "\n\n## The family" in body
+    assert "| latency, batch 1, torch eager | 1.37 ms |\n\n" + MACHINE_LINE + "\n\n## The family" in body
     assert body.count("Measured on AMD") == 1
     assert "1 thread;" in _body(_variant(reports, 3))
     base = _body(base_card(reports[0], reports, plot_filename=None, **CARD_ARGS))
-    assert "| latency, batch 1 | 1.37 ms |\n\n" + MACHINE_LINE + "\n\n## How to use" in base
+    assert "| latency, batch 1, torch eager | 1.37 ms |\n\n" + MACHINE_LINE + "\n\n## How to use" in base
     unrecorded = _body(_variant([dataclasses.replace(r, machine=None) for r in reports], 2))
     assert "| 1.37 ms |\n\nThe machine these numbers were measured on was not recorded.\n" in unrecorded
     assert "Measured on AMD" not in unrecorded
@@ -348,14 +348,14 @@ def test_metric_vs_metric_plot_takes_the_front_in_each_metrics_direction(reports
 
 
 def test_family_cards_need_the_compared_models_and_draw_every_plot(reports, tmp_path):
-    from zoo.publish import PLOT_FILE, family_cards, write_family_cards
+    from zoo.publish import LATENCY_PLOT_FILE, PLOT_FILE, family_cards, write_family_cards
 
     entry = dataclasses.replace(zoo.get_entry(BASE), compare_with=("resnet10.zoo_digits",))
     with pytest.raises(InvalidArgumentError, match="compared with"):
         family_cards(entry, reports)
     family = family_cards(entry, reports, [_other_model("resnet10.zoo_digits", 0.9)])
     assert "## Compared with" in str(family.cards[BASE])
-    assert [p.name for p in family.draw_plots(tmp_path / "plain")] == [PLOT_FILE]
+    assert [p.name for p in family.draw_plots(tmp_path / "plain")] == [PLOT_FILE, LATENCY_PLOT_FILE]
 
     codec = zoo.get_entry("test_ilc.zoo_skimage")
     codecs = [dataclasses.replace(r, name=r.name.replace(BASE, codec.name), base_model=codec.name,
@@ -364,8 +364,9 @@ def test_family_cards_need_the_compared_models_and_draw_every_plot(reports, tmp_
               for r in reports]
     written = write_family_cards(family_cards(codec, codecs), tmp_path / "cards")
     for card in written:
-        assert {p.name for p in card.parent.iterdir()} == {"README.md", PLOT_FILE, "rate_distortion.png"}
-        assert "(rate_distortion.png)" in card.read_text()
+        assert {p.name for p in card.parent.iterdir()} == {"README.md", PLOT_FILE, LATENCY_PLOT_FILE,
+                                                            "rate_distortion.png"}
+        assert "(rate_distortion.png)" in card.read_text() and f"({LATENCY_PLOT_FILE})" in card.read_text()
 
 
 @pytest.mark.parametrize("repo_id", ["resnet18.zoo_digits", "a/b/c", "zoo/bad name", ""])
@@ -375,3 +376,55 @@ def test_a_variant_card_names_its_base_by_a_hub_repo_id(reports, repo_id: str) -
     text = str(_variant(reports, 1)).replace(f"base_model: {BASE_REPO}", "base_model: resnet18.zoo_digits")
     with pytest.raises(CardValidationError, match="base_model"):
         validate_card(text)
+
+
+AVX2_EPYC = MachineInfo(cpu="AMD EPYC", isa="AVX2", torch_cpu_capability="AVX2", os="Linux", arch="x86_64",
+                        python="3.11.7", torch="2.14.1", threads=2)
+
+
+def test_cards_give_latency_per_runtime_the_fastest_and_the_int8_path(reports):
+    int8 = dataclasses.replace(reports[3], latency_by_runtime={"torch": 1.37, "onnxruntime": 2.5, "openvino": 0.4},
+                               runtime_errors={}, int8_path="openvino QDQ: 21/21 layers on integer kernels",
+                               machine=AVX2_EPYC)
+    family = [*reports[:3], int8, reports[4]]
+    body = str(variant_card(int8, base_repo_id=BASE_REPO, family_reports=family, plot_filename=None,
+                            latency_plot_filename="accuracy_vs_latency.png", **CARD_ARGS))
+    assert "| latency, batch 1, torch eager | 1.37 ms |" in body
+    assert "| latency, batch 1, ONNX Runtime | 2.50 ms |" in body
+    assert "| latency, batch 1, OpenVINO | 0.40 ms (fastest) |" in body
+    assert "| int8 arithmetic | openvino QDQ: 21/21 layers on integer kernels |" in body
+    assert "has no integer dot-product instructions (VNNI, AMX): on it int8 saves bytes, not time." in body
+    assert "| 1.37 | 0.40 (openvino) |" in body and "| 1.37 | 1.37 (torch) |" in body  # family table
+    assert "](accuracy_vs_latency.png)" in body
+    vnni = dataclasses.replace(int8, machine=dataclasses.replace(AVX2_EPYC, isa="AVX-512 + VNNI, BF16"))
+    assert "saves bytes, not time" not in str(variant_card(vnni, base_repo_id=BASE_REPO, family_reports=family,
+                                                           plot_filename=None, **CARD_ARGS))
+    failed = dataclasses.replace(reports[1], latency_by_runtime={"torch": 1.37},
+                                 runtime_errors={"openvino": "the graph disagrees with torch (rel. error 0.8)"})
+    body = str(variant_card(failed, base_repo_id=BASE_REPO, family_reports=[reports[0], failed],
+                            plot_filename=None, **CARD_ARGS))
+    assert "| latency, batch 1, OpenVINO | not measured: the graph disagrees with torch (rel. error 0.8) |" in body
+
+
+def test_a_structured_variant_is_described_as_a_smaller_dense_model(reports):
+    structured = dataclasses.replace(reports[1], name=BASE + "_ch50",
+                                     recipe=[{"type": "ChannelPruningConfig", "version": 1, "config": {}}])
+    assert variant_kind(structured) == "structured" and variant_kind(reports[1]) == "sparse"
+    card = variant_card(structured, base_repo_id=BASE_REPO, family_reports=[reports[0], structured],
+                        plot_filename=None, **CARD_ARGS)
+    assert "with 50 % of its channels removed (structured pruning: a smaller dense model)" in str(card)
+    assert set(card.data.tags) == {"zoo", "image-classification", "structured-pruning", "pruned"}
+
+
+def test_accuracy_vs_latency_plot_takes_the_front_on_the_fastest_runtime(reports, tmp_path):
+    from zoo.model_cards import plot_accuracy_vs_latency
+    from zoo.publish import latency_front
+
+    timed = [dataclasses.replace(r, latency_by_runtime={"torch": 5.0, "onnxruntime": ms})
+             for r, ms in zip(reports, [0.6, 0.5, 0.3, 0.7, 0.2])]
+    assert [r.best_runtime for r in timed[:2]] == [("onnxruntime", 0.6), ("onnxruntime", 0.5)]
+    spec = zoo.tasks.metric_spec("top1")
+    # top-1: 350, 349, 338, 347, 331 (/360); latency 0.6, 0.5, 0.3, 0.7, 0.2: _int8 is dominated by the base
+    assert sorted(latency_front(timed, spec)) == [0, 1, 2, 4]
+    path = plot_accuracy_vs_latency(timed, tmp_path / "accuracy_vs_latency.png")
+    assert imread(path).shape[2] in (3, 4)

@@ -27,7 +27,8 @@ from zoo.sweep import SweepPlan, SweepResult, run_sweep
 
 PLAN = SweepPlan(base=BASE, sparsities=(0.5, 0.9), oneshot=(0.9,), int8=True, int8_sparsities=(0.9,))
 NAMES = [BASE, f"{BASE}_gmp50", f"{BASE}_gmp90", f"{BASE}_os90", f"{BASE}_int8", f"{BASE}_gmp90_int8"]
-REPO_FILES = {"config.json", "model.safetensors", "report.json", "README.md", "accuracy_vs_flops.png"}
+REPO_FILES = {"config.json", "model.safetensors", "report.json", "README.md", "accuracy_vs_flops.png",
+              "accuracy_vs_latency.png"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,6 +1,6 @@
 """Publishing a family of variants: one repo folder per variant (weights, config, recipe, report, card
-and the family's accuracy-vs-FLOPs plot), validated, then pushed in one commit to the local hub or to
-a Hugging Face Hub."""
+and the family's accuracy-vs-FLOPs and accuracy-vs-latency plots), validated, then pushed in one commit
+to the local hub or to a Hugging Face Hub."""
 from __future__ import annotations
 
 import json
@@ -22,32 +22,37 @@ from zoo.evaluate import VariantReport, pareto_front
 from zoo.tasks import MetricPlot, MetricSpec, task_named, task_of
 from zoo.hub import LocalHub, upload
 from zoo.model_cards import (
-    CardPlot, base_card, metric_spec, plot_accuracy_vs_flops, plot_metric_vs_metric, validate_card, variant_card,
-    write_card,
+    CardPlot, base_card, metric_spec, plot_accuracy_vs_flops, plot_accuracy_vs_latency, plot_metric_vs_metric,
+    validate_card, variant_card, write_card,
 )
 from zoo.store import REPORT_FILE
 
 PLOT_FILE = "accuracy_vs_flops.png"
+LATENCY_PLOT_FILE = "accuracy_vs_latency.png"
 RECIPE_FILE = "recipe.json"
 
 
 @dataclass(frozen=True)
 class FamilyCards:
-    """The cards of a base model and its variants, with the family's Pareto front (indices into
-    `reports`, minimizing sparse-aware FLOPs and best in the primary metric), the base models of the
-    same task it is compared with, and the task's metric-vs-metric plots."""
+    """The cards of a base model and its variants, with the family's Pareto fronts (indices into
+    `reports`, best in the primary metric and minimizing sparse-aware FLOPs, resp. latency in each
+    variant's fastest runtime), the base models of the same task it is compared with, and the task's
+    metric-vs-metric plots."""
 
     reports: list[VariantReport]
     cards: dict[str, ModelCard]
     front: list[int]
     references: list[VariantReport]
     extra_plots: tuple[MetricPlot, ...]
+    latency_front: list[int]
 
     def draw_plots(self, folder: Path) -> list[Path]:
         """Every plot the cards show, drawn into `folder`."""
         task = task_named(self.reports[0].task)
         paths = [plot_accuracy_vs_flops(self.reports, folder / PLOT_FILE, metric=task.primary.key, pareto=self.front,
-                                        references=self.references)]
+                                        references=self.references),
+                 plot_accuracy_vs_latency(self.reports, folder / LATENCY_PLOT_FILE, metric=task.primary.key,
+                                          pareto=self.latency_front, references=self.references)]
         for plot in self.extra_plots:
             paths.append(plot_metric_vs_metric(self.reports, folder / plot.filename, x=plot.x, y=plot.y,
                                                references=self.references))
@@ -58,6 +63,12 @@ def quality_front(reports: Sequence[VariantReport], spec: MetricSpec) -> list[in
     """Indices of the reports on the Pareto front of `spec` (in its direction) against non-zero FLOPs."""
     sign = 1.0 if spec.higher_is_better else -1.0
     return pareto_front([(r.flops_sparse, sign * r.metrics[spec.key]) for r in reports])
+
+
+def latency_front(reports: Sequence[VariantReport], spec: MetricSpec) -> list[int]:
+    """Indices of the reports on the Pareto front of `spec` against latency in each one's fastest runtime."""
+    sign = 1.0 if spec.higher_is_better else -1.0
+    return pareto_front([(r.best_runtime[1], sign * r.metrics[spec.key]) for r in reports])
 
 
 def family_cards(entry: ModelEntry, reports: Sequence[VariantReport],
@@ -83,14 +94,17 @@ def family_cards(entry: ModelEntry, reports: Sequence[VariantReport],
     common = dict(license=entry.license, dataset_description=describe_dataset(entry.eval_data.name),
                   example=task.describe_example(entry), about=entry.description, extra_plots=plots,
                   references=list(references))
-    cards = {base.name: base_card(base, reports, plot_filename=PLOT_FILE, **common)}
+    cards = {base.name: base_card(base, reports, plot_filename=PLOT_FILE, latency_plot_filename=LATENCY_PLOT_FILE,
+                                  **common)}
     for report in reports:
         if report is not base:
             cards[report.name] = variant_card(report, base_repo_id=entry.repo_id, family_reports=reports,
-                                              plot_filename=PLOT_FILE, **common)
+                                              plot_filename=PLOT_FILE, latency_plot_filename=LATENCY_PLOT_FILE,
+                                              **common)
     for report in reports:
         validate_card(cards[report.name], report)
-    return FamilyCards(reports, cards, quality_front(reports, spec), list(references), task.extra_plots)
+    return FamilyCards(reports, cards, quality_front(reports, spec), list(references), task.extra_plots,
+                       latency_front(reports, spec))
 
 
 def write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
@@ -142,14 +156,16 @@ def report_table(reports: Sequence[VariantReport], front: Sequence[int] = ()) ->
     rows are starred."""
     spec = task_named(reports[0].task).primary
     metric = spec.key
-    header = f"{'variant':<40} {metric:>7} {'MFLOPs':>9} {'nz MFLOPs':>10} {'nz params':>10} {'bytes':>10} {'ms':>7}"
+    header = (f"{'variant':<40} {metric:>7} {'MFLOPs':>9} {'nz MFLOPs':>10} {'nz params':>10} {'bytes':>10} "
+              f"{'eager ms':>8} {'fastest ms (runtime)':>22}")
     lines = [header, "-" * len(header)]
     for i, r in enumerate(reports):
         value = (f"{100 * r.metrics[metric]:.2f}" if spec.unit == "fraction" else f"{r.metrics[metric]:.4g}") \
             if metric in r.metrics else "n/a"
         lines.append(
             f"{r.name:<40} {value:>7} {r.flops_dense / 1e6:>9.2f} {r.flops_sparse / 1e6:>10.2f} "
-            f"{r.params_nonzero:>10,} {r.bytes_on_disk:>10,} {r.latency_ms:>7.2f}" + (" *" if i in front else "")
+            f"{r.params_nonzero:>10,} {r.bytes_on_disk:>10,} {r.latency_ms:>8.2f} "
+            f"{'{1:.2f} ({0})'.format(*r.best_runtime):>22}" + (" *" if i in front else "")
         )
     if front:
         lines.append("* on the accuracy-vs-FLOPs Pareto front")
