@@ -495,7 +495,8 @@ def test_current_machine_records_torch_and_the_libraries():
     assert info.threads == torch.get_num_threads()
     assert info.torch == torch.__version__ and info.python == platform.python_version()
     assert info.arch == platform.machine()
-    assert info.libraries == {name: metadata.version(name) for name in ("timm", "transformers", "torchmetrics")}
+    assert info.libraries == {name: metadata.version(name)
+                              for name in ("timm", "transformers", "torchmetrics", "onnxruntime", "openvino")}
     summary = info.summary()
     assert summary.startswith(f"{info.cpu} ({info.isa}), torch {torch.__version__}, {info.threads} thread")
     assert f"timm {metadata.version('timm')}" in summary
