@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
 import tempfile
 import time
@@ -28,11 +27,13 @@ import timm
 import torch
 from safetensors import safe_open
 from torch import nn
+
 from zoo.compress import entropy
 from zoo.compress.checkpoint import METAS_KEY, WEIGHTS_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint
 from zoo.compress.formats import compress_state_dict, decompress_state_dict, metas_from_json
 from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
 from zoo.compress.quantization import dequantize_per_channel, quantize_per_channel
+from zoo.evaluate.machine import current_machine
 
 TARGETS = {"dense fp32": None, "sparse fp32": 0.105, "int8": 0.27, "sparse + int8": 0.04}
 MIN_DECODE_GBPS = 1.0  # dense output per second, entropy-coded variants
@@ -86,14 +87,6 @@ def measure(folder: Path, sd: dict[str, torch.Tensor], repeats: int) -> tuple[in
     used = ", ".join(f"{n} {e}" for e, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     return (checkpoint_bytes(folder), best_time(lambda: decompress_state_dict(stored, metas), repeats),
             best_time(lambda: load_checkpoint(folder), repeats), exact, used)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def level_sweep(variants: dict[str, dict[str, torch.Tensor]], levels: list[int], repeats: int) -> None:
@@ -155,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dense_bytes = rows[0][2]
     threads = "" if args.threads is None else f" --threads {args.threads}"
-    cpu = cpu_name()
+    cpu = current_machine().cpu
     print(f"Command: `python benchmarks/bench_checkpoint_size.py --arch {args.arch} --sparsity {args.sparsity}"
           f" --repeats {args.repeats}{threads}`  ")
     print(f"Model: timm `{args.arch}` random init, {n_params / 1e6:.1f}M parameters; {len(names)} conv/linear "

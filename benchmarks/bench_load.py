@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import tempfile
@@ -30,12 +29,13 @@ from pathlib import Path
 import timm
 import torch
 from safetensors.torch import load_file, save_file
-from zoo.compress import checkpoint as ckpt
-from zoo.compress.formats import decompress_state_dict
-from zoo.hub import LocalHub
 
 import zoo
 from zoo import api
+from zoo.compress import checkpoint as ckpt
+from zoo.compress.formats import decompress_state_dict
+from zoo.evaluate.machine import current_machine
+from zoo.hub import LocalHub
 from zoo.models import get_entry
 from zoo.store import Store
 
@@ -57,14 +57,6 @@ def plain_copy(tmp: Path, store: Store, folder: Path) -> Store:
     (plain / api.REPORT_FILE).write_bytes(report)
     assert ckpt.read_config(plain)["format_version"] == 1
     return Store(hub=store.hub, cache_root=root)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -127,7 +119,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
         medians = {name: statistics.median(ts) for name, ts in times.items()}
         sparse_time = medians[SPARSE]
-        print(f"ResNet-50, {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        print(f"ResNet-50, {current_machine().cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
               f"dense file {dense_file.stat().st_size:,} bytes, sparse checkpoint {sparse_bytes:,} bytes "
               f"(plain encodings: {plain_bytes:,})\n")
         print("| load | ms (median) | zstd sparse / this |\n|---|---:|---:|")
