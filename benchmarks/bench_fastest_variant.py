@@ -11,9 +11,10 @@ intra-op threads, every (variant, runtime) session built before any timing, then
 timing every (variant, runtime) once for `--seconds` (round-robin, so that a load passing on a shared
 machine hits them alike); the table gives the median over rounds.
 
-Before timing, each graph runtime's output on a seeded input is compared with the variant's own torch
-output (`zoo.runtimes.measure.relative_error`); one that differs by more than `AGREEMENT_RTOL` is still
-timed and shown, marked, but cannot be picked. A variant is eligible when its metric is within 1 point
+Before timing, each graph runtime's output on a seeded random input (the zoo's own check uses the task's
+example, a zero image for vision) is compared with the variant's own torch output
+(`zoo.runtimes.measure.relative_error`); one that differs by more than `AGREEMENT_RTOL` is still timed
+and shown, marked, but cannot be picked. A variant is eligible when its metric is within 1 point
 of the dense base's (a point: 0.01 of a metric in [0, 1], else 1 unit of it), in the metric's own
 direction. The pick is the eligible (variant, runtime) with the lowest median; the ratios are the dense
 model's eager median and its median in the pick's runtime, each divided by the pick's median.
@@ -23,15 +24,14 @@ from __future__ import annotations
 import argparse
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
+from zoo.evaluate import current_machine
+from zoo.evaluate.latency import measure_latency
 
 import zoo
 from zoo.errors import InvalidArgumentError
-from zoo.evaluate import current_machine
-from zoo.evaluate.latency import measure_latency
 from zoo.models import get_entry
 from zoo.runtimes import RUNTIMES
 from zoo.runtimes.measure import AGREEMENT_RTOL, relative_error, seeded_call
@@ -92,19 +92,20 @@ def metric_of(model: nn.Module, metric: MetricSpec) -> float:
     return report.metrics[metric.key]
 
 
-def load_cells(names: list[str], inputs: tuple[torch.Tensor, ...]) -> tuple[dict[str, Any], dict[tuple[str, str], Cell]]:
-    """Every variant in every runtime, loaded (and derived where needed) and checked, before any timing."""
-    reports, cells = {}, {}
+def load_cells(names: list[str],
+               inputs: tuple[torch.Tensor, ...]) -> tuple[dict[str, nn.Module], dict[tuple[str, str], Cell]]:
+    """Every variant in every runtime, loaded (and derived where needed) and checked, before any timing.
+    Returns the torch models by name and the cells by (name, runtime)."""
+    models, cells = {}, {}
     for name in names:
         print(f"loading {name}", flush=True)
-        model = zoo.load(name, progress=False)
-        reports[name] = model.zoo.report
+        model = models[name] = zoo.load(name, progress=False)
         want = seeded_call(model, inputs)
         cells[name, "torch"] = Cell(model)
         for runtime in RUNTIMES[1:]:
             session = zoo.load(name, runtime=runtime, progress=False)
             cells[name, runtime] = Cell(session, relative_error(seeded_call(session, inputs), want))
-    return reports, cells
+    return models, cells
 
 
 def main() -> None:
@@ -112,7 +113,8 @@ def main() -> None:
     parser.add_argument("--base", default="resnet18.zoo_digits")
     parser.add_argument("--variants", default=None,
                         help="comma-separated suffixes ('base' for the dense model); default: "
-                             f"{','.join(VISION_VARIANTS)} for image classifiers, {','.join(TRANSFORMER_VARIANTS)} else")
+                             f"{','.join(VISION_VARIANTS)} for image classifiers, "
+                             f"{','.join(TRANSFORMER_VARIANTS)} for the others")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=0.3, help="min_run_time of each latency measurement")
@@ -129,22 +131,22 @@ def main() -> None:
     names = [variant_name(args.base, s) for s in suffixes]
     example = task.example_input(entry)
     inputs = check_input(example)
-    reports, cells = load_cells(names, inputs)
+    models, cells = load_cells(names, inputs)
 
     for _ in range(args.rounds):
         for cell in cells.values():
             cell.ms.append(measure_latency(cell.model, inputs, min_run_time=args.seconds,
                                            num_threads=args.threads).median_ms)
 
-    dense_metric = reports[args.base].metrics[metric.key]
+    dense_metric = metric_of(models[args.base], metric)
     print(f"\n{args.base}: {task.describe_example(entry)}, batch 1, median of {args.rounds} rounds; "
-          f"{metric.name} ({metric.key}) from each report, split {reports[args.base].split}")
+          f"{metric.name} ({metric.key}) from each report, split {models[args.base].zoo.report.split}")
     print(f"Machine: {current_machine(args.threads).summary()}\n")
     print("| variant | " + metric.key + " | " + " | ".join(f"{r} ms" for r in RUNTIMES) + " |")
     print("|---|---:|" + "---:|" * len(RUNTIMES))
     candidates = []
     for name in names:
-        value = metric_of(cells[name, "torch"].model, metric)
+        value = metric_of(models[name], metric)
         eligible = within_one_point(value, dense_metric, metric)
         row = []
         for runtime in RUNTIMES:
@@ -156,11 +158,12 @@ def main() -> None:
                 candidates.append((cell.median, name, runtime))
             row.append(text)
         mark = "" if eligible else " (not within 1 point)"
-        print(f"| {name.removeprefix(args.base) or '(dense)'} | {metric.format(value)}{mark} | " + " | ".join(row) + " |")
+        label = name.removeprefix(args.base) or "(dense)"
+        print(f"| {label} | {metric.format(value)}{mark} | " + " | ".join(row) + " |")
 
     for name in names:
-        errors = reports[name].runtime_errors if reports[name] is not None else {}
-        for runtime, why in errors.items():
+        report = models[name].zoo.report
+        for runtime, why in (report.runtime_errors if report is not None else {}).items():
             print(f"report.runtime_errors of {name}: {runtime}: {why}")
     if not candidates:
         print("\nno (variant, runtime) within 1 point whose runtime agrees with torch")
