@@ -128,6 +128,27 @@ def isa_level(flags: Iterable[str]) -> str:
     return "baseline"
 
 
+# The instructions that make int8 dot products fast, best first: (flag, short name). `isa_level` names
+# them "VNNI" and "AMX-INT8" among a level's extensions.
+INTEGER_DOT_FLAGS = (("amx_int8", "AMX"), ("avx512_vnni", "VNNI"), ("avx_vnni", "VNNI"))
+_INTEGER_DOT_EXTENSIONS = ("VNNI", "AMX-INT8")
+
+
+def integer_dot_product(flags: Iterable[str] | None = None) -> str | None:
+    """"AMX" or "VNNI" when `flags` (default: this CPU's) have integer dot-product instructions, else None."""
+    if flags is None:
+        cpuinfo = _read_cpuinfo()
+        flags = cpu_flags(cpuinfo) if cpuinfo is not None else ()
+    present = set(flags)
+    return next((name for flag, name in INTEGER_DOT_FLAGS if flag in present), None)
+
+
+def isa_has_integer_dot_product(isa: str) -> bool:
+    """Whether an `isa_level` string (as a report records it) names VNNI or AMX-INT8 among its extensions."""
+    _, _, extensions = isa.partition(" + ")
+    return any(extension in _INTEGER_DOT_EXTENSIONS for extension in extensions.split(", "))
+
+
 def library_versions() -> dict[str, str]:
     """Installed versions of `LIBRARIES`; one that is not installed took no part in any number, and is left out."""
     versions = {}

@@ -15,6 +15,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from zoo.errors import InvalidArgumentError
+from zoo.evaluate.machine import isa_has_integer_dot_product
 from zoo.evaluate.report import VariantReport
 from zoo.tasks import MetricSpec, average_meaning, task_named
 from zoo.tasks import metric_spec as _task_metric_spec
@@ -256,7 +257,7 @@ def int8_line(report: VariantReport) -> str | None:
     that int8 saves bytes there, not time."""
     if report.quant is None or report.machine is None:
         return None
-    if any(flag in report.machine.isa for flag in ("VNNI", "AMX")):
+    if isa_has_integer_dot_product(report.machine.isa):
         return None
     return (f"This CPU ({report.machine.cpu}, {report.machine.isa}) has no integer dot-product instructions "
             "(VNNI, AMX): on it int8 saves bytes, not time.")

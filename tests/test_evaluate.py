@@ -554,3 +554,13 @@ def test_measure_variant_records_the_machine_and_the_uncounted_ops(tmp_path):
     assert report.params_total == sum(p.numel() for p in model.parameters())
     assert report.bytes_on_disk == checkpoint_bytes(folder)
     assert report.is_current
+
+
+def test_integer_dot_product_is_read_from_the_recorded_isa_exactly():
+    from zoo.evaluate.machine import isa_has_integer_dot_product
+
+    assert isa_has_integer_dot_product(isa_level({"avx512f", "avx512_vnni"}))
+    assert isa_has_integer_dot_product(isa_level({"avx2", "avx_vnni"}))
+    assert isa_has_integer_dot_product(isa_level({"avx512f", "amx_tile", "amx_int8"}))
+    assert not isa_has_integer_dot_product(isa_level({"avx512f", "amx_tile", "amx_bf16"}))  # AMX without int8
+    assert not isa_has_integer_dot_product(isa_level({"avx2", "fma"})) and not isa_has_integer_dot_product("unknown")

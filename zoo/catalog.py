@@ -94,11 +94,9 @@ def family_models(base: str, store: Store) -> list[nn.Module]:
         spec = _spec_or_none(name)
         if spec is None or spec.is_base or spec.base.name != base_spec.base.name:
             continue
-        if where == "hub":
-            model = load(spec, store=store, progress=False)
-            if base_fingerprint(model.zoo.path) == fingerprint:
-                models.append(model)
-                continue
+        if where == "hub" and base_fingerprint(store.hub.snapshot(spec.repo_id)) == fingerprint:
+            models.append(load(spec, store=store, progress=False))
+            continue
         folder = variant_cache_folder(spec, store, fingerprint)
         if folder.is_dir():
             models.append(load_cached(spec, folder, options=store.options))

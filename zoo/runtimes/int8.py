@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
-from zoo.evaluate.machine import _read_cpuinfo, cpu_flags
+from zoo.evaluate.machine import integer_dot_product  # noqa: F401  (re-exported: the flags live there)
 from zoo.runtimes.session import RuntimeModel
 
-# (flag, name), best first: the instructions that make int8 dot products fast.
-_INTEGER_DOT_FLAGS = (("amx_int8", "AMX"), ("avx512_vnni", "VNNI"), ("avx_vnni", "VNNI"))
 # Layer types counted, and the node types that compute them on integer inputs.
 _OPENVINO_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"}
 _OPENVINO_INTEGER = {"u8", "i8"}
@@ -24,15 +21,6 @@ _ORT_FLOAT = {"Conv", "FusedConv", "NchwcConv", "MatMul", "FusedMatMul", "Gemm",
 _ORT_INTEGER = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "QGemm",
                 "DynamicQuantizeMatMul", "QAttention", "MatMulNBits"}
 FAKE_QUANT = "fake-quant (no integer kernel used)"
-
-
-def integer_dot_product(flags: Iterable[str] | None = None) -> str | None:
-    """"AMX" or "VNNI" when `flags` (default: this CPU's) have integer dot-product instructions, else None."""
-    if flags is None:
-        cpuinfo = _read_cpuinfo()
-        flags = cpu_flags(cpuinfo) if cpuinfo is not None else ()
-    present = set(flags)
-    return next((name for flag, name in _INTEGER_DOT_FLAGS if flag in present), None)
 
 
 def integer_layers(model: RuntimeModel) -> tuple[int, int]:
