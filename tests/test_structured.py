@@ -200,6 +200,15 @@ def test_structured_variant_names_parse_back() -> None:
     assert isinstance(step, HeadPruningConfig) and step.sparsity == 0.5 and step.epochs >= 1
 
 
+def test_a_structured_method_the_base_lacks_is_refused_by_name() -> None:
+    with pytest.raises(InvalidArgumentError, match="cannot be pruned by 'heads': its structured pruning is 'channels'"):
+        resolve(f"{BASE}_hd50")
+    with pytest.raises(InvalidArgumentError, match="cannot be pruned by 'channels'"):
+        resolve(TINY_BERT, sparsity=0.5, method="channels")
+    with pytest.raises(InvalidArgumentError, match="its family has no structured pruning"):
+        resolve("wavernn.zoo_espeak", sparsity=0.5, method="channels")
+
+
 # ---- zoo.load and the command line, end to end ---------------------------------------------------
 
 def test_zoo_load_derives_caches_and_rebuilds_a_channel_pruned_variant(

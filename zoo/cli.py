@@ -306,6 +306,9 @@ def _export_graph(model, fmt: str, out: Path, hub_root, cache_root) -> None:
 @click.option("--sparsity", "sparsities", type=float, multiple=True, help="Repeatable [default: 0.5 0.8 0.9 0.95].")
 @click.option("--oneshot", "oneshot", type=float, multiple=True, help="One-shot sparsities [default: 0.9].")
 @click.option("--no-oneshot", is_flag=True, help="Skip the one-shot variants.")
+@click.option("--structured", "structured", type=float, multiple=True,
+              help="Fractions of channels (CNNs) or heads and FFN neurons (transformers) removed [default: 0.5].")
+@click.option("--no-structured", is_flag=True, help="Skip the structured pruning variants.")
 @click.option("--int8-sparsity", "int8_sparsities", type=float, multiple=True,
               help="Sparsities also quantized to int8 [default: 0.9].")
 @click.option("--no-int8", is_flag=True, help="Skip the int8 variants.")
@@ -315,18 +318,21 @@ def _export_graph(model, fmt: str, out: Path, hub_root, cache_root) -> None:
 @click.option("--no-publish", is_flag=True, help="Do not push to the local hub.")
 @_apply(store_options)
 @_one_line_errors
-def sweep(base, sparsities, oneshot, no_oneshot, int8_sparsities, no_int8, cards_dir, no_publish, hub_root,
-          cache_root):
-    """The main job: derive the 50/80/90/95% sparse and int8 variants of BASE, measure them, write their
-    cards with the accuracy-vs-FLOPs plot and publish them to the local hub."""
+def sweep(base, sparsities, oneshot, no_oneshot, structured, no_structured, int8_sparsities, no_int8, cards_dir,
+          no_publish, hub_root, cache_root):
+    """The main job: derive the 50/80/90/95% sparse, the structured (50 % of the channels or heads) and
+    the int8 variants of BASE, measure them, write their cards with the accuracy-vs-FLOPs and
+    accuracy-vs-latency plots and publish them to the local hub."""
     from zoo.publish import report_table
-    from zoo.sweep import DEFAULT_SPARSITIES, SweepPlan, run_sweep
+    from zoo.sweep import DEFAULT_SPARSITIES, DEFAULT_STRUCTURED, SweepPlan, run_sweep
 
-    for flag, values, name in ((no_oneshot, oneshot, "oneshot"), (no_int8, int8_sparsities, "int8-sparsity")):
+    for flag, values, name in ((no_oneshot, oneshot, "oneshot"), (no_structured, structured, "structured"),
+                               (no_int8, int8_sparsities, "int8-sparsity")):
         if flag and values:
             raise InvalidArgumentError(f"--no-{name.split('-')[0]} and --{name} contradict each other; give one")
     plan = SweepPlan(base=base, sparsities=tuple(sparsities) or DEFAULT_SPARSITIES,
-                     oneshot=() if no_oneshot else tuple(oneshot) or (0.9,), int8=not no_int8,
+                     oneshot=() if no_oneshot else tuple(oneshot) or (0.9,),
+                     structured=() if no_structured else tuple(structured) or DEFAULT_STRUCTURED, int8=not no_int8,
                      int8_sparsities=tuple(int8_sparsities) or (0.9,))
     store = _store(hub_root, cache_root)
     result = run_sweep(plan, store=store, cards_dir=Path(cards_dir) if cards_dir else None, publish=not no_publish)

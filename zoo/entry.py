@@ -13,6 +13,7 @@ NAME_RE = re.compile(r"(?P<arch>[a-z0-9_]+)\.(?P<tag>[a-z0-9_]+)")
 
 Source = Literal["upstream", "zoo"]
 OPTIMIZERS = ("sgd", "adamw")
+STRUCTURED_METHODS = ("channels", "heads")  # zoo.variants' structured pruning methods
 TRAINING_FIELDS = ("name", "family", "task", "input", "num_classes", "label_set", "model_kwargs", "train")
 
 
@@ -82,7 +83,9 @@ class ModelEntry:
     `num_classes` and `label_set` apply to classifiers only. `keep_dense` names the modules the default
     recipes never prune; `prune_block` = (rows, cols) makes them prune whole blocks of that shape
     (Sparse WaveRNN's 16x1) instead of single weights. `compare_with` names base models of the same
-    task that this family's cards show beside it (MAT beside the Transformer of equal size)."""
+    task that this family's cards show beside it (MAT beside the Transformer of equal size).
+    `structured` names the structured pruning the family's model supports ("channels": CNN filters;
+    "heads": attention heads and FFN neurons), None where it has none; the sweep builds it."""
 
     name: str
     family: str
@@ -99,6 +102,7 @@ class ModelEntry:
     keep_dense: tuple[str, ...] = ()
     prune_block: tuple[int, int] | None = None
     compare_with: tuple[str, ...] = ()
+    structured: str | None = None
     description: str = ""
     license: str = "apache-2.0"
 
@@ -106,6 +110,9 @@ class ModelEntry:
         split_name(self.name)
         if self.prune_block is not None:
             check_block(self.prune_block)
+        if self.structured is not None and self.structured not in STRUCTURED_METHODS:
+            raise InvalidArgumentError(f"structured must be None or one of {', '.join(STRUCTURED_METHODS)}, "
+                                       f"got {self.structured!r}")
         if self.source == "zoo" and self.train is None:
             raise InvalidArgumentError(f"zoo-native entry {self.name!r} needs a TrainSpec")
 

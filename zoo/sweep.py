@@ -18,16 +18,20 @@ from zoo.variants import VariantSpec
 
 DEFAULT_BASE = "resnet18.zoo_digits"
 DEFAULT_SPARSITIES = (0.5, 0.8, 0.9, 0.95)
+DEFAULT_STRUCTURED = (0.5,)
 
 
 @dataclass(frozen=True)
 class SweepPlan:
     """Which variants of `base` to build: gradual pruning at each sparsity, one-shot pruning at the
-    `oneshot` sparsities (to show what fine-tuning buys), int8 alone and int8 on the `int8_sparsities`."""
+    `oneshot` sparsities (to show what fine-tuning buys), structured pruning (the base's own kind:
+    channels or heads, `ModelEntry.structured`) at the `structured` fractions where the base has one,
+    int8 alone and int8 on the `int8_sparsities`."""
 
     base: str = DEFAULT_BASE
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
     oneshot: tuple[float, ...] = (0.9,)
+    structured: tuple[float, ...] = DEFAULT_STRUCTURED
     int8: bool = True
     int8_sparsities: tuple[float, ...] = (0.9,)
     specs: list[VariantSpec] = field(init=False, default_factory=list)
@@ -36,6 +40,9 @@ class SweepPlan:
         specs = [resolve(self.base)]
         specs += [resolve(self.base, sparsity=s, method="gmp") for s in self.sparsities]
         specs += [resolve(self.base, sparsity=s, method="oneshot") for s in self.oneshot]
+        structured = specs[0].base.structured
+        if structured is not None:
+            specs += [resolve(self.base, sparsity=s, method=structured) for s in self.structured]
         if self.int8:
             specs.append(resolve(self.base, quant="int8"))
             specs += [resolve(self.base, sparsity=s, quant="int8", method="gmp") for s in self.int8_sparsities]

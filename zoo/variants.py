@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zoo.entry import ModelEntry
+from zoo.entry import STRUCTURED_METHODS, ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.models import MODELS, get_entry
 from zoo.options import TrainOptions
@@ -66,6 +66,10 @@ class VariantSpec:
         check_quant(self.quant)
         if self.method not in METHODS:
             raise InvalidArgumentError(f"unknown pruning method {self.method!r}; supported: {', '.join(METHODS)}")
+        if self.method in STRUCTURED_METHODS and self.sparsity > 0 and self.base.structured != self.method:
+            supported = (f"its structured pruning is {self.base.structured!r}" if self.base.structured
+                         else "its family has no structured pruning")
+            raise InvalidArgumentError(f"{self.base.name} cannot be pruned by {self.method!r}: {supported}")
         if self.method in FINETUNED_METHODS and self.sparsity > 0 and self.base.train is None:
             raise InvalidArgumentError(
                 f"{self.base.name} has no training data here, so it cannot be fine-tuned while pruning; "

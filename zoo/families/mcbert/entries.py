@@ -114,7 +114,7 @@ def _pretrained(arch: str, family: str, size: dict[str, Any], input: TextInput, 
     return register_entry(ModelEntry(
         name=f"{arch}.zoo_pydoc", family=family, task=task, repo_id=f"zoo/{arch}.zoo_pydoc", source="zoo",
         input=input, eval_data=DataSpec("pydoc_text", "test"), model_kwargs=kwargs, train=spec,
-        keep_dense=PRETRAIN_KEEP_DENSE,
+        keep_dense=PRETRAIN_KEEP_DENSE, structured="heads",
         description=f"{what}: {how} on Python's pydoc_data.topics (BPE, {input.vocab_size} tokens).",
     ))
 
@@ -128,7 +128,7 @@ def _classifier(arch: str, family: str, tag: str, size: dict[str, Any], input: T
         name=f"{arch}.{tag}", family=family, task="text-classification", repo_id=f"zoo/{arch}.{tag}", source="zoo",
         input=input, eval_data=DataSpec("stdlib_topics", "test"), num_classes=len(TOPICS),
         label_set="stdlib-topics", model_kwargs=kwargs, train=spec, keep_dense=CLASSIFIER_KEEP_DENSE,
-        compare_with=compare_with,
+        compare_with=compare_with, structured="heads",
         description=f"{what} {start}, classifying standard-library docstring sentences into {len(TOPICS)} "
                     f"topics ({', '.join(TOPICS)}).",
     ))

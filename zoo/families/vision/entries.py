@@ -30,6 +30,7 @@ def _upstream(name: str, family: str, size: int, keep_dense: tuple[str, ...], cr
         input=InputSpec(channels=3, size=(size, size), mean=mean, std=std, crop_pct=crop_pct,
                         interpolation=interpolation),
         num_classes=1000, label_set="imagenet-1k", eval_data=IMAGENET_EVAL, keep_dense=keep_dense,
+        structured="channels",
         description=f"timm's {name} ImageNet-1k checkpoint ({crop_note}).",
     ))
 
@@ -49,6 +50,7 @@ def _digits(arch: str, family: str, epochs: int, keep_dense: tuple[str, ...], lr
         source="zoo", input=DIGITS_INPUT, num_classes=10, label_set="digits",
         eval_data=DataSpec("digits", "test"), model_kwargs={"num_classes": 10, "in_chans": 1},
         train=TrainSpec(data=DataSpec("digits", "train"), epochs=epochs, lr=lr), keep_dense=keep_dense,
+        structured="channels",
         description=f"{what} trained by the zoo on scikit-learn's digits (8x8 upsampled to 32x32, grey).",
     ))
 
