@@ -24,9 +24,9 @@ already adapted to the previous removal (Molchanov et al. 2017). The optimizer a
 schedule restart after each step, because the parameters are new tensors of new shapes.
 
 The pruned architecture is saved with the checkpoint in its library's own terms (`describe`): a timm
-pruned-model string (`timm.models._prune.adapt_model_from_string`), or a BERT's per-layer head and FFN
-sizes. `zoo.load` builds the default architecture, `rebuild_architecture` narrows it, and the weights
-are assigned. Hooks are registered per model class by the families (`register_structured`).
+pruned-model string (`timm.models._prune.adapt_model_from_string`), or a BERT's or a Marian Transformer's
+per-layer head and FFN sizes. `zoo.load` builds the default architecture, `rebuild_architecture` narrows
+it, and the weights are assigned. Hooks are registered per model class by the families (`register_structured`).
 """
 from __future__ import annotations
 

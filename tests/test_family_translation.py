@@ -2,24 +2,31 @@
 (multi-branch attention, drop-branch, proximal init) on tiny configurations: forward, a training
 step, exact equalities of MAT with the Transformer it starts from (forward, greedy and beam search
 through the key/value cache), pruning of the tied embedding once, the compressed checkpoint round
-trip with re-tying, and `zoo.load` with a sparsity (training cut to one epoch, temporary store)."""
+trip with re-tying, `zoo.load` with a sparsity (training cut to one epoch, temporary store), and
+head/FFN pruning of the Transformer: uneven per-layer head counts through the key/value cache, the
+saved description rebuilt by plain transformers code, MAT refused, `zoo.load` of the `_hd50` variant."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
+from torch import nn
+from transformers import MarianConfig, MarianMTModel
 
 import zoo
 import zoo.families.translation.model as translation
 from zoo.api import instantiate
 from zoo.compress.checkpoint import load_checkpoint, save_checkpoint
 from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
-from zoo.errors import InvalidArgumentError
+from zoo.compress.structured import apply_head_pruning, rebuild_architecture, structured_hooks
+from zoo.errors import CheckpointError, InvalidArgumentError
 from zoo.hub import LocalHub
 from zoo.families.translation.data import CORPORA, EOS_ID, PAD_ID, decode, encode, sentence_pairs
+from zoo.families.translation.structured import UnsupportedHeadPruningError
 from zoo.families.translation.task import model_arguments, translate
-from zoo.models import build_model, get_entry
+from zoo.models import build_empty_model, build_model, get_entry
 from zoo.native import train_base_model
 from zoo.options import TrainOptions
 from zoo.store import Store
@@ -257,3 +264,158 @@ def test_bad_configurations_are_refused() -> None:
         translation.proximal_init(seeded(TINY), branches=2, drop_branch=1.0)
     with pytest.raises(InvalidArgumentError, match="not a MAT"):
         translation.mat_from_transformer(entry, seeded(TINY))
+
+
+# Head and FFN-neuron pruning ----------------------------------------------------------------------
+
+def wide(seed: int = 0) -> MarianMTModel:
+    """The tiny Transformer with 2 layers of 4 heads (of 8) per stack, weights drawn wide enough that
+    greedy and beam search emit varied tokens (the tiny init repeats one token)."""
+    entry = get_entry(TINY)
+    entry = dataclasses.replace(entry, model_kwargs={**entry.model_kwargs, "layers": 2, "heads": 4})
+    torch.manual_seed(seed)
+    model = build_model(entry)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "layer_norm" not in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * (1.0 if "shared" in name else 0.3))
+    return model.eval()
+
+
+def greedy_by_forward(model: nn.Module, source: torch.Tensor, steps: int) -> list[list[int]]:
+    """Greedy decoding by full forward passes (no key/value cache), cut after EOS."""
+    src, mask = model_arguments((source, source))[:2]
+    ids = torch.full((source.shape[0], 1), PAD_ID)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.cat([ids, model(src, mask, ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return [until_eos(row) for row in ids.tolist()]
+
+
+def test_uneven_head_counts_per_layer_run_through_the_cache_and_beam_search() -> None:
+    model = wide()
+    hooks = structured_hooks(model)
+    assert hooks.head_sizes(model) == [(4, 64)] * 4  # 2 encoder layers, then 2 decoder layers
+    hooks.prune_heads(model, [3, 1, 2, 4], [40, 16, 8, 64])
+    assert hooks.head_sizes(model) == [(3, 40), (1, 16), (2, 8), (4, 64)]
+    decoder = model.model.decoder.layers[0]
+    assert decoder.self_attn.num_heads == decoder.encoder_attn.num_heads == 2
+    assert decoder.encoder_attn.k_proj.weight.shape == (16, 32) and decoder.fc2.weight.shape == (32, 8)
+    source = batch(TINY, size=4)[0]
+    greedy = translate(model, source, num_beams=1, max_new_tokens=8)
+    assert [until_eos(row) for row in greedy.tolist()] == greedy_by_forward(model, source, 8)
+    assert len({tuple(row) for row in greedy.tolist()}) > 1  # varied output, so the comparison means something
+    beams = translate(model, source, num_beams=4, max_new_tokens=8)
+    assert beams.shape[0] == 4 and (beams[:, 0] == PAD_ID).all()
+
+
+def test_head_pruning_keeps_the_heads_and_neurons_of_largest_norm() -> None:
+    model = wide()
+    cross = model.model.decoder.layers[1].encoder_attn
+    ffn = model.model.encoder.layers[0]
+    with torch.no_grad():
+        cross.v_proj.weight[16:24] *= 100  # head 2 of 4
+        ffn.fc1.weight[[5, 50]] *= 100
+        head, neurons = cross.v_proj.weight[16:24].clone(), ffn.fc1.weight[[5, 50]].clone()
+    structured_hooks(model).prune_heads(model, [4, 4, 4, 1], [2, 64, 64, 64])
+    assert torch.equal(model.model.decoder.layers[1].encoder_attn.v_proj.weight, head)
+    assert torch.equal(model.model.encoder.layers[0].fc1.weight, neurons)
+    assert model.model.decoder.layers[1].self_attn.num_heads == 1  # both attentions of a decoder layer
+
+
+def plain_marian(architecture: dict, config: MarianConfig, state_dict: dict[str, torch.Tensor]) -> MarianMTModel:
+    """What a user does with the saved description and weights: plain transformers, nothing of the zoo.
+    A MarianMTModel of the base config on the meta device, every attention and FFN linear replaced by
+    one of the saved width, the weights assigned and the embeddings tied again."""
+    with torch.device("meta"):
+        model = MarianMTModel(MarianConfig.from_dict(config.to_dict()))
+        for stack in ("encoder", "decoder"):
+            size = architecture["head_dim"][stack]
+            for layer, sizes in zip(getattr(model.model, stack).layers, architecture[stack]):
+                for name, heads in sizes["heads"].items():
+                    attention = getattr(layer, name)
+                    for projection in ("q_proj", "k_proj", "v_proj"):
+                        setattr(attention, projection, nn.Linear(config.d_model, heads * size))
+                    attention.out_proj, attention.num_heads = nn.Linear(heads * size, config.d_model), heads
+                layer.fc1, layer.fc2 = nn.Linear(config.d_model, sizes["ffn"]), nn.Linear(sizes["ffn"], config.d_model)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    model.tie_weights()
+    return model.eval()
+
+
+def layer_parameters(model: MarianMTModel) -> int:
+    return sum(p.numel() for stack in (model.model.encoder, model.model.decoder) for p in stack.layers.parameters())
+
+
+def test_head_pruned_transformer_rebuilds_with_plain_transformers_and_translates_the_same() -> None:
+    model = wide(seed=1)
+    dense_layers = layer_parameters(model)
+    assert apply_head_pruning(model, 0.5) == [(2, 32)] * 4
+    architecture = json.loads(json.dumps(structured_hooks(model).describe(model)))
+    assert architecture["decoder"][0] == {"heads": {"self_attn": 2, "encoder_attn": 2}, "ffn": 32}
+    plain = plain_marian(architecture, model.config, model.state_dict())
+    assert plain.lm_head.weight is plain.model.shared.weight
+    assert layer_parameters(plain) < 0.55 * dense_layers  # half the heads and neurons; layer norms stay
+    inputs = model_arguments(batch(TINY))[:3]
+    assert torch.equal(plain(*inputs).logits, model(*inputs).logits)
+    # the zoo's own rebuild (what zoo.load does) of the meta-device default model gives the same model
+    entry = dataclasses.replace(get_entry(TINY), model_kwargs={**get_entry(TINY).model_kwargs, "layers": 2, "heads": 4})
+    zoo_built = instantiate(entry, model.state_dict(), architecture)
+    assert torch.equal(zoo_built(*inputs).logits, model(*inputs).logits)
+    source = batch(TINY, size=4)[0]
+    plain.generation_config = model.generation_config
+    for beams in (1, 4):
+        ours = translate(model, source, num_beams=beams, max_new_tokens=8)
+        assert torch.equal(translate(plain, source, num_beams=beams, max_new_tokens=8), ours)
+        assert torch.equal(translate(zoo_built, source, num_beams=beams, max_new_tokens=8), ours)
+
+
+def test_mat_is_refused_with_the_reason() -> None:
+    mat = seeded(MAT_TINY)
+    with pytest.raises(UnsupportedHeadPruningError, match="MultiBranchAttention.*equal slices"):
+        apply_head_pruning(mat, 0.5)
+    with pytest.raises(UnsupportedHeadPruningError, match="MultiBranchAttention"):
+        structured_hooks(mat).describe(mat)
+    architecture = structured_hooks(seeded(TINY)).describe(seeded(TINY))
+    with pytest.raises(UnsupportedHeadPruningError, match="MultiBranchAttention"):
+        rebuild_architecture(build_empty_model(get_entry(MAT_TINY)), architecture)
+    assert issubclass(UnsupportedHeadPruningError, InvalidArgumentError)
+
+
+def test_bad_saved_architectures_are_refused() -> None:
+    good = structured_hooks(seeded(TINY)).describe(seeded(TINY))
+    bad_layers = {**good, "encoder": good["encoder"] * 2}
+    too_many = {**good, "decoder": [{"heads": {"self_attn": 3, "encoder_attn": 1}, "ffn": 8}]}
+    missing = {**good, "decoder": [{"heads": {"self_attn": 1}, "ffn": 8}]}
+    for architecture in (bad_layers, too_many, missing, {**good, "head_dim": {"encoder": 8, "decoder": 16}},
+                         {**good, "format": "bert-narrowed"}):
+        with pytest.raises(CheckpointError):
+            rebuild_architecture(build_empty_model(get_entry(TINY)), architecture)
+    uneven = {**good, "decoder": [{"heads": {"self_attn": 1, "encoder_attn": 2}, "ffn": 8}]}
+    model = rebuild_architecture(seeded(TINY), uneven)  # a hand-written description may do this ...
+    with pytest.raises(InvalidArgumentError, match="one count"):
+        structured_hooks(model).head_sizes(model)  # ... but then the layer has no single head count
+
+
+def test_zoo_load_derives_and_caches_a_head_pruned_transformer(one_epoch_store: Store) -> None:
+    """One epoch of training and of fine-tuning here (BLEU 0). Measured with the base trained 200 epochs
+    and `_hd50` fine-tuned 100: SacreBLEU 28.98 -> 28.52 (exact match 8.3 % both), parameters 31,872 ->
+    21,424 (the layers' 21,376 -> 10,928), teacher-forced FLOPs 587,904 -> 351,552."""
+    name = f"{TINY}_hd50"
+    base = zoo.load(TINY, store=one_epoch_store, progress=False)
+    derived = zoo.load(name, store=one_epoch_store, progress=False)
+    cached = zoo.load(name, store=one_epoch_store, progress=False)
+    assert (derived.zoo.source, cached.zoo.source) == ("derived", "cache")
+    assert structured_hooks(cached).head_sizes(cached) == [(1, 32), (1, 32)]
+    assert derived.zoo.report.params_total < 0.75 * base.zoo.report.params_total
+    assert derived.zoo.report.flops_dense < 0.7 * base.zoo.report.flops_dense
+    config = json.loads((cached.zoo.path / "config.json").read_text())
+    assert config["architecture"] == structured_hooks(derived).describe(derived)
+    entry = get_entry(TINY)
+    measured = task_of(entry).evaluate(cached, eval_batches(TINY), entry, progress=False)
+    assert cached.zoo.report.metrics == measured.metrics and "bleu" in measured.metrics
+    inputs = model_arguments(batch(TINY))[:3]
+    torch.testing.assert_close(cached(*inputs).logits, derived.eval()(*inputs).logits, rtol=1e-5, atol=1e-5)
+    source = batch(TINY, size=4)[0]
+    assert torch.equal(translate(cached, source), translate(derived, source))

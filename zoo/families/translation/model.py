@@ -21,7 +21,8 @@ shared matrix is one tensor reachable from four modules (`model.shared`, the enc
 `embed_tokens`, `lm_head`); the entries keep the three aliases out of pruning (`keep_dense`) so the
 matrix is pruned once, through `model.shared`, and the fixed sinusoidal position tables are never
 pruned. The checkpoint format stores tied tensors as copies; `retie_shared_embeddings` (a
-load_state_dict post-hook) ties them again on load.
+load_state_dict post-hook) ties them again on load. Head and FFN-neuron pruning (`_hd` variants) of the
+Transformer is in `structured.py`; MAT's multi-branch attention is not narrowed (it says why).
 
 The entries are in `entries.py`. MAT's recipe is proximal initialization from
 transformer_small.zoo_numbers (`TrainSpec.init_from`, through `INITIALIZERS`: `mat_from_transformer`),
@@ -39,10 +40,12 @@ from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.marian.modeling_marian import MarianAttention, eager_attention_forward
 
+from zoo.compress.structured import register_structured
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.families.translation.data import CORPORA, EOS_ID, PAD_ID
 from zoo.families.translation.entries import TranslationInput
+from zoo.families.translation.structured import HOOKS as STRUCTURED_HOOKS
 from zoo.models import FAMILIES, INITIALIZERS
 
 MODEL_KWARGS = ("d_model", "layers", "heads", "encoder_ffn_dim", "decoder_ffn_dim", "dropout", "max_positions")
@@ -272,3 +275,4 @@ FAMILIES.register("mat", build_translation)
 
 
 INITIALIZERS.register("mat", mat_from_transformer)  # MAT's proximal initialization, via TrainSpec.init_from
+register_structured(MarianMTModel, STRUCTURED_HOOKS)  # head and FFN pruning of the Transformer (not MAT)
