@@ -60,6 +60,7 @@ def _entry(arch: str, family: str, corpus: str, kwargs: dict[str, Any], epochs: 
         train=TrainSpec(data=DataSpec(corpus, "train"), epochs=epochs, batch_size=batch_size, lr=lr,
                         weight_decay=0.01, label_smoothing=0.1, seed=0, optimizer="adamw", init_from=init_from),
         keep_dense=TRANSLATION_KEEP_DENSE, compare_with=compare_with,
+        structured="heads" if family == "transformer" else None,  # MAT's branches cannot be narrowed
         description=f"{what}, trained by the zoo on {corpus} (English -> German numbers, dates and "
                     "prices spelled out by num2words; joint BPE).",
     ))
