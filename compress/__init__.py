@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     )
     from zoo.compress.quantization import Int8PTQConfig, apply_int8_ptq
     from zoo.compress.recipe import HANDLERS, Recipe, RecipeContext, handles
+    from zoo.compress.sparse_training import SparseTrainingConfig, apply_sparse_training, sparse_training_flops
     from zoo.compress.structured import (
         ChannelPruningConfig, HeadPruningConfig, StructuredHooks, apply_channel_pruning, apply_gradual_channel_pruning,
         apply_gradual_head_pruning, apply_head_pruning, register_structured,
@@ -34,6 +35,7 @@ _MODULES = {
                              "magnitude_masks", "prunable_weights"),
     "zoo.compress.quantization": ("Int8PTQConfig", "apply_int8_ptq"),
     "zoo.compress.recipe": ("HANDLERS", "Recipe", "RecipeContext", "handles"),
+    "zoo.compress.sparse_training": ("SparseTrainingConfig", "apply_sparse_training", "sparse_training_flops"),
     "zoo.compress.structured": ("ChannelPruningConfig", "HeadPruningConfig", "StructuredHooks",
                                 "apply_channel_pruning", "apply_gradual_channel_pruning",
                                 "apply_gradual_head_pruning", "apply_head_pruning", "register_structured"),

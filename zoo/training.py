@@ -1,8 +1,15 @@
 """The one training loop of the zoo: SGD with Nesterov momentum (or AdamW) and a warm-up + cosine
 schedule.
 
-Used to train zoo-native base models and to fine-tune while a recipe prunes. `after_step(step)` runs
-after every optimizer step (this is where pruning masks are re-applied or updated).
+Used to train zoo-native base models and to fine-tune while a recipe prunes. Two optional callbacks see
+each step, `step` counting optimizer steps from 0:
+
+- `before_step(step, optimizer)` runs after the backward pass and before the optimizer step: the
+  gradients of the batch are in `param.grad` and may be read or changed (sparse training reads the dense
+  gradient and masks it); the optimizer is passed so that its state can be changed (sparse training
+  resets the momentum of regrown weights).
+- `after_step(step)` runs after the optimizer and learning-rate steps (this is where pruning masks are
+  re-applied or updated).
 """
 from __future__ import annotations
 
@@ -45,10 +52,12 @@ def train(
     warmup_fraction: float = 0.05,
     optimizer: str = "sgd",
     after_step: Callable[[int], None] | None = None,
+    before_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> list[float]:
-    """Trains `model` in place for `epochs`; returns the mean loss of each epoch."""
+    """Trains `model` in place for `epochs`; returns the mean loss of each epoch. `before_step` and
+    `after_step` as in the module docstring."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -74,6 +83,8 @@ def train(
                 loss = loss_fn(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if before_step is not None:
+                    before_step(step, opt)
                 opt.step()
                 scheduler.step()
                 if after_step is not None:
