@@ -18,6 +18,7 @@ from zoo.compress import (
 from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
 from zoo.compress.config import CompressionConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
+from zoo.compress.sparse_training import SparseTrainingConfig
 from zoo.compress.structured import ChannelPruningConfig, HeadPruningConfig
 from zoo.errors import DuplicateNameError, RecipeError, UnknownNameError
 
@@ -38,6 +39,9 @@ EXAMPLES: dict[str, CompressionConfig] = {
     "ChannelPruningConfig": ChannelPruningConfig(sparsity=0.5, epochs=4, lr=0.01, steps=3, round_to=4,
                                                  keep=(r"conv1(\..*)?", "fc"), optimizer="adamw"),
     "HeadPruningConfig": HeadPruningConfig(sparsity=0.25, ffn_sparsity=0.5, epochs=2, lr=1e-3, steps=2, round_to=16),
+    "SparseTrainingConfig": SparseTrainingConfig(sparsity=0.95, method="set", distribution="uniform", epochs=3, lr=0.05,
+                                                 delta_t=20, drop_fraction=0.5, end_fraction=0.5, keep_dense=("fc",),
+                                                 weight_decay=0.0, optimizer="adamw", from_scratch=False),
 }
 
 
