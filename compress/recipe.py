@@ -28,12 +28,15 @@ class RecipeContext:
 
     `train_batches(epoch)` yields training batches for one epoch (deterministic given the epoch),
     `loss_fn(model, batch)` returns the training loss of a batch, and `calibration_batches()` yields
-    model inputs for a calibration pass. Handlers that need one of them and do not get it raise.
+    model inputs for a calibration pass. `fresh_model()` returns a newly initialized model of the
+    architecture being compressed, as its family builds it (sparse training from scratch starts from
+    its weights). Handlers that need one of them and do not get it raise.
     """
 
     train_batches: Callable[[int], Iterable[Any]] | None = None
     loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None
     calibration_batches: Callable[[], Iterable[Any]] | None = None
+    fresh_model: Callable[[], nn.Module] | None = None
     progress: bool = True
     seed: int = 0
 

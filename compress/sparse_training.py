@@ -21,13 +21,15 @@ sparse connectivity inspired by network science", Nature Communications 2018 (SE
 
 `context` (a `RecipeContext`) gives the training batches, the loss and the seed of the random masks and
 of the re-initialization. With `from_scratch=True` (the default) the weights are re-initialized first:
-by the root model's own `reset_parameters()` when it has one (a family whose models initialize in a
-custom way defines it), otherwise by the `reset_parameters()` of every module holding parameters (torch's
-default initializers; a module holding parameters without one is refused). With `from_scratch=False`
-training starts from the given weights, masked at random.
+to `context.fresh_model()`'s when the context has it (the zoo's contexts do: the base's architecture as
+its family builds and initializes it, seeded as the base's own training), else by the root model's own
+`reset_parameters()` when it has one, otherwise by the `reset_parameters()` of every module holding
+parameters (torch's default initializers; a module holding parameters without one is refused). With
+`from_scratch=False` training starts from the given weights, masked at random.
 
 **Technical details.** At update step t (t = delta_t, 2 delta_t, ... <= T_end = floor(end_fraction *
-total steps)), each layer with N_active active weights drops n_drop = floor(f(t) * N_active) of them,
+total steps); `delta_t=None` spreads AUTO_UPDATES updates over [0, T_end]: delta_t = max(1, T_end //
+AUTO_UPDATES)), each layer with N_active active weights drops n_drop = floor(f(t) * N_active) of them,
 f(t) = drop_fraction / 2 * (1 + cos(pi t / T_end)):
 - drop: keep the N_active - n_drop active weights with the largest |w| (after the step's update);
 - grow: enable the n_drop positions not kept with the largest |dL/dw| of the step's batch, the dense
@@ -68,6 +70,7 @@ from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.training import steps_per_epoch, train
 
 METHODS = ("rigl", "set", "static")
+AUTO_UPDATES = 20  # topology updates of a run whose delta_t is None (the default recipes': any data size)
 
 
 def sparse_weights(model: nn.Module, keep_dense: tuple[str, ...] = ()) -> dict[str, nn.Parameter]:
@@ -264,7 +267,7 @@ def apply_sparse_training(
     distribution: str = "erk",
     epochs: int = 10,
     lr: float = 0.02,
-    delta_t: int = 100,
+    delta_t: int | None = 100,
     drop_fraction: float = 0.3,
     end_fraction: float = 0.75,
     keep_dense: tuple[str, ...] = (),
@@ -284,7 +287,10 @@ def apply_sparse_training(
     context.require("train_batches", "loss_fn", step="sparse training")
     if not sparse_weights(model, config.keep_dense):
         raise RecipeError("sparse training found no prunable weight (conv, linear, embedding) outside keep_dense")
-    if config.from_scratch:
+    if config.from_scratch and context.fresh_model is not None:
+        with torch.no_grad():
+            model.load_state_dict(context.fresh_model().state_dict())
+    elif config.from_scratch:
         reinitialize(model, context.seed)
     weights = sparse_weights(model, config.keep_dense)
     shapes = {name: tuple(w.shape) for name, w in weights.items()}
@@ -292,9 +298,10 @@ def apply_sparse_training(
     generator = torch.Generator().manual_seed(context.seed)
     masks = random_masks(weights, counts, generator)
     apply_masks(weights, masks)
+    total_steps = steps_per_epoch(context.train_batches) * config.epochs
+    delta_t = config.delta_t or max(1, math.floor(config.end_fraction * total_steps) // AUTO_UPDATES)
     topology = SparseTopology(
-        weights, masks, method=config.method, total_steps=steps_per_epoch(context.train_batches) * config.epochs,
-        delta_t=config.delta_t, drop_fraction=config.drop_fraction, end_fraction=config.end_fraction,
+        weights, masks, method=config.method, total_steps=total_steps, delta_t=delta_t, drop_fraction=config.drop_fraction, end_fraction=config.end_fraction,
         generator=generator,
     )
     train(model, context.train_batches, context.loss_fn, epochs=config.epochs, lr=config.lr,
@@ -309,7 +316,8 @@ def apply_sparse_training(
 class SparseTrainingConfig(CompressionConfig):
     """Sparse training with a changing topology (RigL, SET) or a fixed one (static), from a random
     sparse start at `sparsity` spread by `distribution`; `from_scratch` re-initializes the weights
-    first. Update points are fractions of the training steps, so a recipe fits any data set size."""
+    first. Update points are fractions of the training steps, so a recipe fits any data set size;
+    `delta_t` None spreads AUTO_UPDATES topology updates over them."""
 
     VERSION = 1
     sparsity: float
@@ -317,7 +325,7 @@ class SparseTrainingConfig(CompressionConfig):
     distribution: str = "erk"
     epochs: int = 10
     lr: float = 0.02
-    delta_t: int = 100
+    delta_t: int | None = 100
     drop_fraction: float = 0.3
     end_fraction: float = 0.75
     keep_dense: tuple[str, ...] = ()
@@ -331,7 +339,8 @@ class SparseTrainingConfig(CompressionConfig):
         check_choice("distribution", self.distribution, DISTRIBUTIONS)
         check_positive("epochs", self.epochs, integer=True)
         check_positive("lr", self.lr)
-        check_positive("delta_t", self.delta_t, integer=True)
+        if self.delta_t is not None:
+            check_positive("delta_t", self.delta_t, integer=True)
         check_fraction("drop_fraction", self.drop_fraction, upper_open=False)
         check_fraction("end_fraction", self.end_fraction, upper_open=False)
         if self.end_fraction == 0:

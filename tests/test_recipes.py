@@ -20,7 +20,7 @@ from zoo.compress.config import CompressionConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
 from zoo.compress.sparse_training import SparseTrainingConfig
 from zoo.compress.structured import ChannelPruningConfig, HeadPruningConfig
-from zoo.errors import DuplicateNameError, RecipeError, UnknownNameError
+from zoo.errors import DuplicateNameError, InvalidArgumentError, RecipeError, UnknownNameError
 
 # One non-default example per registered config type: a new config type must add one here.
 EXAMPLES: dict[str, CompressionConfig] = {
@@ -232,3 +232,38 @@ def test_a_step_without_the_data_it_needs_is_refused() -> None:
         Recipe((Int8PTQConfig(),)).apply(model, RecipeContext(progress=False))
     with pytest.raises(RecipeError, match="train_batches, loss_fn"):
         Recipe((GradualMagnitudePruningConfig(final_sparsity=0.5),)).apply(model, RecipeContext(progress=False))
+
+
+def test_sparse_training_variant_names_parse_back_and_build_the_default_recipe() -> None:
+    from zoo.compress.distributions import DISTRIBUTIONS
+    from zoo.compress.sparse_training import SparseTrainingConfig
+    from zoo.variants import DISTRIBUTIONS as NAMED_DISTRIBUTIONS
+    from zoo.variants import parse_variant_name, resolve
+
+    assert set(NAMED_DISTRIBUTIONS) == set(DISTRIBUTIONS)
+    base = "test_resnet.zoo_digits"
+    cases = {
+        f"{base}_rigl90": dict(method="rigl", sparsity=0.9),
+        f"{base}_set95uni": dict(method="set", sparsity=0.95, distribution="uniform"),
+        f"{base}_static97p5erx3": dict(method="static", sparsity=0.975, distribution="er", budget=3),
+        f"{base}_rigl90x2_int8": dict(method="rigl", sparsity=0.9, budget=2, quant="int8"),
+    }
+    for name, kwargs in cases.items():
+        assert parse_variant_name(name) == (base, kwargs)
+        spec = resolve(name)
+        assert spec.name == name and resolve(base, **{k: v for k, v in kwargs.items()
+                                                     if k in ("sparsity", "quant", "method")}).method == kwargs["method"]
+    spec = resolve(f"{base}_static97p5erx3")
+    (step,) = spec.recipe().steps
+    entry = spec.base
+    assert step == SparseTrainingConfig(
+        sparsity=0.975, method="static", distribution="er", epochs=3 * entry.train.epochs, lr=entry.train.lr,
+        delta_t=None, keep_dense=entry.keep_dense, weight_decay=entry.train.weight_decay,
+        optimizer=entry.train.optimizer, from_scratch=True)
+    assert [type(s).__name__ for s in resolve(f"{base}_rigl90x2_int8").recipe().steps] == [
+        "SparseTrainingConfig", "Int8PTQConfig"]
+    assert resolve(f"{base}_rigl90x2_int8").sparse_parent.name == f"{base}_rigl90x2"
+    with pytest.raises(InvalidArgumentError, match="sparse training"):
+        resolve(f"{base}_gmp90uni")
+    with pytest.raises(UnknownNameError):
+        resolve(f"{base}_rigl90x1")  # not a canonical name: x1 is the default budget

@@ -460,3 +460,33 @@ def test_from_scratch_false_starts_from_the_given_weights() -> None:
 def test_a_context_without_training_data_is_refused() -> None:
     with pytest.raises(RecipeError, match="train_batches"):
         apply_sparse_training(mlp(), RecipeContext(), sparsity=0.9)
+
+
+def test_from_scratch_starts_from_the_contexts_fresh_model() -> None:
+    batches, loss_fn = task(n_batches=2)
+    fresh = mlp()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.fill_(0.25)
+    context = RecipeContext(train_batches=batches, loss_fn=loss_fn, progress=False, seed=1,
+                            fresh_model=lambda: fresh)
+    model = mlp()
+    masks = apply_sparse_training(model, context, sparsity=0.5, method="static", epochs=1, lr=1e-9,
+                                  weight_decay=0.0)
+    for name, w in sparse_weights(model).items():
+        assert torch.allclose(w[masks[name]], torch.full_like(w[masks[name]], 0.25), atol=1e-6)
+
+
+def test_delta_t_none_spreads_the_automatic_number_of_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo.compress import sparse_training
+
+    batches, loss_fn = task(n_batches=16)
+    calls: list[int] = []
+    original = SparseTopology.update
+    monkeypatch.setattr(SparseTopology, "update", lambda self, step: (calls.append(step), original(self, step)))
+    context = RecipeContext(train_batches=batches, loss_fn=loss_fn, progress=False, seed=0)
+    apply_sparse_training(mlp(), context, sparsity=0.8, method="set", epochs=10, lr=0.01, delta_t=None,
+                          end_fraction=0.75)
+    end = math.floor(0.75 * 160)  # 16 batches x 10 epochs
+    delta_t = end // sparse_training.AUTO_UPDATES
+    assert calls == list(range(delta_t, end + 1, delta_t)) and len(calls) == sparse_training.AUTO_UPDATES

@@ -30,7 +30,7 @@ from zoo.errors import CheckpointError, HubError, InvalidArgumentError
 from zoo.evaluate import VariantReport
 from zoo.evaluation import has_eval_data, measure_variant
 from zoo.hub import download
-from zoo.models import build_empty_model
+from zoo.models import build_empty_model, build_model
 from zoo.native import train_base_model
 from zoo.options import TrainOptions
 from zoo.store import REPORT_FILE, Store
@@ -212,10 +212,16 @@ def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
     def batches() -> Batches:
         return task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
 
+    def fresh_model() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):  # as train_base_model initializes: seeded, on a fork
+            torch.manual_seed(spec.seed)
+            return build_model(entry)
+
     return RecipeContext(
         train_batches=lambda epoch: batches().epoch(epoch),
         loss_fn=lambda model, batch: task.loss(model, batch, entry),
-        calibration_batches=lambda: _inputs(task, batches()), progress=progress, seed=spec.seed,
+        calibration_batches=lambda: _inputs(task, batches()), fresh_model=fresh_model, progress=progress,
+        seed=spec.seed,
     )
 
 

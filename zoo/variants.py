@@ -6,6 +6,9 @@ magnitude pruning, no fine-tuning), `..._int8` (post-training int8), `..._gmp90_
 `..._r<hash>` for a custom recipe. Sparsities that are not whole percents use `p`: `_gmp97p5`.
 Structured pruning, fine-tuned: `..._ch50` (50 % of every layer's channels removed), `..._hd50` (50 %
 of the attention heads and FFN neurons removed); the number is then the fraction of structures removed.
+Sparse training from scratch (`zoo.compress.sparse_training`): `..._rigl90`, `..._set90`, `..._static90`
+with the ERK distribution over layers, `uni` or `er` after the number for the others (`_rigl90uni`), and
+`x<k>` for k times the base's training steps (`_rigl90x2`, `_set95erx3`).
 """
 from __future__ import annotations
 
@@ -22,13 +25,19 @@ from zoo.options import TrainOptions
 if TYPE_CHECKING:  # the recipe modules import torch: loaded when a recipe is first built
     from zoo.compress.recipe import Recipe
 
-METHODS = ("gmp", "oneshot", "channels", "heads")
-_METHOD_CODES = {"gmp": "gmp", "oneshot": "os", "channels": "ch", "heads": "hd"}
-FINETUNED_METHODS = ("gmp", "channels", "heads")  # need the entry's training data
+SPARSE_TRAINING_METHODS = ("rigl", "set", "static")
+METHODS = ("gmp", "oneshot", "channels", "heads", *SPARSE_TRAINING_METHODS)
+_METHOD_CODES = {"gmp": "gmp", "oneshot": "os", "channels": "ch", "heads": "hd",
+                 **{m: m for m in SPARSE_TRAINING_METHODS}}
+FINETUNED_METHODS = ("gmp", "channels", "heads", *SPARSE_TRAINING_METHODS)  # need the entry's training data
+DISTRIBUTIONS = ("erk", "er", "uniform")  # zoo.compress.distributions' (a test checks they agree)
+DEFAULT_DISTRIBUTION = "erk"
+_DISTRIBUTION_CODES = {"er": "er", "uniform": "uni"}  # ERK, the default, goes unnamed
 STRUCTURED_STEPS = 3  # pruning steps of the default structured recipes (zoo.compress.structured)
 _SUFFIX_RE = re.compile(
     r"(?P<base>[a-z0-9_]+\.[a-z0-9_]+?)"
-    r"(?:_(?P<method>gmp|os|ch|hd)(?P<pct>\d+(?:p\d+)?))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
+    r"(?:_(?P<method>gmp|os|ch|hd|rigl|set|static)(?P<pct>\d+(?:p\d+)?)(?P<dist>uni|er)?(?:x(?P<budget>[2-9]|[1-9]\d+))?)?"
+    r"(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
 )
 GMP_FINETUNE_EPOCH_FRACTION = 0.5
 QUANT_SCHEMES = ("int8",)  # the schemes zoo.compress.quantization implements (a test checks they agree)
@@ -53,19 +62,30 @@ def _percent(sparsity: float) -> str:
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """What to load: a base entry and the compression applied to it (none for the base itself)."""
+    """What to load: a base entry and the compression applied to it (none for the base itself).
+    `distribution` (ERK by default) and `budget` (training steps, in multiples of the base's) apply
+    to the sparse training methods only."""
 
     base: ModelEntry
     sparsity: float = 0.0
     quant: str | None = None
     method: str = "gmp"
     custom_recipe: Recipe | None = None
+    distribution: str = DEFAULT_DISTRIBUTION
+    budget: int = 1
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
         check_quant(self.quant)
         if self.method not in METHODS:
             raise InvalidArgumentError(f"unknown pruning method {self.method!r}; supported: {', '.join(METHODS)}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise InvalidArgumentError(f"unknown distribution {self.distribution!r}; supported: {', '.join(DISTRIBUTIONS)}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise InvalidArgumentError(f"budget must be a positive integer, got {self.budget!r}")
+        if ((self.distribution != DEFAULT_DISTRIBUTION or self.budget != 1)
+                and (self.method not in SPARSE_TRAINING_METHODS or self.sparsity == 0)):
+            raise InvalidArgumentError("distribution and budget apply to sparse training (rigl, set, static) only")
         if self.method in STRUCTURED_METHODS and self.sparsity > 0 and self.base.structured != self.method:
             supported = (f"its structured pruning is {self.base.structured!r}" if self.base.structured
                          else "its family has no structured pruning")
@@ -84,7 +104,9 @@ class VariantSpec:
     def name(self) -> str:
         parts = [self.base.name]
         if self.sparsity > 0:
-            parts.append(f"{_METHOD_CODES[self.method]}{_percent(self.sparsity)}")
+            budget = f"x{self.budget}" if self.budget > 1 else ""
+            parts.append(f"{_METHOD_CODES[self.method]}{_percent(self.sparsity)}"
+                         f"{_DISTRIBUTION_CODES.get(self.distribution, '')}{budget}")
         if self.quant:
             parts.append(self.quant)
         if self.custom_recipe is not None:
@@ -97,7 +119,8 @@ class VariantSpec:
         default recipe's steps are deterministic, so starting from the cached parent gives the same
         weights as running the whole recipe, without pruning and fine-tuning a second time."""
         if self.custom_recipe is None and self.sparsity > 0 and self.quant is not None:
-            return VariantSpec(self.base, sparsity=self.sparsity, method=self.method)
+            return VariantSpec(self.base, sparsity=self.sparsity, method=self.method,
+                               distribution=self.distribution, budget=self.budget)
         return None
 
     @property
@@ -109,16 +132,19 @@ class VariantSpec:
         fine-tuning `options.finetune_epochs` may shorten)."""
         if self.custom_recipe is not None:
             return self.custom_recipe
-        return default_recipe(self.base, self.sparsity, self.quant, self.method, options)
+        return default_recipe(self.base, self.sparsity, self.quant, self.method, options,
+                              distribution=self.distribution, budget=self.budget)
 
 
 def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method: str,
-                   options: TrainOptions | None = None) -> Recipe:
+                   options: TrainOptions | None = None, *, distribution: str = DEFAULT_DISTRIBUTION,
+                   budget: int = 1) -> Recipe:
     """The zoo's default: gradual pruning (per layer, cubic schedule, `entry.keep_dense` modules left
     dense) fine-tuned for half the base's epochs (or `options.finetune_epochs`) at the base's peak
     learning rate, or one-shot global pruning; then int8 PTQ. Pruning removes single weights by
     magnitude, or whole blocks of `entry.prune_block` by mean magnitude (Sparse WaveRNN); methods
-    "channels" and "heads" remove whole channels, or heads and FFN neurons (`_structured_step`)."""
+    "channels" and "heads" remove whole channels, or heads and FFN neurons (`_structured_step`);
+    "rigl", "set" and "static" train the base's architecture sparse from scratch (`_sparse_training_step`)."""
     from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
     from zoo.compress.pruning import GradualMagnitudePruningConfig, MagnitudePruningConfig
     from zoo.compress.quantization import Int8PTQConfig
@@ -143,6 +169,8 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
             steps.append(GradualBlockPruningConfig(final_sparsity=sparsity, block=entry.prune_block, **schedule))
     elif sparsity > 0 and method in ("channels", "heads"):
         steps.append(_structured_step(entry, sparsity, method, finetune_epochs))
+    elif sparsity > 0 and method in SPARSE_TRAINING_METHODS:
+        steps.append(_sparse_training_step(entry, sparsity, method, distribution, budget, options))
     elif sparsity > 0:  # method == "oneshot"
         if entry.prune_block is None:
             steps.append(MagnitudePruningConfig(sparsity=sparsity, scope="global", keep_dense=entry.keep_dense))
@@ -172,6 +200,24 @@ def _structured_step(entry: ModelEntry, sparsity: float, method: str, finetune_e
     return HeadPruningConfig(sparsity=sparsity, **schedule)
 
 
+def _sparse_training_step(entry: ModelEntry, sparsity: float, method: str, distribution: str, budget: int,
+                          options: TrainOptions | None):
+    """The default sparse training step: the base's own training run (its epochs, or `options.epochs`,
+    times `budget`; its learning rate, optimizer and weight decay), sparse from the first step, from a
+    fresh initialization; RigL's paper settings (drop fraction 0.3, updates until 75 % of training),
+    the update interval spread over the run (`delta_t=None`), `entry.keep_dense` layers dense."""
+    from zoo.compress.sparse_training import SparseTrainingConfig
+
+    if entry.train is None:
+        raise InvalidArgumentError(f"{entry.name} has no training data here to train sparse from scratch")
+    epochs = (options or TrainOptions()).epochs or entry.train.epochs
+    return SparseTrainingConfig(
+        sparsity=sparsity, method=method, distribution=distribution, epochs=epochs * budget, lr=entry.train.lr,
+        delta_t=None, drop_fraction=0.3, end_fraction=0.75, keep_dense=entry.keep_dense,
+        weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer, from_scratch=True,
+    )
+
+
 def is_custom_recipe_name(name: str) -> bool:
     """Whether `name` is a custom-recipe variant (`..._r<hash>`): its recipe is in its repo, not its name."""
     match = _SUFFIX_RE.fullmatch(name)
@@ -188,6 +234,10 @@ def parse_variant_name(name: str) -> tuple[str, dict]:
     if match["method"]:
         kwargs["method"] = {v: k for k, v in _METHOD_CODES.items()}[match["method"]]
         kwargs["sparsity"] = float(match["pct"].replace("p", ".")) / 100
+        if match["dist"]:
+            kwargs["distribution"] = {v: k for k, v in _DISTRIBUTION_CODES.items()}[match["dist"]]
+        if match["budget"]:
+            kwargs["budget"] = int(match["budget"])
     if match["quant"]:
         kwargs["quant"] = match["quant"]
     return match["base"], kwargs
