@@ -46,8 +46,10 @@ variant_options = [
     click.option("--sparsity", type=float, default=0.0, show_default=True, help="Fraction of weights (channels, heads: of structures) pruned, in [0, 1)."),
     click.option("--quant", type=click.Choice(["int8"]), default=None, help="Quantization scheme."),
     click.option("--method", type=click.Choice(METHODS), default=None,
-                 help="Pruning method: gmp, oneshot, or structured (channels: CNN filters; heads: attention "
-                      "heads and FFN neurons) [default: gmp where the zoo can fine-tune, else oneshot]."),
+                 help="Pruning method: gmp, oneshot, structured (channels: CNN filters; heads: attention "
+                      "heads and FFN neurons), or sparse training from scratch (rigl, set, static; ERK: "
+                      "name a variant such as BASE_rigl90uni for another distribution) "
+                      "[default: gmp where the zoo can fine-tune, else oneshot]."),
     click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False), default=None,
                  help="A recipe file (JSON or YAML) instead of the default recipe."),
 ]
