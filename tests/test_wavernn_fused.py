@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from zoo.compress import sparse_kernels as sk
+
 from zoo.errors import InvalidArgumentError
 from zoo.families.wavernn import fused
 from zoo.families.wavernn import model as wavernn_model

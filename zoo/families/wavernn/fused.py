@@ -48,7 +48,13 @@ from zoo.compress.sparse_kernels import (
 )
 from zoo.errors import InvalidArgumentError
 from zoo.families.wavernn.entries import PRUNE_BLOCK
-from zoo.families.wavernn.model import LEVELS, SILENCE, WaveRNN, _GumbelNoise, gumbel_noise
+from zoo.families.wavernn.model import (
+    LEVELS,
+    SILENCE,
+    WaveRNN,
+    _GumbelNoise,
+    gumbel_noise,
+)
 
 BLOCK = PRUNE_BLOCK[0]  # rows of a block of the recurrent matrix (Sparse WaveRNN's 16x1 blocks)
 SPARSE = f"blocks{BLOCK}x1"
@@ -108,7 +114,7 @@ def _exp_into(x, scale):
     bits = scale.view(np.int32)
     for k in range(x.shape[0]):
         v = x[k]
-        v = _EXP_MAX if v > _EXP_MAX else (-_EXP_MAX if v < -_EXP_MAX else v)
+        v = _EXP_MAX if v > _EXP_MAX else (-_EXP_MAX if v < -_EXP_MAX else v)  # noqa: FURB136 (vectorizes)
         n = np.floor(v * _LOG2E + _HALF)
         r = v - n * _LN2_HI - n * _LN2_LO
         x[k] = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))

@@ -75,7 +75,8 @@ class Vocoding(Task):
     def _mel_distance(model: nn.Module, data: Any, spec: AudioSpec) -> float:
         if not isinstance(data, SpeechWindows):
             raise InvalidArgumentError(f"vocoding evaluates on speech windows, got {type(data).__name__}")
-        from zoo.families.wavernn.fused import generate  # numba: imported when audio is generated
+        # numba loads here, when audio is generated, not when the task is registered
+        from zoo.families.wavernn.fused import generate
 
         metric = torchmetrics.MeanAbsoluteError()
         generator = torch.Generator().manual_seed(0)
