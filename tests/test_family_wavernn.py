@@ -224,7 +224,7 @@ class Replay(torch.nn.Module):
         self.by_mel = {mel.numpy().tobytes(): samples for mel, samples in clips}
         self.silent = silent
 
-    def generate(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(self, mel: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
         samples = self.by_mel[mel[0].numpy().tobytes()][None]
         return torch.full_like(samples, SILENCE) if self.silent else samples
 

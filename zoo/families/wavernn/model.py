@@ -119,8 +119,14 @@ class WaveRNN(nn.Module):
             raise InvalidArgumentError(
                 f"{length} samples need {length / self.hop:g} mel frames plus {self.mel_pad} on each side; "
                 f"got {mel.shape[-1]}")
-        per_frame = self.cond_input(F.relu(self.cond(mel)).transpose(1, 2))
-        return per_frame.repeat_interleave(self.hop, dim=1)
+        return self.frame_conditioning(mel).repeat_interleave(self.hop, dim=1)
+
+    def frame_conditioning(self, mel: torch.Tensor) -> torch.Tensor:
+        """Gate inputs from the mel frames, per frame: [batch, n_mels, frames + 2 * mel_pad] -> [batch, frames, 3N]."""
+        if mel.shape[-1] - 2 * self.mel_pad < 1:
+            raise InvalidArgumentError(f"mel needs at least one frame plus {self.mel_pad} on each side, "
+                                       f"got {mel.shape[-1]}")
+        return self.cond_input(F.relu(self.cond(mel)).transpose(1, 2))
 
     def _context_features(self, window: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
         """[batch, rows i, rows j, W + F + 1] sample values -> gate inputs [batch, rows j, 3N], rows
