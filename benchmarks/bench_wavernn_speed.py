@@ -1,11 +1,10 @@
 """Generation speed of WaveRNNs on this CPU, side by side, one thread by default: the dense WaveRNN in
-`model.generate`'s eager loop, in the TorchScript loop (`zoo.families.wavernn.compiled`, the same samples)
-and in the fused numba loop (`zoo.families.wavernn.fused`, what the vocoding task generates with), and
-its Sparse WaveRNN variants (16x1 blocks of the recurrent matrix pruned) in the fused loop with the
-recurrent kernel it measures fastest here and with the block kernel forced, and in the TorchScript loop
-with the kernel `use_sparse_kernels` measures fastest; the Subscale WaveRNN (16 samples per step, eager
-loop) for reference. `--fused-only` times only the fused loop (the wide models' eager and TorchScript
-loops are slow).
+`model.generate`'s eager loop and in the fused numba loop (`zoo.families.wavernn.fused`, what the
+vocoding task generates with), and its Sparse WaveRNN variants (16x1 blocks of the recurrent matrix
+pruned) in the fused loop with the recurrent kernel it measures fastest here and with the block kernel
+forced, and in the eager loop with the torch kernel `use_sparse_kernels` measures fastest (and each
+forced); the Subscale WaveRNN (16 samples per step, eager loop) for reference. `--fused-only` times only
+the fused loop (the wide models' eager loops are slow).
 
 Models come from `zoo.load` (trained, or derived by the zoo's GMP recipe, and cached on first use), or
 with `--random-weights` are built untrained at any `--hidden` width and pruned to random 16x1 block
@@ -36,7 +35,6 @@ import zoo
 from zoo.data import dataset
 from zoo.entry import DataSpec
 from zoo.families.wavernn import fused
-from zoo.families.wavernn.compiled import generate_compiled
 from zoo.families.wavernn.model import SILENCE, WaveRNN
 from zoo.tasks import task_of
 
@@ -105,7 +103,6 @@ def contenders(dense: WaveRNN, sparse: dict[float, WaveRNN], example: tuple, lab
     _add(runs, label, "dense", "fused loop", lambda mel: dense_fused.generate(mel, generator=seed()))
     if not fused_only:
         _add(runs, label, "dense", "eager loop", lambda mel: dense.generate(mel, generator=seed()))
-        _add(runs, label, "dense", "compiled loop", lambda mel: generate_compiled(dense, mel, generator=seed()))
     for sparsity, model in sparse.items():
         variant = f"{sparsity:.0%} blocks"
         kernel, seconds = fused.recurrent_kernel(model)
@@ -123,12 +120,12 @@ def contenders(dense: WaveRNN, sparse: dict[float, WaveRNN], example: tuple, lab
         if choice:
             KERNEL_TIMES.append(f"{label} {sparsity:.0%}: recurrent product, µs per call: "
                                 + ", ".join(f"{k} {1e6 * s:.1f}" for k, s in sorted(choice.seconds.items())))
-        _add(runs, label, variant, "compiled loop", lambda mel, m=chosen: generate_compiled(m, mel, generator=seed()),
+        _add(runs, label, variant, "eager loop", lambda mel, m=chosen: m.generate(mel, generator=seed()),
              f"measured choice: {layout}")
         for forced in FORMATS:
             forced_model = with_recurrent(model, forced)
-            _add(runs, label, variant, "compiled loop",
-                 lambda mel, m=forced_model: generate_compiled(m, mel, generator=seed()), f"{forced} forced")
+            _add(runs, label, variant, "eager loop",
+                 lambda mel, m=forced_model: m.generate(mel, generator=seed()), f"{forced} forced")
     return runs
 
 
@@ -162,7 +159,7 @@ def main() -> None:
     samples = args.frames * entry.input.hop
     audio_seconds = samples / entry.input.sample_rate
     for run in runs.values():
-        run(mel[..., : 2 + 2 * entry.input.mel_pad])  # warm-up (and TorchScript's or numba's compile)
+        run(mel[..., : 2 + 2 * entry.input.mel_pad])  # warm-up (and numba's compile)
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpu_times: dict[str, list[float]] = {name: [] for name in runs}  # this thread's CPU time: load-proof
     for _ in range(args.repeats):

@@ -1,4 +1,4 @@
-"""Sparse kernels (compress.sparse_kernels) and the compiled WaveRNN loop (zoo.families.wavernn.compiled)."""
+"""Sparse kernels (compress.sparse_kernels): layouts, the measured per-layer choice and its cache."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,6 @@ from zoo.compress.quantization import QuantLinear
 from zoo.compress.selection import machine_key
 
 from zoo.errors import InvalidArgumentError
-from zoo.families.wavernn.compiled import generate_compiled
 from zoo.families.wavernn.model import WaveRNN
 
 
@@ -155,34 +154,6 @@ def _tiny_wavernn() -> WaveRNN:
     model = WaveRNN(n_mels=8, hop=16, mel_pad=1, hidden=32, cond_channels=8).eval()
     _sparse(model.recurrent.weight, 0.75, block=16)
     return model
-
-
-@pytest.mark.parametrize("layout", ["dense", *sk.FORMATS])
-def test_compiled_wavernn_loop_equals_the_eager_one(layout):
-    model = _tiny_wavernn()
-    model.recurrent = sk.sparse_module(model.recurrent, layout)
-    mel = torch.randn(2, 8, 4 + 2)  # batch 2: the many-rows products too
-    eager = model.generate(mel, generator=torch.Generator().manual_seed(3), temperature=0.7)
-    compiled = generate_compiled(model, mel, generator=torch.Generator().manual_seed(3), temperature=0.7)
-    assert compiled.shape == (2, 64) and torch.equal(compiled, eager)
-    one = generate_compiled(model, mel[:1], generator=torch.Generator().manual_seed(4))
-    assert torch.equal(one, model.generate(mel[:1], generator=torch.Generator().manual_seed(4)))
-
-
-def test_compiled_loop_crosses_noise_chunks(monkeypatch):
-    from zoo.families.wavernn import model as wavernn_model
-
-    monkeypatch.setattr(wavernn_model._GumbelNoise, "CHUNK", 24)  # 64 samples: chunks of 24, 24, 16
-    model = _tiny_wavernn()
-    mel = torch.randn(1, 8, 4 + 2)
-    eager = model.generate(mel, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(generate_compiled(model, mel, generator=torch.Generator().manual_seed(5)), eager)
-
-
-def test_compiled_loop_refuses_subscale():
-    model = WaveRNN(n_mels=8, hop=16, mel_pad=1, hidden=16, subscale=4, context_channels=8).eval()
-    with pytest.raises(InvalidArgumentError, match="subscale"):
-        generate_compiled(model, torch.randn(1, 8, 3))
 
 
 def test_zoo_load_with_sparse_kernels(tmp_path_factory, tmp_path):
