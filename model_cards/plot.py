@@ -197,9 +197,11 @@ def plot_linear_path(path: LinearPath, file: str | Path, *, title: str | None = 
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot(path.alphas, path.loss, marker="o", markersize=4, color="tab:blue", label="training loss", zorder=3)
-    for alpha, name, color in ((0.0, path.model_a, "tab:orange"), (1.0, path.model_b, "tab:red")):
+    for alpha, name, color, dx, align in ((0.0, path.model_a, "tab:orange", 6.0, "left"),
+                                          (1.0, path.model_b, "tab:red", -6.0, "right")):
         ax.scatter([alpha], [path.at(alpha)], s=150, facecolors="none", edgecolors=color, linewidths=1.5, zorder=4)
-        ax.annotate(name, (alpha, path.at(alpha)), xytext=(6.0, 6.0), textcoords="offset points", fontsize=8)
+        ax.annotate(name, (alpha, path.at(alpha)), xytext=(dx, 8.0), textcoords="offset points", fontsize=8,
+                    ha=align)
     if path.metrics and path.metrics[0]:
         key = next(iter(path.metrics[0]))
         spec = metric_spec(key)
@@ -211,8 +213,8 @@ def plot_linear_path(path: LinearPath, file: str | Path, *, title: str | None = 
         twin.legend(loc="upper right", fontsize=8)
     bn = "BatchNorm statistics recomputed at each point" if path.bn_recomputed else "no BatchNorm"
     ax.set_xlabel("alpha: (1 - alpha) A + alpha B")
-    ax.set_ylabel("training loss (mean over the evaluation subset)")
-    ax.set_title(title or f"linear path {path.model_a} (0) -> {path.model_b} (1); {bn}", fontsize=9)
+    ax.set_ylabel("training loss (mean over a fixed subset)")
+    ax.set_title(title or f"linear path {path.model_a} (0) -> {path.model_b} (1)\n{bn}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, file)
