@@ -23,7 +23,8 @@ from zoo.tasks import metric_spec as _task_metric_spec
 
 @dataclass(frozen=True)
 class CardPlot:
-    """A plot shown on a card beside the metric-vs-FLOPs one (a task's `extra_plots`): file and alt text."""
+    """A plot shown on a card beside the metric-vs-FLOPs one (a task's `extra_plots`), or in its Analyses
+    section (`analysis_plots`): file and alt text."""
 
     filename: str
     alt: str
@@ -366,6 +367,14 @@ Other models trained by the zoo for the same task, measured the same way (FLOPs 
 {% endfor %}
 {% endif %}"""
 
+_ANALYSES_SECTION = """\
+{% if analysis_plots %}## Analyses
+
+{% for plot in analysis_plots -%}
+![{{ plot.alt }}]({{ plot.filename }})
+
+{% endfor %}{% endif %}"""
+
 _USAGE_SECTION = """\
 ```python
 import zoo
@@ -405,7 +414,7 @@ The base model: {{{{ about }}}}
 All variants of `{{{{ family_base }}}}`, measured the same way:
 
 {_FAMILY_SECTION}
-{_REFERENCES_SECTION}## How to use
+{_REFERENCES_SECTION}{_ANALYSES_SECTION}## How to use
 
 {_USAGE_SECTION}
 """ + "\n"  # Jinja drops a template's final newline: this keeps one at the end of the README
@@ -432,7 +441,7 @@ quantized). Task: {{{{ task }}}}.
 ## Results of the base model
 
 {_METRICS_SECTION}
-## How to use
+{_ANALYSES_SECTION}## How to use
 
 {_USAGE_SECTION}
 
@@ -443,7 +452,8 @@ Each variant loads the same way under its own name (first column of the table ab
 def _render(template: str, report: VariantReport, family: Sequence[VariantReport], *, family_base: str,
             plot_filename: str | None, license: str, dataset_description: str, library_name: str, example: str,
             about: str, extra_plots: Sequence[CardPlot], references: Sequence[VariantReport],
-            base_repo_id: str | None = None, latency_plot_filename: str | None = None) -> ModelCard:
+            base_repo_id: str | None = None, latency_plot_filename: str | None = None,
+            analysis_plots: Sequence[CardPlot] = ()) -> ModelCard:
     check_family([*family, *references])
     base = next((r for r in family if is_base(r)), None)
     data = card_data(report, license=license, library_name=library_name, base_repo_id=base_repo_id)
@@ -469,6 +479,7 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
         example=example,
         about=about.strip(),
         extra_plots=list(extra_plots),
+        analysis_plots=list(analysis_plots),
         references=_family_table(references, None, base) if references else None,
         primary_name=metric_spec(next(iter(report.metrics))).name,
         plot_filename=plot_filename,
@@ -482,11 +493,13 @@ def _render(template: str, report: VariantReport, family: Sequence[VariantReport
 def variant_card(report: VariantReport, *, base_repo_id: str, family_reports: list[VariantReport],
                  plot_filename: str | None, license: str, dataset_description: str, example: str, about: str,
                  extra_plots: Sequence[CardPlot] = (), references: Sequence[VariantReport] = (),
-                 library_name: str = "zoo", latency_plot_filename: str | None = None) -> ModelCard:
+                 library_name: str = "zoo", latency_plot_filename: str | None = None,
+                 analysis_plots: Sequence[CardPlot] = ()) -> ModelCard:
     """The card of one variant of the base published as `base_repo_id` (the Hub repo id its card's
     `base_model` names, so the Hub links the two); `family_reports` (which must include `report`) fill the family table,
     `references` (base models of the same task) the comparison table; `example` says what one example
-    is (FLOPs and latency are per example), `about` what the base model is (its entry's description)."""
+    is (FLOPs and latency are per example), `about` what the base model is (its entry's description),
+    `analysis_plots` the plots of analyses run for this variant (its linear path from another model)."""
     if report.name not in {r.name for r in family_reports}:
         raise InvalidArgumentError(f"family_reports does not include the variant {report.name!r} itself")
     base = next((r for r in family_reports if is_base(r)), None)
@@ -495,13 +508,13 @@ def variant_card(report: VariantReport, *, base_repo_id: str, family_reports: li
                    plot_filename=plot_filename, license=license, dataset_description=dataset_description,
                    library_name=library_name, example=example, about=about, extra_plots=extra_plots,
                    references=references, base_repo_id=validated_repo_id(base_repo_id),
-                   latency_plot_filename=latency_plot_filename)
+                   latency_plot_filename=latency_plot_filename, analysis_plots=analysis_plots)
 
 
 def base_card(base_report: VariantReport, variant_reports: list[VariantReport], *, plot_filename: str | None,
               license: str, dataset_description: str, example: str, about: str, extra_plots: Sequence[CardPlot] = (),
               references: Sequence[VariantReport] = (), library_name: str = "zoo",
-              latency_plot_filename: str | None = None) -> ModelCard:
+              latency_plot_filename: str | None = None, analysis_plots: Sequence[CardPlot] = ()) -> ModelCard:
     """The card of a base model: its own results, and the family overview (table + plots) up front.
     `variant_reports` may or may not include the base; each variant must derive from it. The other
     arguments are `variant_card`'s."""
@@ -516,4 +529,5 @@ def base_card(base_report: VariantReport, variant_reports: list[VariantReport], 
     return _render(BASE_TEMPLATE, base_report, family, family_base=base_report.name,
                    plot_filename=plot_filename, license=license, dataset_description=dataset_description,
                    library_name=library_name, example=example, about=about, extra_plots=extra_plots,
-                   references=references, latency_plot_filename=latency_plot_filename)
+                   references=references, latency_plot_filename=latency_plot_filename,
+                   analysis_plots=analysis_plots)

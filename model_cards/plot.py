@@ -1,6 +1,7 @@
 """The plots of a model family: the task metric against non-zero FLOPs (and, where the task asks,
 one metric against another), one labelled point per variant, marker by kind, the models it is compared
-with as grey crosses, and the Pareto front as a step line. Drawn on an Agg canvas without pyplot (no
+with as grey crosses, and the Pareto front as a step line; and the analyses' plots: the loss along the
+linear path between two checkpoints, and training-cost trade-off curves. Drawn on an Agg canvas without pyplot (no
 display, no global state)."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -17,6 +19,10 @@ from zoo.atomic import atomic_path
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate.report import VariantReport
 from zoo.model_cards.card import metric_spec, short_label, variant_kind
+
+if TYPE_CHECKING:
+    from zoo.evaluate.linear_path import LinearPath
+    from zoo.tradeoff import TradeoffCurve
 
 MARKERS = {"dense": "o", "sparse": "^", "quantized": "s", "sparse + quantized": "D", "structured": "P",
            "structured + quantized": "X"}
@@ -167,3 +173,86 @@ def _plot(reports: Sequence[VariantReport], path: str | Path, *, x: str | None, 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     return path
+
+
+# Analyses: the linear path between two checkpoints, and training-cost trade-off curves -------------
+
+TRADEOFF_PLOT_FILE = "tradeoff_cyclic_vs_standard.png"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    if path.suffix.lower() != ".png":
+        raise InvalidArgumentError(f"the plot is a PNG; {str(path)!r} does not end in .png")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    return path
+
+
+def plot_linear_path(path: LinearPath, file: str | Path, *, title: str | None = None) -> Path:
+    """The loss along theta(a) = (1 - a) theta_A + a theta_B against a (`zoo.evaluate.linear_path`), the two
+    models marked, and the primary task metric (where measured) on a second axis."""
+    file = Path(file)
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(path.alphas, path.loss, marker="o", markersize=4, color="tab:blue", label="training loss", zorder=3)
+    for alpha, name, color, dx, align in ((0.0, path.model_a, "tab:orange", 6.0, "left"),
+                                          (1.0, path.model_b, "tab:red", -6.0, "right")):
+        ax.scatter([alpha], [path.at(alpha)], s=150, facecolors="none", edgecolors=color, linewidths=1.5, zorder=4)
+        ax.annotate(name, (alpha, path.at(alpha)), xytext=(dx, 8.0), textcoords="offset points", fontsize=8,
+                    ha=align)
+    if path.metrics and path.metrics[0]:
+        key = next(iter(path.metrics[0]))
+        spec = metric_spec(key)
+        scale = 100.0 if spec.unit == "fraction" else 1.0
+        twin = ax.twinx()
+        twin.plot(path.alphas, [scale * m[key] for m in path.metrics], marker="s", markersize=3,
+                  color="tab:green", linestyle="--", label=spec.name, zorder=2)
+        twin.set_ylabel(f"{spec.name} ({'%' if spec.unit == 'fraction' else spec.unit or 'value'})")
+        twin.legend(loc="upper right", fontsize=8)
+    bn = "BatchNorm statistics recomputed at each point" if path.bn_recomputed else "no BatchNorm"
+    ax.set_xlabel("alpha: (1 - alpha) A + alpha B")
+    ax.set_ylabel("training loss (mean over a fixed subset)")
+    ax.set_title(title or f"linear path {path.model_a} (0) -> {path.model_b} (1)\n{bn}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, file)
+
+
+def plot_tradeoff(curves: Sequence[TradeoffCurve], file: str | Path, *, title: str | None = None) -> Path:
+    """The task metric against training epochs of each curve (`zoo.tradeoff`): the standard curve (one
+    full-schedule run per budget) as circles, the cyclic one (one run, a point per learning-rate trough)
+    as triangles, each point labelled with its training FLOPs."""
+    if not curves:
+        raise InvalidArgumentError("no trade-off curves to plot")
+    metrics = {c.metric for c in curves}
+    if len(metrics) != 1:
+        raise InvalidArgumentError(f"curves of different metrics cannot share a plot: {sorted(metrics)}")
+    spec = metric_spec(metrics.pop())
+    scale = 100.0 if spec.unit == "fraction" else 1.0
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    style = {"standard": ("o", "tab:blue", "-"), "cyclic": ("^", "tab:orange", "--")}
+    for curve in curves:
+        marker, color, line = style[curve.kind]
+        xs = [p.epochs for p in curve.points]
+        ys = [scale * p.metrics[curve.metric] for p in curve.points]
+        settings = (f"T0={curve.settings['t0']}, m={curve.settings['t_mult']}" if curve.kind == "cyclic"
+                    else "one run per budget")
+        ax.plot(xs, ys, marker=marker, color=color, linestyle=line, markersize=7,
+                label=f"{curve.kind} ({settings}; {curve.total_epochs} epochs trained)", zorder=3)
+        for point, x, y in zip(curve.points, xs, ys):
+            ax.annotate(f"{point.train_flops / 1e12:.3g} TFLOPs", (x, y), xytext=(6.0, -10.0 if curve.kind == "cyclic"
+                        else 4.0), textcoords="offset points", fontsize=7, color=color)
+    first = curves[0]
+    unit = "%" if spec.unit == "fraction" else spec.unit
+    ax.set_xlabel("training epochs (cumulative, at each point)")
+    ax.set_ylabel(f"{spec.name}{f' ({unit})' if unit else ''}")
+    ax.set_title(title or f"{first.model}: {spec.name} vs training cost on {first.dataset} ({first.split})",
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.08, y=0.12)
+    ax.legend(loc="lower right" if spec.higher_is_better else "upper right", fontsize=8)
+    return _save(fig, Path(file))

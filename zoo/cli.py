@@ -160,18 +160,37 @@ def train(name, publish, hub_root, cache_root):
 
 
 @main.command()
-@click.argument("names", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the full reports as JSON.")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the full reports (with --path: the path) as JSON.")
+@click.option("--path", "path_names", nargs=2, default=None, metavar="A B",
+              help="Instead: the training loss along the straight line (1-a) A + a B between two models of one "
+                   "architecture (Evci et al. 2019), saved with its plot beside B (B's card shows it).")
+@click.option("--points", type=int, default=21, show_default=True, help="With --path: alphas evaluated.")
+@click.option("--span", nargs=2, type=float, default=(0.0, 1.0), show_default=True, metavar="START END",
+              help="With --path: the alphas' range; it must contain [0, 1] (e.g. -0.2 1.2).")
+@click.option("--no-metric", is_flag=True, help="With --path: the loss only, not the task metric at each point.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="With --path: where to write the path and its plot [default: beside B in the variant cache; "
+                   "required when B comes from the hub, whose snapshots are not written to].")
 @_apply(store_options)
 @_one_line_errors
-def evaluate(names, as_json, hub_root, cache_root):
+def evaluate(names, as_json, path_names, points, span, no_metric, out_dir, hub_root, cache_root):
     """Measure variants (top-1/top-5, FLOPs, non-zero params, bytes, latency) and mark the Pareto front.
 
-    NAMES are base or variant names, e.g. resnet18.zoo_digits resnet18.zoo_digits_gmp90."""
+    NAMES are base or variant names, e.g. resnet18.zoo_digits resnet18.zoo_digits_gmp90. With --path A B,
+    no NAMES: the linear-path analysis instead."""
     import zoo.tasks
     from zoo.evaluation import measure_variant
     from zoo.publish import quality_front, report_json, report_table
 
+    if path_names is not None:
+        if names:
+            raise InvalidArgumentError(f"--path A B takes no other names; got {' '.join(names)}")
+        _linear_path(*path_names, points=points, span=span, metric=not no_metric, out_dir=out_dir,
+                     as_json=as_json, hub_root=hub_root, cache_root=cache_root)
+        return
+    if not names:
+        raise InvalidArgumentError("name the models to evaluate (or give --path A B)")
     store = _store(hub_root, cache_root)
     reports = []
     for name in names:
@@ -188,6 +207,34 @@ def evaluate(names, as_json, hub_root, cache_root):
     measured = [i for i, r in enumerate(reports) if spec.key in r.metrics]
     front = [measured[i] for i in quality_front([reports[i] for i in measured], spec)] if measured else []
     click.echo(report_table(reports, front))
+
+
+def _linear_path(name_a, name_b, *, points, span, metric, out_dir, as_json, hub_root, cache_root) -> None:
+    from zoo.evaluate.linear_path import measure_linear_path, path_file_stem
+    from zoo.model_cards.plot import plot_linear_path
+
+    model_a = _load(name_a, 0.0, None, None, None, hub_root, cache_root, progress=False)
+    model_b = _load(name_b, 0.0, None, None, None, hub_root, cache_root, progress=False)
+    if out_dir is None and model_b.zoo.source not in ("cache", "derived", "trained"):
+        raise InvalidArgumentError(f"{model_b.zoo.name} comes from the {model_b.zoo.source} ({model_b.zoo.path}), "
+                                   "which is not written to: give --out")
+    path = measure_linear_path(model_a, model_b, points=points, span=tuple(span), metric=metric)
+    folder = Path(out_dir) if out_dir is not None else Path(model_b.zoo.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = path_file_stem(model_a.zoo.name)
+    saved = [path.save(folder / f"{stem}.json"), plot_linear_path(path, folder / f"{stem}.png")]
+    if as_json:
+        click.echo(json.dumps(path.to_dict(), indent=2))
+        return
+    keys = list(path.metrics[0]) if path.metrics else []
+    click.echo(f"linear path {path.model_a} (alpha 0) -> {path.model_b} (alpha 1); loss on {path.loss_data}; "
+               + (f"BatchNorm statistics recomputed on {path.bn_data}" if path.bn_recomputed else "no BatchNorm"))
+    click.echo(f"{'alpha':>7} {'loss':>9}" + "".join(f" {key:>12}" for key in keys))
+    for i, alpha in enumerate(path.alphas):
+        click.echo(f"{alpha:>7.3f} {path.loss[i]:>9.4f}" + "".join(f" {path.metrics[i][k]:>12.4g}" for k in keys))
+    click.echo(f"barrier on [0, 1]: {path.barrier:.4f} (highest loss above the chord between the endpoints)")
+    for file in saved:
+        click.echo(f"wrote {file}")
 
 
 def _entry(name: str):

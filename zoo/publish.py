@@ -1,13 +1,14 @@
 """Publishing a family of variants: one repo folder per variant (weights, config, recipe, report, card
-and the family's accuracy-vs-FLOPs and accuracy-vs-latency plots), validated, then pushed in one commit
-to the local hub or to a Hugging Face Hub."""
+and the family's accuracy-vs-FLOPs and accuracy-vs-latency plots, plus the plots and data of analyses
+run for that variant: its linear path from another model, the family's training-cost trade-off curves on
+the base), validated, then pushed in one commit to the local hub or to a Hugging Face Hub."""
 from __future__ import annotations
 
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import ModelCard
@@ -30,6 +31,41 @@ from zoo.store import REPORT_FILE
 PLOT_FILE = "accuracy_vs_flops.png"
 LATENCY_PLOT_FILE = "accuracy_vs_latency.png"
 RECIPE_FILE = "recipe.json"
+LINEAR_PATH_GLOB = "linear_path_from_*.png"  # zoo.evaluate.linear_path.path_file_stem(...) + ".png"
+
+
+@dataclass(frozen=True)
+class AnalysisPlot:
+    """A plot drawn already (`source`, a PNG; the data it shows beside it with a .json suffix, if any) that
+    one card shows in its Analyses section, with its alt text."""
+
+    source: Path
+    alt: str
+
+    @property
+    def files(self) -> list[Path]:
+        """The PNG and, where there is one, its data file: what travels with the card."""
+        data = self.source.with_suffix(".json")
+        return [self.source, *([data] if data.is_file() else [])]
+
+
+def saved_analysis_plots(models: Sequence[nn.Module]) -> dict[str, list[AnalysisPlot]]:
+    """The analysis plots saved beside each model's checkpoint (`model.zoo.path`), by variant name: linear
+    paths to it (`zoo evaluate --path A B` writes them beside B) and trade-off curves (beside a base:
+    `zoo.tradeoff.save_curves`)."""
+    from zoo.model_cards.plot import TRADEOFF_PLOT_FILE
+
+    found: dict[str, list[AnalysisPlot]] = {}
+    for model in models:
+        folder = Path(model.zoo.path)
+        plots = [AnalysisPlot(p, f"training loss along the straight line from {p.stem[len('linear_path_from_'):]} "
+                                 f"to {model.zoo.name}") for p in sorted(folder.glob(LINEAR_PATH_GLOB))]
+        if (folder / TRADEOFF_PLOT_FILE).is_file():
+            plots.append(AnalysisPlot(folder / TRADEOFF_PLOT_FILE, f"{model.zoo.name}: task metric vs training "
+                                      "cost, one cyclic run against separate full-schedule runs"))
+        if plots:
+            found[model.zoo.name] = plots
+    return found
 
 
 @dataclass(frozen=True)
@@ -45,6 +81,16 @@ class FamilyCards:
     references: list[VariantReport]
     extra_plots: tuple[MetricPlot, ...]
     latency_front: list[int]
+    analysis_plots: dict[str, list[AnalysisPlot]] = field(default_factory=dict)
+
+    def copy_analysis_files(self, name: str, folder: Path) -> list[Path]:
+        """The analysis plots (and their data) of card `name`, copied into `folder`."""
+        copied = []
+        for plot in self.analysis_plots.get(name, ()):
+            for source in plot.files:
+                shutil.copyfile(source, folder / source.name)
+                copied.append(folder / source.name)
+        return copied
 
     def draw_plots(self, folder: Path) -> list[Path]:
         """Every plot the cards show, drawn into `folder`."""
@@ -71,11 +117,12 @@ def latency_front(reports: Sequence[VariantReport], spec: MetricSpec) -> list[in
     return pareto_front([(r.best_runtime[1], sign * r.metrics[spec.key]) for r in reports])
 
 
-def family_cards(entry: ModelEntry, reports: Sequence[VariantReport],
-                 references: Sequence[VariantReport] = ()) -> FamilyCards:
+def family_cards(entry: ModelEntry, reports: Sequence[VariantReport], references: Sequence[VariantReport] = (),
+                 analysis_plots: Mapping[str, Sequence[AnalysisPlot]] | None = None) -> FamilyCards:
     """Builds and validates a card per report; the report whose name is the entry's is the base card.
     The Pareto front is taken on the task's primary metric. `references` are the reports of the base
-    models `entry.compare_with` names (see `zoo.catalog.reference_reports`)."""
+    models `entry.compare_with` names (see `zoo.catalog.reference_reports`); `analysis_plots` the plots
+    each named card shows in its Analyses section (see `saved_analysis_plots`)."""
     reports = list(reports)
     task = task_of(entry)
     spec = task.primary
@@ -89,22 +136,34 @@ def family_cards(entry: ModelEntry, reports: Sequence[VariantReport],
     wanted, given = set(entry.compare_with), {r.name for r in references}
     if wanted != given:
         raise InvalidArgumentError(f"{entry.name} is compared with {sorted(wanted)}, not {sorted(given)}")
+    analyses = {name: list(plots) for name, plots in (analysis_plots or {}).items()}
+    strangers = sorted(set(analyses) - {r.name for r in reports})
+    if strangers:
+        raise InvalidArgumentError(f"analysis plots for models outside the family of {entry.name}: "
+                                   f"{', '.join(strangers)}")
+    for name, plots in analyses.items():
+        missing = [str(p.source) for p in plots if p.source.suffix != ".png" or not p.source.is_file()]
+        if missing:
+            raise InvalidArgumentError(f"analysis plots of {name} are not PNG files here: {', '.join(missing)}")
+
+    def own(name: str) -> list[CardPlot]:
+        return [CardPlot(p.source.name, p.alt) for p in analyses.get(name, ())]
     plots = [CardPlot(p.filename, f"{metric_spec(p.y).name} vs {metric_spec(p.x).name} of the {entry.name} family")
              for p in task.extra_plots]
     common = dict(license=entry.license, dataset_description=describe_dataset(entry.eval_data.name),
                   example=task.describe_example(entry), about=entry.description, extra_plots=plots,
                   references=list(references))
     cards = {base.name: base_card(base, reports, plot_filename=PLOT_FILE, latency_plot_filename=LATENCY_PLOT_FILE,
-                                  **common)}
+                                  analysis_plots=own(base.name), **common)}
     for report in reports:
         if report is not base:
             cards[report.name] = variant_card(report, base_repo_id=entry.repo_id, family_reports=reports,
                                               plot_filename=PLOT_FILE, latency_plot_filename=LATENCY_PLOT_FILE,
-                                              **common)
+                                              analysis_plots=own(report.name), **common)
     for report in reports:
         validate_card(cards[report.name], report)
     return FamilyCards(reports, cards, quality_front(reports, spec), list(references), task.extra_plots,
-                       latency_front(reports, spec))
+                       latency_front(reports, spec), analyses)
 
 
 def write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
@@ -118,13 +177,15 @@ def write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
             written.append(write_card(card, folder))
             for plot in plots:
                 shutil.copyfile(plot, folder / plot.name)
+            family.copy_analysis_files(name, folder)
     finally:
         shutil.rmtree(drawn, ignore_errors=True)
     return written
 
 
 def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards, folder: Path) -> Path:
-    """Assembles what a variant's repo holds: the checkpoint files, recipe, report, card and plot."""
+    """Assembles what a variant's repo holds: the checkpoint files, recipe, report, card, the family's plots
+    and its own analysis plots (with their data)."""
     source = model.zoo.path
     folder.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_FILE, WEIGHTS_FILE, REPORT_FILE):
@@ -135,6 +196,7 @@ def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards, folder: 
         atomic_write_text(folder / RECIPE_FILE, model.zoo.recipe.to_json() + "\n")
     write_card(card, folder)
     family.draw_plots(folder)
+    family.copy_analysis_files(model.zoo.name, folder)
     return folder
 
 
