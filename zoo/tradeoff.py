@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from zoo.atomic import atomic_write_text
@@ -110,14 +109,11 @@ def one_run_curve(entry: ModelEntry, t0: int, t_mult: int, cycles: int, *, progr
     """One run of `cycles` cosine cycles (t0, t0 m, t0 m^2... epochs) of `entry`, evaluated at each trough."""
     spec = _native_spec(entry)
     ends = cycle_epochs(t0, t_mult, cycles)
-    from zoo.models import build_model
+    from zoo.native import seeded_run
     from zoo.training import train
 
     task = task_of(entry)
-    with torch.random.fork_rng(devices=[]):  # as train_base_model: seeded on a fork of the generator
-        torch.manual_seed(spec.seed)
-        model = build_model(entry)
-        batches = task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
+    with seeded_run(entry) as (model, batches, loss_fn):  # train_base_model's start, exactly
         per_example = _train_flops_per_example(model, entry)
         examples, per_epoch = len(batches.data), len(batches)
         points: list[TradeoffPoint] = []
@@ -130,7 +126,7 @@ def one_run_curve(entry: ModelEntry, t0: int, t_mult: int, cycles: int, *, progr
                                         _evaluate(model, entry, progress)))
             clock["since"] = time.perf_counter()
 
-        train(model, batches.epoch, lambda m, b: task.loss(m, b, entry), epochs=ends[-1], lr=spec.lr,
+        train(model, batches.epoch, loss_fn, epochs=ends[-1], lr=spec.lr,
               weight_decay=spec.weight_decay, optimizer=spec.optimizer, progress=progress,
               desc=f"cyclic {entry.name}", schedule="cyclic", t0=t0, t_mult=t_mult, on_trough=on_trough)
     if [p.epochs for p in points] != ends:  # the loop's troughs and ours must agree

@@ -123,10 +123,10 @@ def train(
     total = per_epoch * epochs
     if schedule == "cyclic":
         troughs = set(cycle_ends(t0 * per_epoch, t_mult, total))
-        factor: Callable[[int], float] = lambda s: cyclic_cosine(s, t0 * per_epoch, t_mult)  # noqa: E731
+        factor: Callable[[int], float] = lambda s: cyclic_cosine(s, t0 * per_epoch, t_mult)
     else:
         troughs, warmup = set(), max(1, int(total * warmup_fraction))
-        factor = lambda s: warmup_cosine(s, total, warmup)  # noqa: E731
+        factor = lambda s: warmup_cosine(s, total, warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     model.train()
     history: list[float] = []
