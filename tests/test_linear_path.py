@@ -197,6 +197,11 @@ def test_cli_writes_the_path_beside_b_and_bs_card_shows_it(store: Store, tmp_pat
     assert (out / OS50 / f"{stem}.png").is_file() and json.loads((out / OS50 / f"{stem}.json").read_text())
     validate_card(ModelCard.load(out / OS50 / "README.md"), next(r for r in reports if r.name == OS50))
 
+    with one_torch_thread():  # `zoo card` puts it on the card too
+        result = CliRunner().invoke(main, ["card", BASE, "--out", str(tmp_path / "zoo_card")], env=store_env(store))
+    assert result.exit_code == 0, result.output
+    assert f"]({stem}.png)" in (tmp_path / "zoo_card" / OS50 / "README.md").read_text()
+
 
 def test_cli_refuses_a_span_without_both_models(store: Store) -> None:
     result = CliRunner().invoke(main, ["evaluate", "--path", BASE, OS50, "--span", "0.2", "1"], env=store_env(store))

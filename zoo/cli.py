@@ -143,8 +143,7 @@ def train(name, publish, hub_root, cache_root):
 
     A no-op when it is already cached or published; `zoo.load(NAME)` does the same on first use."""
     import zoo
-    from zoo.catalog import reference_reports
-    from zoo.publish import family_cards, push_variant, report_table
+    from zoo.publish import cards_of_models, push_variant, report_table
 
     store = _store(hub_root, cache_root)
     spec = zoo.resolve(name)
@@ -154,7 +153,7 @@ def train(name, publish, hub_root, cache_root):
     click.echo(f"{model.zoo.name}: {model.zoo.source} at {model.zoo.path}")
     click.echo(report_table([model.zoo.report]))
     if publish:
-        family = family_cards(spec.base, [model.zoo.report], reference_reports(spec.base, store))
+        family = cards_of_models(spec.base, [model], store)
         revision = push_variant(model, family.cards[spec.name], family, repo_id=spec.repo_id, hub=store.hub)
         click.echo(f"published {spec.name} -> {store.hub.root} @ {revision[:12]}")
 
@@ -250,12 +249,12 @@ def _entry(name: str):
 @_one_line_errors
 def card(base, out_dir, hub_root, cache_root):
     """Write the cards (README.md + accuracy-vs-FLOPs plot) of BASE and every variant of it available."""
-    from zoo.catalog import family_models, reference_reports
-    from zoo.publish import family_cards, write_family_cards
+    from zoo.catalog import family_models
+    from zoo.publish import cards_of_models, write_family_cards
 
     store = _store(hub_root, cache_root)
     models = family_models(base, store)
-    family = family_cards(_entry(base), [m.zoo.report for m in models], reference_reports(_entry(base), store))
+    family = cards_of_models(_entry(base), models, store)
     for path in write_family_cards(family, Path(out_dir)):
         click.echo(path)
 
@@ -271,8 +270,8 @@ def card(base, out_dir, hub_root, cache_root):
 @_one_line_errors
 def push(name, target, repo_id, endpoint, token, hub_root, cache_root):
     """Publish variant NAME (with its card and its family's plot) in one commit."""
-    from zoo.catalog import family_models, reference_reports
-    from zoo.publish import family_cards, push_variant
+    from zoo.catalog import family_models
+    from zoo.publish import cards_of_models, push_variant
 
     store = _store(hub_root, cache_root)
     spec = _spec(name)
@@ -283,7 +282,7 @@ def push(name, target, repo_id, endpoint, token, hub_root, cache_root):
     model = next((m for m in models if m.zoo.name == spec.name), None)
     if model is None:
         raise missing
-    family = family_cards(spec.base, [m.zoo.report for m in models], reference_reports(spec.base, store))
+    family = cards_of_models(spec.base, models, store)
     revision = push_variant(model, family.cards[spec.name], family, repo_id=repo_id or spec.repo_id,
                             hub=store.hub if target == "local" else None, endpoint=endpoint, token=token)
     click.echo(f"pushed {spec.name} to {repo_id or spec.repo_id} ({target}) at {revision}")

@@ -26,7 +26,7 @@ from zoo.model_cards import (
     CardPlot, base_card, metric_spec, plot_accuracy_vs_flops, plot_accuracy_vs_latency, plot_metric_vs_metric,
     validate_card, variant_card, write_card,
 )
-from zoo.store import REPORT_FILE
+from zoo.store import REPORT_FILE, Store
 
 PLOT_FILE = "accuracy_vs_flops.png"
 LATENCY_PLOT_FILE = "accuracy_vs_latency.png"
@@ -164,6 +164,16 @@ def family_cards(entry: ModelEntry, reports: Sequence[VariantReport], references
         validate_card(cards[report.name], report)
     return FamilyCards(reports, cards, quality_front(reports, spec), list(references), task.extra_plots,
                        latency_front(reports, spec), analyses)
+
+
+def cards_of_models(entry: ModelEntry, models: Sequence[nn.Module], store: Store, *,
+                    progress: bool = False) -> FamilyCards:
+    """`family_cards` of loaded models of `entry`'s family: their reports, the reports of the bases
+    `entry.compare_with` names and the analysis plots saved beside each (`saved_analysis_plots`)."""
+    from zoo.catalog import reference_reports
+
+    return family_cards(entry, [m.zoo.report for m in models], reference_reports(entry, store, progress=progress),
+                        analysis_plots=saved_analysis_plots(models))
 
 
 def write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:

@@ -10,9 +10,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo.api import load, resolve
-from zoo.catalog import reference_reports
 from zoo.errors import InvalidArgumentError
-from zoo.publish import FamilyCards, family_cards, push_variant, write_family_cards
+from zoo.publish import FamilyCards, cards_of_models, push_variant, write_family_cards
 from zoo.store import Store
 from zoo.variants import VariantSpec
 
@@ -69,7 +68,7 @@ def run_sweep(plan: SweepPlan, *, store: Store | None = None, cards_dir: Path | 
     for spec in tqdm(plan.specs, desc=f"variants of {plan.base}", disable=not progress, unit="variant"):
         models.append(load(spec, store=store, progress=progress))
     base = plan.specs[0].base
-    family = family_cards(base, [m.zoo.report for m in models], reference_reports(base, store, progress=progress))
+    family = cards_of_models(base, models, store, progress=progress)
     written = write_family_cards(family, cards_dir) if cards_dir is not None else []
     revisions: dict[str, str] = {}
     if publish:
