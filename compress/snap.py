@@ -144,9 +144,9 @@ class SnApTrainingConfig(CompressionConfig):
     optimizer: str = "adam"
 
     def __post_init__(self) -> None:
-        check_choice("n", self.n, SNAP_ORDERS)
         if isinstance(self.n, bool):
             raise RecipeError(f"n must be one of {SNAP_ORDERS}, got {self.n!r}")
+        check_choice("n", self.n, SNAP_ORDERS)
         check_positive("lr", self.lr)
         check_positive("epochs", self.epochs, integer=True)
         check_positive("update_every", self.update_every, integer=True)

@@ -18,6 +18,7 @@ from zoo.compress import (
 from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
 from zoo.compress.config import CompressionConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
+from zoo.compress.snap import SnApTrainingConfig
 from zoo.compress.structured import ChannelPruningConfig, HeadPruningConfig
 from zoo.errors import DuplicateNameError, RecipeError, UnknownNameError
 
@@ -38,6 +39,7 @@ EXAMPLES: dict[str, CompressionConfig] = {
     "ChannelPruningConfig": ChannelPruningConfig(sparsity=0.5, epochs=4, lr=0.01, steps=3, round_to=4,
                                                  keep=(r"conv1(\..*)?", "fc"), optimizer="adamw"),
     "HeadPruningConfig": HeadPruningConfig(sparsity=0.25, ffn_sparsity=0.5, epochs=2, lr=1e-3, steps=2, round_to=16),
+    "SnApTrainingConfig": SnApTrainingConfig(n=2, lr=3e-3, epochs=2, update_every=4, optimizer="sgd"),
 }
 
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from torch.func import jacrev, functional_call
+from torch.func import functional_call, jacrev
 
 from zoo.compress.block import BlockPruningConfig, apply_block_pruning
 from zoo.compress.recipe import HANDLERS, Recipe, RecipeContext
@@ -267,7 +267,6 @@ def test_a_recipe_block_prunes_and_snap2_trains_the_tiny_wavernn_on_its_speech()
     batches = [b for _, b in zip(range(2), data.epoch(0))]
     recipe = Recipe((BlockPruningConfig(0.5, block=(16, 1), layers=("recurrent",)),
                      SnApTrainingConfig(n=2, lr=3e-3, epochs=2)))
-    mask = None
 
     def nll() -> float:
         with torch.no_grad():

@@ -30,6 +30,10 @@ of sum_{i<n} D^i I_t) and drops the rest every step:
 
 SnAp-n with n at least the sequence length equals RTRL, which equals BPTT's gradient of the summed loss.
 
+This is a training algorithm, so it lives beside `zoo.training` (the zoo's training loop), not in
+`zoo.compress`: the recipe step `zoo.compress.snap.SnApTrainingConfig` uses it the way the gradual
+pruning steps use `zoo.training.train`, and benchmarks use it on their own cells.
+
     tracker = SnApTracker(cell.recurrent.weight, cell.recurrent.bias, input_weight=cell.input.weight,
                           input_bias=cell.input.bias, n=2, batch=8)
     for x_t, y_t in stream:
@@ -215,10 +219,6 @@ class SnApTracker:
         else:
             self.influence = torch.zeros(self.batch, *self._units.shape, self._slots.shape[1], device=device,
                                          dtype=dtype)
-
-    def detach_influence(self) -> None:
-        """Keeps h but forgets J (a truncation of the influence, for experiments)."""
-        self.influence.zero_()
 
     @property
     def influence_entries(self) -> int:
