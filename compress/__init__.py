@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     )
     from zoo.compress.quantization import Int8PTQConfig, apply_int8_ptq
     from zoo.compress.recipe import HANDLERS, Recipe, RecipeContext, handles
+    from zoo.compress.snap import (
+        OnlineGRUHooks, OnlineSequence, SnApTrainingConfig, apply_snap_training, register_online_gru,
+    )
     from zoo.compress.sparse_training import SparseTrainingConfig, apply_sparse_training, sparse_training_flops
     from zoo.compress.structured import (
         ChannelPruningConfig, HeadPruningConfig, StructuredHooks, apply_channel_pruning, apply_gradual_channel_pruning,
@@ -35,6 +38,8 @@ _MODULES = {
                              "magnitude_masks", "prunable_weights"),
     "zoo.compress.quantization": ("Int8PTQConfig", "apply_int8_ptq"),
     "zoo.compress.recipe": ("HANDLERS", "Recipe", "RecipeContext", "handles"),
+    "zoo.compress.snap": ("OnlineGRUHooks", "OnlineSequence", "SnApTrainingConfig", "apply_snap_training",
+                          "register_online_gru"),
     "zoo.compress.sparse_training": ("SparseTrainingConfig", "apply_sparse_training", "sparse_training_flops"),
     "zoo.compress.structured": ("ChannelPruningConfig", "HeadPruningConfig", "StructuredHooks",
                                 "apply_channel_pruning", "apply_gradual_channel_pruning",

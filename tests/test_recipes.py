@@ -19,6 +19,7 @@ from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
 from zoo.compress.config import CompressionConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
 from zoo.compress.sparse_training import SparseTrainingConfig
+from zoo.compress.snap import SnApTrainingConfig
 from zoo.compress.structured import ChannelPruningConfig, HeadPruningConfig
 from zoo.errors import DuplicateNameError, InvalidArgumentError, RecipeError, UnknownNameError
 
@@ -42,6 +43,7 @@ EXAMPLES: dict[str, CompressionConfig] = {
     "SparseTrainingConfig": SparseTrainingConfig(sparsity=0.95, method="set", distribution="uniform", epochs=3, lr=0.05,
                                                  delta_t=20, drop_fraction=0.5, end_fraction=0.5, keep_dense=("fc",),
                                                  weight_decay=0.0, optimizer="adamw", from_scratch=False),
+    "SnApTrainingConfig": SnApTrainingConfig(n=2, lr=3e-3, epochs=2, update_every=4, optimizer="sgd"),
 }
 
 

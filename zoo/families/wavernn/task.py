@@ -14,6 +14,7 @@ from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.families.wavernn.data import LOG_FLOOR, AudioSpec, SpeechWindows, log_mel, offset_to_pcm, pcm_to_float
 from zoo.families.wavernn.model import SILENCE, split_16bit
+from zoo.families.wavernn import online  # noqa: F401  (registers the GRU's online-training hooks, zoo.compress.snap)
 from zoo.runtimes.signature import GraphSignature, UnsupportedExportError
 from zoo.tasks import MetricSpec, Task, TaskResult, register_task
 
