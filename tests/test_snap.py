@@ -278,3 +278,39 @@ def test_a_recipe_block_prunes_and_snap2_trains_the_tiny_wavernn_on_its_speech()
     recipe.apply(model, RecipeContext(train_batches=lambda epoch: batches, progress=False))
     assert torch.equal(model.recurrent.weight.detach() != 0, mask)
     assert nll() < before - 0.05, (before, nll())
+
+
+def test_snap_variant_names_parse_back_and_build_their_recipe() -> None:
+    from zoo.compress.snap import SNAP_ORDERS
+    from zoo.variants import SNAP_ORDERS as NAMED_ORDERS
+    from zoo.variants import parse_variant_name, resolve
+
+    assert NAMED_ORDERS == SNAP_ORDERS
+    base = "test_wavernn.zoo_espeak"
+    assert parse_variant_name(f"{base}_gmp90_snap2") == (base, {"method": "gmp", "sparsity": 0.9, "snap": 2})
+    assert parse_variant_name(f"{base}_snap1_int8") == (base, {"snap": 1, "quant": "int8"})
+    spec = resolve(f"{base}_os90_snap2_int8")
+    assert spec.name == f"{base}_os90_snap2_int8" and not spec.is_base
+    assert spec.sparse_parent.name == f"{base}_os90_snap2"
+    assert [type(s).__name__ for s in spec.recipe().steps] == ["BlockPruningConfig", "SnApTrainingConfig", "Int8PTQConfig"]
+    (step,) = resolve(f"{base}_snap1").recipe().steps
+    assert step == SnApTrainingConfig(n=1, lr=1e-3, epochs=1, update_every=1, optimizer="adam")
+    with pytest.raises(InvalidArgumentError):
+        resolve("resnet50.a1_in1k_snap1")  # upstream: no training data to train online on
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng (system package) not installed")
+def test_zoo_load_derives_a_pruned_snap_variant(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import zoo
+    from tiny_zoo import one_torch_thread, short_store
+
+    name = "test_wavernn.zoo_espeak_os75_snap1"
+    with one_torch_thread():
+        store = short_store(tmp_path_factory.mktemp("snap"))
+        model = zoo.load(name, store=store, progress=False)
+    assert model.zoo.name == name and model.zoo.source == "derived"
+    assert [step["type"] for step in model.zoo.report.recipe] == ["BlockPruningConfig", "SnApTrainingConfig"]
+    weight = model.recurrent.weight.detach()
+    blocks = weight.reshape(weight.shape[0] // 16, 16, weight.shape[1]).abs().sum(1)
+    assert (blocks == 0).float().mean() == pytest.approx(0.75, abs=0.01)  # still 75 % block-sparse

@@ -8,7 +8,9 @@ Structured pruning, fine-tuned: `..._ch50` (50 % of every layer's channels remov
 of the attention heads and FFN neurons removed); the number is then the fraction of structures removed.
 Sparse training from scratch (`zoo.compress.sparse_training`): `..._rigl90`, `..._set90`, `..._static90`
 with the ERK distribution over layers, `uni` or `er` after the number for the others (`_rigl90uni`), and
-`x<k>` for k times the base's training steps (`_rigl90x2`, `_set95erx3`).
+`x<k>` for k times the base's training steps (`_rigl90x2`, `_set95erx3`). Online training of a GRU's
+recurrent matrix by SnAp-n after pruning (`zoo.compress.snap`, families with an online GRU hook:
+WaveRNN): `..._gmp90_snap2`, `..._snap1`.
 """
 from __future__ import annotations
 
@@ -37,9 +39,10 @@ STRUCTURED_STEPS = 3  # pruning steps of the default structured recipes (zoo.com
 _SUFFIX_RE = re.compile(
     r"(?P<base>[a-z0-9_]+\.[a-z0-9_]+?)"
     r"(?:_(?P<method>gmp|os|ch|hd|rigl|set|static)(?P<pct>\d+(?:p\d+)?)(?P<dist>uni|er)?(?:x(?P<budget>[2-9]|[1-9]\d+))?)?"
-    r"(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
+    r"(?:_snap(?P<snap>[12]))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
 )
 GMP_FINETUNE_EPOCH_FRACTION = 0.5
+SNAP_ORDERS = (1, 2)  # zoo.compress.snap's (a test checks they agree)
 QUANT_SCHEMES = ("int8",)  # the schemes zoo.compress.quantization implements (a test checks they agree)
 
 
@@ -64,7 +67,8 @@ def _percent(sparsity: float) -> str:
 class VariantSpec:
     """What to load: a base entry and the compression applied to it (none for the base itself).
     `distribution` (ERK by default) and `budget` (training steps, in multiples of the base's) apply
-    to the sparse training methods only."""
+    to the sparse training methods only; `snap` (1 or 2) adds online SnAp-n training of the GRU's
+    recurrent matrix after the pruning step."""
 
     base: ModelEntry
     sparsity: float = 0.0
@@ -73,6 +77,7 @@ class VariantSpec:
     custom_recipe: Recipe | None = None
     distribution: str = DEFAULT_DISTRIBUTION
     budget: int = 1
+    snap: int | None = None
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
@@ -86,6 +91,10 @@ class VariantSpec:
         if ((self.distribution != DEFAULT_DISTRIBUTION or self.budget != 1)
                 and (self.method not in SPARSE_TRAINING_METHODS or self.sparsity == 0)):
             raise InvalidArgumentError("distribution and budget apply to sparse training (rigl, set, static) only")
+        if self.snap is not None and (isinstance(self.snap, bool) or self.snap not in SNAP_ORDERS):
+            raise InvalidArgumentError(f"snap must be None or one of {SNAP_ORDERS}, got {self.snap!r}")
+        if self.snap is not None and self.base.train is None:
+            raise InvalidArgumentError(f"{self.base.name} has no training data here to train online by SnAp")
         if self.method in STRUCTURED_METHODS and self.sparsity > 0 and self.base.structured != self.method:
             supported = (f"its structured pruning is {self.base.structured!r}" if self.base.structured
                          else "its family has no structured pruning")
@@ -98,7 +107,7 @@ class VariantSpec:
 
     @property
     def is_base(self) -> bool:
-        return self.sparsity == 0.0 and self.quant is None and self.custom_recipe is None
+        return self.sparsity == 0.0 and self.quant is None and self.snap is None and self.custom_recipe is None
 
     @property
     def name(self) -> str:
@@ -107,6 +116,8 @@ class VariantSpec:
             budget = f"x{self.budget}" if self.budget > 1 else ""
             parts.append(f"{_METHOD_CODES[self.method]}{_percent(self.sparsity)}"
                          f"{_DISTRIBUTION_CODES.get(self.distribution, '')}{budget}")
+        if self.snap is not None:
+            parts.append(f"snap{self.snap}")
         if self.quant:
             parts.append(self.quant)
         if self.custom_recipe is not None:
@@ -118,9 +129,9 @@ class VariantSpec:
         """For a default sparse + quantized variant, the sparse-only variant it is quantized from; the
         default recipe's steps are deterministic, so starting from the cached parent gives the same
         weights as running the whole recipe, without pruning and fine-tuning a second time."""
-        if self.custom_recipe is None and self.sparsity > 0 and self.quant is not None:
+        if self.custom_recipe is None and (self.sparsity > 0 or self.snap) and self.quant is not None:
             return VariantSpec(self.base, sparsity=self.sparsity, method=self.method,
-                               distribution=self.distribution, budget=self.budget)
+                               distribution=self.distribution, budget=self.budget, snap=self.snap)
         return None
 
     @property
@@ -133,12 +144,12 @@ class VariantSpec:
         if self.custom_recipe is not None:
             return self.custom_recipe
         return default_recipe(self.base, self.sparsity, self.quant, self.method, options,
-                              distribution=self.distribution, budget=self.budget)
+                              distribution=self.distribution, budget=self.budget, snap=self.snap)
 
 
 def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method: str,
                    options: TrainOptions | None = None, *, distribution: str = DEFAULT_DISTRIBUTION,
-                   budget: int = 1) -> Recipe:
+                   budget: int = 1, snap: int | None = None) -> Recipe:
     """The zoo's default: gradual pruning (per layer, cubic schedule, `entry.keep_dense` modules left
     dense) fine-tuned for half the base's epochs (or `options.finetune_epochs`) at the base's peak
     learning rate, or one-shot global pruning; then int8 PTQ. Pruning removes single weights by
@@ -177,6 +188,8 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
         else:
             steps.append(BlockPruningConfig(sparsity=sparsity, block=entry.prune_block, scope="global",
                                             keep_dense=entry.keep_dense))
+    if snap is not None:
+        steps.append(_snap_step(entry, snap, options))
     if quant == "int8":
         steps.append(Int8PTQConfig(calibration_batches=8, keep_fp=()))
     return Recipe(tuple(steps))
@@ -218,6 +231,16 @@ def _sparse_training_step(entry: ModelEntry, sparsity: float, method: str, distr
     )
 
 
+def _snap_step(entry: ModelEntry, n: int, options: TrainOptions | None):
+    """The default SnAp step: one epoch of the entry's training data, fully online (weights updated at
+    every step), Adam at 1e-3 (the rate bench_snap.py's character-level runs favoured for Adam, an order
+    below their best shared rate; untuned on the families' own tasks), or `options.finetune_epochs`."""
+    from zoo.compress.snap import SnApTrainingConfig
+
+    epochs = (options or TrainOptions()).finetune_epochs or 1
+    return SnApTrainingConfig(n=n, lr=1e-3, epochs=epochs, update_every=1, optimizer="adam")
+
+
 def is_custom_recipe_name(name: str) -> bool:
     """Whether `name` is a custom-recipe variant (`..._r<hash>`): its recipe is in its repo, not its name."""
     match = _SUFFIX_RE.fullmatch(name)
@@ -238,6 +261,8 @@ def parse_variant_name(name: str) -> tuple[str, dict]:
             kwargs["distribution"] = {v: k for k, v in _DISTRIBUTION_CODES.items()}[match["dist"]]
         if match["budget"]:
             kwargs["budget"] = int(match["budget"])
+    if match["snap"]:
+        kwargs["snap"] = int(match["snap"])
     if match["quant"]:
         kwargs["quant"] = match["quant"]
     return match["base"], kwargs
