@@ -491,6 +491,14 @@ def _pack_nm(name: str, payload: torch.Tensor, n: int, m: int) -> dict[str, torc
             name + VALUES_SUFFIX: values_t}
 
 
+# the indices packed in one byte, for index widths that divide a byte: _INDEX_TABLES[bits][byte]
+_INDEX_TABLES = {
+    bits: (np.arange(256, dtype=np.uint8)[:, None] >> np.arange(0, 8, bits, dtype=np.uint8)) & np.uint8((1 << bits) - 1)
+    for bits in (1, 2, 4, 8)
+}
+_MASK_GROUP_SIZES = (2, 4, 8, 16)  # group masks that pack whole into bytes (the fast decode path)
+
+
 def _pack_indices(positions: np.ndarray, bits: int) -> np.ndarray:
     """Positions (uint8, each < 2**bits) as a little-bit-order stream of `bits` bits each, zero-padded."""
     stream = (positions[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
@@ -499,6 +507,11 @@ def _pack_indices(positions: np.ndarray, bits: int) -> np.ndarray:
 
 def _unpack_indices(key: str, packed: np.ndarray, count: int, bits: int) -> np.ndarray:
     """The `count` positions of `_pack_indices`; CheckpointError if the padding bits are not zero."""
+    if bits in _INDEX_TABLES:  # whole indices per byte: one table look-up per byte
+        positions = _INDEX_TABLES[bits][packed].reshape(-1)
+        if positions[count:].any():
+            raise CheckpointError(f"stored tensor {key!r}: non-zero padding bits after {count} indices")
+        return positions[:count]
     stream = np.unpackbits(packed, bitorder="little")
     if stream[count * bits:].any():
         raise CheckpointError(f"stored tensor {key!r}: non-zero padding bits after {count} indices")
@@ -635,8 +648,8 @@ def _decode(
     bits = _bits(values)
     out = np.zeros(meta.numel, dtype=bits.dtype)  # calloc: the kernel hands out zeroed pages, no memset
     out[index] = bits  # numpy's fancy-index put beats torch's boolean index_put by ~2x here
-    if codec.layout is Layout.NM and len(meta.shape) > 2:  # group order [out, *kernel, in] -> [out, in, *kernel]
-        shape = meta.shape
+    if codec.layout is Layout.NM and meta.numel > meta.shape[0] * meta.shape[1]:  # a kernel axis: from group
+        shape = meta.shape  # order [out, *kernel, in] back to [out, in, *kernel]
         out = np.ascontiguousarray(np.moveaxis(out.reshape(shape[0], *shape[2:], shape[1]), -1, 1))
     return torch.from_numpy(out).view(meta.torch_dtype).view(meta.shape)
 
@@ -660,7 +673,7 @@ def _unpack_bitmask(name: str, meta: TensorMeta, tensors: Mapping[str, torch.Ten
 
 
 def _unpack_nm(name: str, meta: TensorMeta, tensors: Mapping[str, torch.Tensor], used: set[str]) -> np.ndarray:
-    """Positions of the stored values in the tensor's group order (see `nm_groups`), from the packed
+    """Flat positions in the tensor's group order (see `nm_groups`) of the stored values, from the packed
     (or zstd-coded packed) in-group indices, each checked to be < M and ascending within its group."""
     n, m = check_nm_layout(meta.shape, meta.nm)
     key = name + INDICES_SUFFIX
@@ -683,6 +696,21 @@ def _unpack_nm(name: str, meta: TensorMeta, tensors: Mapping[str, torch.Tensor],
         raise CheckpointError(f"{key!r}: an in-group index is {int(positions.max())}, not below M = {m}")
     if n > 1 and not bool((positions[:, 1:] > positions[:, :-1]).all()):
         raise CheckpointError(f"{key!r}: the indices of a group must be distinct and ascending")
+    if m in _MASK_GROUP_SIZES:
+        # the groups' masks packed like a bitmask: numpy's flatnonzero of it beats adding group offsets
+        wide = np.uint16 if m == 16 else np.uint8
+        code = np.zeros(groups, dtype=wide)
+        for j in range(n):
+            code |= np.left_shift(wide(1), positions[:, j].astype(wide))
+        if m < 8:
+            per_byte = 8 // m
+            code = np.pad(code, (0, -groups % per_byte)).reshape(-1, per_byte)
+            packed_mask = code[:, 0].copy()
+            for t in range(1, per_byte):
+                packed_mask |= code[:, t] << np.uint8(t * m)
+        else:
+            packed_mask = code.astype("<u2", copy=False).view(np.uint8) if m == 16 else code
+        return np.flatnonzero(np.unpackbits(packed_mask, count=meta.numel, bitorder="little").view(np.bool_))
     offsets = np.arange(0, groups * m, m, dtype=np.int64)
     return (positions + offsets[:, None]).reshape(-1)
 

@@ -255,6 +255,24 @@ def test_nm_round_trips_are_bit_exact(shape: tuple[int, ...], n: int, m: int, dt
     assert_bit_equal(decompress_state_dict(stored, metas), {"t": t})
 
 
+@pytest.mark.parametrize(("n", "m"), [(1, 2), (2, 3), (3, 6), (1, 16), (5, 16), (2, 48)])
+@pytest.mark.parametrize("shape", [(6, 48), (4, 48, 3, 3), (3, 48, 2, 1, 2)])
+def test_other_patterns_round_trip_through_both_decode_paths(shape: tuple[int, ...], n: int, m: int) -> None:
+    # M in (2, 4, 8, 16) decodes through packed group masks, any other M through group offsets
+    t = nm_tensor(shape, n, m, seed=n * m)
+    for encoding in (Encoding.NM, Encoding.NM_ZSTD):
+        parts = encode_tensor("t", t, encoding, nm=(n, m))
+        metas = {"t": TensorMeta(encoding, shape, "float32", (n, m))}
+        assert_bit_equal(decompress_state_dict(parts, metas), {"t": t})
+    q, scale = quantize_per_channel(t)
+    w = dequantize_per_channel(q, scale)
+    parts = encode_tensor("t.weight", quantize_exact("t.weight", w, scale), Encoding.NM_INT8, nm=(n, m))
+    metas = {"t.weight_scale": TensorMeta(Encoding.DENSE, tuple(scale.shape), "float32"),
+             "t.weight": TensorMeta(Encoding.NM_INT8, shape, "float32", (n, m))}
+    assert_bit_equal(decompress_state_dict({"t.weight_scale": scale, **parts}, metas),
+                     {"t.weight_scale": scale, "t.weight": w})
+
+
 @pytest.mark.parametrize(("n", "m"), PATTERNS)
 def test_int8_nm_round_trips_are_bit_exact(n: int, m: int) -> None:
     w = nm_tensor((32, 16, 3, 3), n, m, seed=n + m)
