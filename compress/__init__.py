@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     )
     from zoo.compress.config import CONFIG_TYPES, CompressionConfig, register_config
     from zoo.compress.nm import (
-        GradualNMPruningConfig, NMPruningConfig, apply_gradual_nm_pruning, apply_nm_pruning, nm_mask, nm_masks,
+        GradualNMPruningConfig, NMPruningConfig, apply_gradual_nm_pruning, apply_nm_pruning, is_nm, nm_mask,
+        nm_masks,
     )
     from zoo.compress.pruning import (
         GradualMagnitudePruningConfig, MagnitudePruningConfig, apply_gradual_magnitude_pruning,
@@ -33,7 +34,7 @@ _MODULES = {
                            "apply_gradual_block_pruning"),
     "zoo.compress.config": ("CONFIG_TYPES", "CompressionConfig", "register_config"),
     "zoo.compress.nm": ("GradualNMPruningConfig", "NMPruningConfig", "apply_gradual_nm_pruning", "apply_nm_pruning",
-                        "nm_mask", "nm_masks"),
+                        "is_nm", "nm_mask", "nm_masks"),
     "zoo.compress.pruning": ("GradualMagnitudePruningConfig", "MagnitudePruningConfig",
                              "apply_gradual_magnitude_pruning", "apply_magnitude_pruning", "cubic_sparsity",
                              "magnitude_masks", "prunable_weights"),

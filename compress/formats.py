@@ -33,10 +33,12 @@ whose non-zeros form an N:M pattern for one of ``NM_GROUP_SIZES`` (N the most no
 is stored N:M instead when that is no larger than dense and at most ``NM_PREFERENCE`` larger than the
 bitmask (the two cost the same at 2:4, 1 bit per element each, and the N:M layout is what N:M kernels
 read). Of the group sizes, the one with the fewest bytes is used (a 1:4 tensor is also 2:8 and 4:16).
+An N:M tensor keeps its layout when entropy coding is tried: ``nm-zstd`` or plain ``nm``.
 
-Signed zeros: the bitmask (and the N:M layout) keeps the elements that compare unequal to zero, so
--0.0 is stored as a zero and decodes as +0.0 (pruning by ``w * mask`` makes -0.0 for every negative pruned weight; keeping them
-would make those tensors dense); likewise an int8 index of 0 decodes as +0.0. Dense tensors keep -0.0.
+Signed zeros: the bitmask and the N:M layout keep the elements that compare unequal to zero, so -0.0
+is stored as a zero and decodes as +0.0 (pruning by ``w * mask`` makes -0.0 for every negative pruned
+weight; keeping them would make those tensors dense); likewise an int8 index of 0 decodes as +0.0.
+Dense tensors keep -0.0.
 Decoding is otherwise bit for bit: same dtype, shape and bits, NaNs and infinities included.
 
 Decoding is on the hot path of loading a model, so it uses only vectorized numpy/torch/zstd calls,
@@ -253,7 +255,8 @@ def metas_from_json(text: str) -> dict[str, TensorMeta]:
 def compress_state_dict(
     state_dict: Mapping[str, torch.Tensor], *, entropy_coding: bool = True, nm_coding: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, TensorMeta]]:
-    """Encodes every tensor in its smallest exact encoding; returns (stored tensors, metas by name).
+    """Encodes every tensor in its smallest exact encoding (an N:M tensor in its N:M layout, see the
+    module docstring); returns (stored tensors, metas by name).
 
     With `entropy_coding=False` no entropy-coded encoding is used, with `nm_coding=False` no N:M one;
     with both False only the four plain format-version-1 encodings.
@@ -288,8 +291,9 @@ def _smallest_encoding(
     nm = nm_pattern(payload) if maskable and nm_coding else None
     if nm is not None:
         item = payload.element_size()
-        plain = (_bitmask_bytes(payload) if sparse else payload.numel() * item + TENSOR_OVERHEAD_BYTES)
-        limit = plain * (1 + NM_PREFERENCE) if sparse else plain
+        limit = payload.numel() * item + TENSOR_OVERHEAD_BYTES  # dense
+        if sparse:
+            limit = min(limit, _bitmask_bytes(payload) * (1 + NM_PREFERENCE))
         if _nm_bytes(payload.numel(), *nm, item) > limit:
             nm = None
     layout = Layout.NM if nm is not None else Layout.BITMASK if sparse else Layout.DENSE

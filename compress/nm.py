@@ -95,6 +95,12 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, *, score: torch.Tensor | None 
 def nm_masks(weights: dict[str, torch.Tensor], n: int, m: int) -> Masks:
     """`nm_mask` of every tensor; InvalidArgumentError listing every tensor whose dim 1 is not a
     multiple of `m` (leave those dense) before any mask is computed."""
+    check_groupable(weights, n, m)
+    return {name: nm_mask(w, n, m) for name, w in weights.items()}
+
+
+def check_groupable(weights: dict[str, torch.Tensor], n: int, m: int) -> None:
+    """InvalidArgumentError naming every tensor whose dim 1 does not split into groups of `m`."""
     check_nm(n, m, allow_dense=True)
     problems = [p for name, w in weights.items() if (p := _check_shape(repr(name), tuple(w.shape), m))]
     if problems:
@@ -102,7 +108,6 @@ def nm_masks(weights: dict[str, torch.Tensor], n: int, m: int) -> Masks:
             f"{n}:{m} sparsity groups dim 1 (input channels) by {m}; cannot group: {'; '.join(problems)}. "
             "Leave these layers dense (keep_dense)"
         )
-    return {name: nm_mask(w, n, m) for name, w in weights.items()}
 
 
 def is_nm(tensor: torch.Tensor, n: int, m: int) -> bool:
@@ -158,7 +163,7 @@ def apply_gradual_nm_pruning(
     context.require("train_batches", "loss_fn", step="gradual N:M pruning")
     check_nm(n, m)
     weights = prunable_weights(model, keep_dense)
-    nm_masks(weights, n, m)  # refuses layers that do not group before any training
+    check_groupable(weights, n, m)  # before any training
     total = steps_per_epoch(context.train_batches) * epochs
     begin = int(begin_fraction * total)
     end = max(begin + 1, int(end_fraction * total))

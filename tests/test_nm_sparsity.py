@@ -177,6 +177,19 @@ def test_gradual_follows_the_schedule_and_ends_exactly_n_m() -> None:
     assert not torch.equal(torch.where(masks["0"], model[0].weight.detach(), 0.0), torch.where(masks["0"], start, 0.0))
 
 
+def test_gradual_refuses_layers_that_do_not_group_before_training() -> None:
+    calls: list[int] = []
+
+    def loss_fn(m: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return m(batch).sum()
+
+    context = RecipeContext(train_batches=lambda epoch: [torch.randn(2, 6)], loss_fn=loss_fn, progress=False)
+    with pytest.raises(InvalidArgumentError, match=r"'0' \[8, 6\]: dim 1 \(6\)"):
+        apply_gradual_nm_pruning(nn.Sequential(nn.Linear(6, 8)), context, n=2, m=4, epochs=1, lr=0.1)
+    assert calls == []
+
+
 # Configs -----------------------------------------------------------------------------------------
 
 def test_configs_round_trip_and_apply_through_a_recipe() -> None:
