@@ -2,6 +2,7 @@
 
     python benchmarks/bench_checkpoint_size.py [--arch resnet50] [--sparsity 0.9] [--repeats 5]
                                                [--threads N] [--levels 1,3,9,19]
+                                               [--nm 2:4,1:4] [--nm-keep-dense conv1] [--nm-only]
 
 Builds four state dicts from one random-init timm model: dense fp32; conv/linear weights pruned
 globally by magnitude; those weights on a per-output-channel symmetric int8 grid (absmax / 127,
@@ -12,6 +13,12 @@ encodings and with entropy coding (zstd, the default), and prints one markdown t
 `load_checkpoint` (read, SHA-256, decode). Pruning and quantization are the zoo's own (zoo.compress), so
 the bytes are those of real variants. `--levels` adds a table of the zstd level's effect (bytes, encode
 time, decode time of the sparse variants' entropy-coded parts), which chose `entropy.ZSTD_LEVEL`.
+
+`--nm` adds a table of N:M sparsity: every conv/linear weight but the `--nm-keep-dense` ones (the stem)
+pruned to each pattern by `apply_nm_pruning`, in fp32 and on the int8 grid, each saved with the N:M
+encodings (per group the N kept values and their packed in-group indices) and with them turned off
+(`nm_coding=False`: a bitmask over the same masks), plain and zstd-coded; bytes against dense fp32 and
+against the bitmask of the same masks. `--nm-only` prints only that table.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from torch import nn
 from zoo.compress import entropy
 from zoo.compress.checkpoint import METAS_KEY, WEIGHTS_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint
 from zoo.compress.formats import compress_state_dict, decompress_state_dict, metas_from_json
+from zoo.compress.nm import apply_nm_pruning
 from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
 from zoo.compress.quantization import dequantize_per_channel, quantize_per_channel
 from zoo.evaluate.machine import current_machine
@@ -89,6 +97,41 @@ def measure(folder: Path, sd: dict[str, torch.Tensor], repeats: int) -> tuple[in
             best_time(lambda: load_checkpoint(folder), repeats), exact, used)
 
 
+def nm_state_dict(model: nn.Module, n: int, m: int, keep_dense: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The zoo's one-shot N:M magnitude pruning, on a copy of `model`."""
+    pruned = copy.deepcopy(model)
+    apply_nm_pruning(pruned, n, m, keep_dense=keep_dense)
+    return {k: v.detach().clone() for k, v in pruned.state_dict().items()}
+
+
+def nm_table(model: nn.Module, patterns: list[tuple[int, int]], keep_dense: tuple[str, ...], dense_bytes: int,
+             config: dict, repeats: int) -> None:
+    """Bytes of N:M checkpoints: the N:M encodings against a bitmask over the same masks, plain and zstd."""
+    names = [f"{name}.weight" for name in prunable_weights(model, keep_dense)]
+    print(f"\nN:M: {len(names)} conv/linear weights pruned to N:M along the input channels by `apply_nm_pruning` "
+          f"(kept dense: {', '.join(keep_dense) or 'none'}); layout \"N:M\": the N:M encodings, \"bitmask\": "
+          "`nm_coding=False`, a bitmask over the same masks.\n")
+    print("| pattern | weights | coding | layout | bytes on disk | ratio to dense fp32 | N:M / bitmask | "
+          "decode (s) | load_checkpoint (s) | round trip bit-exact | tensors by encoding |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, m in patterns:
+            fp32 = nm_state_dict(model, n, m, keep_dense)
+            for weights, sd in (("fp32", fp32), ("int8", int8_grid(fp32, names))):
+                for coding in ("plain", "zstd"):
+                    rows = {}
+                    for layout in ("N:M", "bitmask"):
+                        folder = Path(tmp) / f"{n}-{m}-{weights}-{coding}-{layout.replace(':', '')}"
+                        save_checkpoint(folder, sd, config=config, entropy_coding=coding == "zstd",
+                                        nm_coding=layout == "N:M")
+                        rows[layout] = measure(folder, sd, repeats)
+                    relative = rows["N:M"][0] / rows["bitmask"][0]
+                    for layout, (size, decode_s, load_s, exact, used) in rows.items():
+                        print(f"| {n}:{m} | {weights} | {coding} | {layout} | {size:,} | {size / dense_bytes:.3f}x | "
+                              f"{f'{relative:.3f}x' if layout == 'N:M' else '-'} | {decode_s:.3f} | {load_s:.3f} | "
+                              f"{'yes' if exact else 'NO'} | {used} |")
+
+
 def level_sweep(variants: dict[str, dict[str, torch.Tensor]], levels: list[int], repeats: int) -> None:
     """Bytes, encode and decode time of the sparse variants' entropy-coded parts at each zstd level."""
     print("\n| zstd level | variant | entropy-coded bytes | encode (s) | decode (s) |\n|---:|---|---:|---:|---:|")
@@ -116,7 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--levels", default="", help="comma-separated zstd levels to compare (default: none)")
+    parser.add_argument("--nm", default="2:4,1:4", help="comma-separated N:M patterns to measure ('' for none)")
+    parser.add_argument("--nm-keep-dense", default="conv1",
+                        help="comma-separated module-name patterns left dense by N:M pruning (the stem)")
+    parser.add_argument("--nm-only", action="store_true", help="print only the N:M table")
     args = parser.parse_args(argv)
+    patterns = [tuple(int(v) for v in p.split(":")) for p in args.nm.split(",") if p]
+    if any(len(p) != 2 for p in patterns):
+        parser.error(f"--nm takes N:M patterns such as 2:4,1:4, got {args.nm!r}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -124,13 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     model = timm.create_model(args.arch, pretrained=False)
     dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
     names = [f"{name}.weight" for name in prunable_weights(model)]
-    sparse = sparse_state_dict(model, args.sparsity)
-    variants = {
-        "dense fp32": dense,
-        "sparse fp32": sparse,
-        "int8": int8_grid(dense, names),
-        "sparse + int8": int8_grid(sparse, names),
-    }
+    variants = {"dense fp32": dense}
+    if not args.nm_only:
+        sparse = sparse_state_dict(model, args.sparsity)
+        variants.update({"sparse fp32": sparse, "int8": int8_grid(dense, names),
+                         "sparse + int8": int8_grid(sparse, names)})
     n_params = sum(p.numel() for p in model.parameters())
     dense_output = sum(t.numel() * t.element_size() for t in dense.values())
     config = {
@@ -140,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, sd in variants.items():
-            for coding in ("plain", "zstd"):
+            for coding in ("plain", "zstd") if not args.nm_only else ("plain",):
                 folder = Path(tmp) / f"{label.replace(' ', '_')}-{coding}"
                 # plain: the version-1 encodings, what the previous format wrote
                 save_checkpoint(folder, sd, config=config, entropy_coding=coding == "zstd")
@@ -149,12 +197,25 @@ def main(argv: list[str] | None = None) -> None:
     dense_bytes = rows[0][2]
     threads = "" if args.threads is None else f" --threads {args.threads}"
     cpu = current_machine().cpu
+    nm_args = f" --nm {args.nm} --nm-keep-dense {args.nm_keep_dense}{' --nm-only' if args.nm_only else ''}"
     print(f"Command: `python benchmarks/bench_checkpoint_size.py --arch {args.arch} --sparsity {args.sparsity}"
-          f" --repeats {args.repeats}{threads}`  ")
+          f" --repeats {args.repeats}{threads}{nm_args}`  ")
     print(f"Model: timm `{args.arch}` random init, {n_params / 1e6:.1f}M parameters; {len(names)} conv/linear "
           f"weights pruned globally by magnitude to {args.sparsity:.0%} and/or put on a per-channel int8 grid.  ")
     print(f"Machine: {cpu}, {torch.get_num_threads()} torch threads, Python {sys.version.split()[0]}, torch "
-          f"{torch.__version__}, zstd level {entropy.ZSTD_LEVEL}; times are the best of {args.repeats}.\n")
+          f"{torch.__version__}, zstd level {entropy.ZSTD_LEVEL}; times are the best of {args.repeats}.")
+    print(f"Dense fp32 (plain): {dense_bytes:,} bytes.\n")
+    if not args.nm_only:
+        variants_table(rows, dense_bytes, dense_output)
+        if args.levels:
+            level_sweep(variants, [int(x) for x in args.levels.split(",")], args.repeats)
+    if patterns:
+        keep_dense = tuple(p for p in args.nm_keep_dense.split(",") if p)
+        nm_table(model, patterns, keep_dense, dense_bytes, config, args.repeats)
+
+
+def variants_table(rows: list[tuple], dense_bytes: int, dense_output: int) -> None:
+    """The dense/sparse/int8 variants, plain and zstd-coded."""
     print("| variant | encodings | bytes on disk | ratio to dense | target | decode (s) | decode GB/s of dense "
           "output | load_checkpoint (s) | round trip bit-exact | tensors by encoding |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
@@ -169,8 +230,6 @@ def main(argv: list[str] | None = None) -> None:
             if r[1] == "zstd" and dense_output / r[3] / 1e9 < MIN_DECODE_GBPS]
     print(f"\nDecode >= {MIN_DECODE_GBPS} GB/s of dense output for every entropy-coded variant: "
           f"{'met' if not slow else 'MISSED: ' + ', '.join(slow)}")
-    if args.levels:
-        level_sweep(variants, [int(x) for x in args.levels.split(",")], args.repeats)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ if TYPE_CHECKING:
         BlockPruningConfig, GradualBlockPruningConfig, apply_block_pruning, apply_gradual_block_pruning,
     )
     from zoo.compress.config import CONFIG_TYPES, CompressionConfig, register_config
+    from zoo.compress.nm import (
+        GradualNMPruningConfig, NMPruningConfig, apply_gradual_nm_pruning, apply_nm_pruning, is_nm, nm_mask,
+        nm_masks,
+    )
     from zoo.compress.pruning import (
         GradualMagnitudePruningConfig, MagnitudePruningConfig, apply_gradual_magnitude_pruning,
         apply_magnitude_pruning, cubic_sparsity, magnitude_masks, prunable_weights,
@@ -33,6 +37,8 @@ _MODULES = {
     "zoo.compress.block": ("BlockPruningConfig", "GradualBlockPruningConfig", "apply_block_pruning",
                            "apply_gradual_block_pruning"),
     "zoo.compress.config": ("CONFIG_TYPES", "CompressionConfig", "register_config"),
+    "zoo.compress.nm": ("GradualNMPruningConfig", "NMPruningConfig", "apply_gradual_nm_pruning", "apply_nm_pruning",
+                        "is_nm", "nm_mask", "nm_masks"),
     "zoo.compress.pruning": ("GradualMagnitudePruningConfig", "MagnitudePruningConfig",
                              "apply_gradual_magnitude_pruning", "apply_magnitude_pruning", "cubic_sparsity",
                              "magnitude_masks", "prunable_weights"),

@@ -3,13 +3,14 @@
     folder/
       model.safetensors   the encoded tensors (see zoo.compress.formats); the per-tensor metas as JSON
                           under the header metadata key "zoo.tensor_metas"
-      config.json         {"format": "zoo-compressed", "format_version": 1 or 2, "name", "base_model",
+      config.json         {"format": "zoo-compressed", "format_version": 1, 2 or 3, "name", "base_model",
                           "arch", "model_kwargs", "recipe", <caller's extra keys>,
                           "files": {"model.safetensors": {"sha256", "bytes"}}}
 
-Version 2 added the entropy-coded (zstd) tensor encodings; a checkpoint records the lowest version that
-holds all its encodings, so one without them stays readable by version-1 readers, and every version-1
-checkpoint loads unchanged. A version-1 file that names a version-2 encoding is refused.
+Version 2 added the entropy-coded (zstd) tensor encodings, version 3 the N:M ones (and the "nm" key of
+their tensor metas); a checkpoint records the lowest version that holds all its encodings, so one
+without them stays readable by the older readers, and every version-1 and version-2 checkpoint loads
+unchanged. A file that names an encoding newer than its recorded version is refused.
 
 Saving is atomic: the folder is written beside the target and renamed into place, so an interrupted
 save leaves the previous checkpoint intact and never a partial one. Loading checks the format name and
@@ -43,8 +44,8 @@ from zoo.atomic import atomic_path, atomic_write_json, fsync_path
 from zoo.errors import CheckpointError, ChecksumError, InvalidArgumentError
 
 FORMAT_NAME = "zoo-compressed"
-FORMAT_VERSION = 2  # the newest this code writes; see the module docstring
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the newest this code writes; see the module docstring
+SUPPORTED_VERSIONS = (1, 2, 3)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METAS_KEY = "zoo.tensor_metas"
@@ -56,16 +57,17 @@ _CHUNK = 1 << 20
 
 def save_checkpoint(
     folder: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor], *, config: dict[str, Any],
-    entropy_coding: bool = True,
+    entropy_coding: bool = True, nm_coding: bool = True,
 ) -> Path:
     """Writes `state_dict` compressed, with `config` (name, base_model, arch, model_kwargs, recipe and
     any extra JSON metadata), into `folder`, atomically replacing a checkpoint already there.
 
-    `entropy_coding=False` keeps to the plain encodings: a version-1 checkpoint, which zoo versions
-    before the entropy-coded encodings can read."""
+    `nm_coding=False` leaves out the N:M encodings (at most a version-2 checkpoint), and with
+    `entropy_coding=False` as well it keeps to the plain encodings: a version-1 checkpoint, which zoo
+    versions before the entropy-coded encodings can read."""
     folder = Path(folder)
     body = _checked_config(config)
-    stored, metas = compress_state_dict(state_dict, entropy_coding=entropy_coding)
+    stored, metas = compress_state_dict(state_dict, entropy_coding=entropy_coding, nm_coding=nm_coding)
     _check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:12]}"

@@ -1,6 +1,6 @@
 """Tensor encodings of a compressed checkpoint: a state dict becomes a smaller state dict and back.
 
-Every tensor is stored in one of eight encodings (compressed-tensors style), four plain ones:
+Every tensor is stored in one of twelve encodings (compressed-tensors style), six plain ones:
 
 - ``dense``: the tensor as is, under its own name.
 - ``bitmask``: ``name.bitmask`` (uint8, one bit per element, packed in little bit order) and
@@ -10,16 +10,35 @@ Every tensor is stored in one of eight encodings (compressed-tensors style), fou
   grid of its sibling ``name + "_scale"`` tensor (``X.weight`` -> ``X.weight_scale``):
   ``weight == q.float() * scale.view(-1, 1, ...)`` with q in [-127, 127].
 - ``bitmask-int8``: both: ``name.bitmask`` plus the non-zero int8 values in ``name.values``.
+- ``nm`` (format version 3): N:M structured sparsity, for a tensor of at least two dimensions in which
+  every group of M consecutive elements along dim 1 holds at most N non-zeros. A group is M consecutive
+  input channels (features) at one (output, kernel position): the tensor in "group order" is
+  ``tensor.permute(0, 2, ..., ndim - 1, 1)`` (input axis last), split into rows of M (see `nm_groups`).
+  ``name.values`` holds the N kept elements of every group, 1-D, groups in group order and each group's
+  elements by ascending position (a group with fewer non-zeros keeps its lowest-positioned zeros, as
+  +0.0); ``name.indices`` (uint8) their positions within the group, ceil(log2 M) bits each, packed in
+  the same order into a little-bit-order stream whose padding bits are zero. The meta records
+  ``"nm": [N, M]`` (1 <= N < M <= 256, M dividing shape[1]).
+- ``nm-int8``: both: ``name.indices`` plus the kept int8 grid indices in ``name.values``.
 
-and their entropy-coded forms ``dense-zstd``, ``bitmask-zstd``, ``int8-zstd`` and ``bitmask-int8-zstd``
-(format version 2): the same parts, each a 1-D uint8 tensor holding one zstd frame of the part's
-byte-shuffled items (zoo.compress.entropy): ``name.values`` (the flattened tensor for ``dense-zstd``)
-and, for the sparse ones, ``name.bitmask``. An entropy-coded encoding replaces the best plain one when
-it is the smallest and saves at least ``ENTROPY_MIN_SAVING`` of the plain one's bytes (see there).
+and their entropy-coded forms ``dense-zstd``, ``bitmask-zstd``, ``int8-zstd``, ``bitmask-int8-zstd``
+(format version 2), ``nm-zstd`` and ``nm-int8-zstd`` (version 3): the same parts, each a 1-D uint8
+tensor holding one zstd frame of the part's byte-shuffled items (zoo.compress.entropy): ``name.values``
+(the flattened tensor for ``dense-zstd``) and, for the sparse ones, ``name.bitmask`` or
+``name.indices``. An entropy-coded encoding replaces the best plain one when it is the smallest and
+saves at least ``ENTROPY_MIN_SAVING`` of the plain one's bytes (see there).
 
-Signed zeros: the bitmask keeps the elements that compare unequal to zero, so -0.0 is stored as a zero
-and decodes as +0.0 (pruning by ``w * mask`` makes -0.0 for every negative pruned weight; keeping them
-would make those tensors dense); likewise an int8 index of 0 decodes as +0.0. Dense tensors keep -0.0.
+Layout choice: a maskable tensor is stored dense, or behind a bitmask when that is smaller; a tensor
+whose non-zeros form an N:M pattern for one of ``NM_GROUP_SIZES`` (N the most non-zeros of any group)
+is stored N:M instead when that is no larger than dense and at most ``NM_PREFERENCE`` larger than the
+bitmask (the two cost the same at 2:4, 1 bit per element each, and the N:M layout is what N:M kernels
+read). Of the group sizes, the one with the fewest bytes is used (a 1:4 tensor is also 2:8 and 4:16).
+An N:M tensor keeps its layout when entropy coding is tried: ``nm-zstd`` or plain ``nm``.
+
+Signed zeros: the bitmask and the N:M layout keep the elements that compare unequal to zero, so -0.0
+is stored as a zero and decodes as +0.0 (pruning by ``w * mask`` makes -0.0 for every negative pruned
+weight; keeping them would make those tensors dense); likewise an int8 index of 0 decodes as +0.0.
+Dense tensors keep -0.0.
 Decoding is otherwise bit for bit: same dtype, shape and bits, NaNs and infinities included.
 
 Decoding is on the hot path of loading a model, so it uses only vectorized numpy/torch/zstd calls,
@@ -44,6 +63,7 @@ from zoo.registry import Registry
 
 VALUES_SUFFIX = ".values"
 BITMASK_SUFFIX = ".bitmask"
+INDICES_SUFFIX = ".indices"  # the packed in-group positions of an N:M tensor
 SCALE_SUFFIX = "_scale"  # `X.weight` -> `X.weight_scale`
 INT8_MAX = 127
 
@@ -61,6 +81,14 @@ ENTROPY_MIN_SAVING = {False: 0.2, True: 0.02}  # plain encoding sparse? -> fract
 ENTROPY_MIN_BYTES = 1024
 # Tensors with at least this many elements are decoded on the thread pool, smaller ones inline.
 PARALLEL_MIN_NUMEL = 1 << 16
+# The group sizes M the encoder tries for the N:M layout (the decoder reads any 2 <= M <= NM_MAX_M):
+# powers of two, whose ceil(log2 M)-bit indices waste no code points.
+NM_GROUP_SIZES = (2, 4, 8, 16)
+NM_MAX_M = 256  # in-group positions fit a byte
+# How much larger than the bitmask an N:M layout may be and still be chosen: at 2:4 both cost 1 bit
+# per element, and a kept weight that is exactly zero (an int8 index rounded to 0) would otherwise
+# flip the tensor to the bitmask, which N:M kernels cannot read directly.
+NM_PREFERENCE = 0.02
 
 # dtypes a checkpoint may hold, by the name written in TensorMeta.dtype (the torch name less "torch.").
 _DTYPE_NAMES = (
@@ -82,43 +110,74 @@ class Encoding(str, enum.Enum):
     BITMASK_ZSTD = "bitmask-zstd"
     INT8_ZSTD = "int8-zstd"
     BITMASK_INT8_ZSTD = "bitmask-int8-zstd"
+    NM = "nm"
+    NM_INT8 = "nm-int8"
+    NM_ZSTD = "nm-zstd"
+    NM_INT8_ZSTD = "nm-int8-zstd"
+
+
+class Layout(str, enum.Enum):
+    """Which elements an encoding stores: all, the non-zeros behind a bitmask, or N of every M."""
+
+    DENSE = "dense"
+    BITMASK = "bitmask"
+    NM = "nm"
 
 
 @dataclass(frozen=True)
 class Codec:
-    """What an encoding does: keep only non-zeros behind a bitmask, store int8 grid indices, or both;
-    `entropy`: every stored part is a zstd frame of its shuffled bytes; `since`: the first checkpoint
-    format version that may hold it."""
+    """What an encoding does: keep every element, only the non-zeros behind a bitmask, or the N kept
+    elements of every group of M (`layout`); store int8 grid indices (`quantized`); `entropy`: every
+    stored part is a zstd frame of its shuffled bytes; `since`: the first checkpoint format version
+    that may hold it."""
 
     encoding: Encoding
-    sparse: bool
+    layout: Layout
     quantized: bool
     entropy: bool = False
     since: int = 1
 
+    @property
+    def sparse(self) -> bool:
+        """Whether only some elements are stored (and the others decode as +0.0)."""
+        return self.layout is not Layout.DENSE
+
 
 ENCODINGS: Registry[Codec] = Registry("tensor encoding")
 for _codec in (
-    Codec(Encoding.DENSE, sparse=False, quantized=False),
-    Codec(Encoding.BITMASK, sparse=True, quantized=False),
-    Codec(Encoding.INT8, sparse=False, quantized=True),
-    Codec(Encoding.BITMASK_INT8, sparse=True, quantized=True),
-    Codec(Encoding.DENSE_ZSTD, sparse=False, quantized=False, entropy=True, since=2),
-    Codec(Encoding.BITMASK_ZSTD, sparse=True, quantized=False, entropy=True, since=2),
-    Codec(Encoding.INT8_ZSTD, sparse=False, quantized=True, entropy=True, since=2),
-    Codec(Encoding.BITMASK_INT8_ZSTD, sparse=True, quantized=True, entropy=True, since=2),
+    Codec(Encoding.DENSE, Layout.DENSE, quantized=False),
+    Codec(Encoding.BITMASK, Layout.BITMASK, quantized=False),
+    Codec(Encoding.INT8, Layout.DENSE, quantized=True),
+    Codec(Encoding.BITMASK_INT8, Layout.BITMASK, quantized=True),
+    Codec(Encoding.DENSE_ZSTD, Layout.DENSE, quantized=False, entropy=True, since=2),
+    Codec(Encoding.BITMASK_ZSTD, Layout.BITMASK, quantized=False, entropy=True, since=2),
+    Codec(Encoding.INT8_ZSTD, Layout.DENSE, quantized=True, entropy=True, since=2),
+    Codec(Encoding.BITMASK_INT8_ZSTD, Layout.BITMASK, quantized=True, entropy=True, since=2),
+    Codec(Encoding.NM, Layout.NM, quantized=False, since=3),
+    Codec(Encoding.NM_INT8, Layout.NM, quantized=True, since=3),
+    Codec(Encoding.NM_ZSTD, Layout.NM, quantized=False, entropy=True, since=3),
+    Codec(Encoding.NM_INT8_ZSTD, Layout.NM, quantized=True, entropy=True, since=3),
 ):
     ENCODINGS.register(_codec.encoding.value, _codec)
-_BY_FLAGS = {(c.sparse, c.quantized, c.entropy): c.encoding for _, c in ENCODINGS.items()}
+_BY_FLAGS = {(c.layout, c.quantized, c.entropy): c.encoding for _, c in ENCODINGS.items()}
 
 
 @dataclass(frozen=True)
 class TensorMeta:
-    """The encoding of one tensor and what it decodes to (shape and dtype name, e.g. "float32")."""
+    """The encoding of one tensor and what it decodes to (shape and dtype name, e.g. "float32");
+    `nm` = (N, M) exactly for the N:M encodings, checked against the shape."""
 
     encoding: Encoding
     shape: tuple[int, ...]
     dtype: str
+    nm: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.codec.layout is not Layout.NM:
+            if self.nm is not None:
+                raise CheckpointError(f"encoding {self.encoding.value} takes no N:M pattern, got nm={self.nm!r}")
+            return
+        check_nm_layout(self.shape, self.nm)
 
     @property
     def codec(self) -> Codec:
@@ -136,20 +195,38 @@ class TensorMeta:
         return n
 
     def to_json(self) -> dict[str, Any]:
-        return {"encoding": self.encoding.value, "shape": list(self.shape), "dtype": self.dtype}
+        data: dict[str, Any] = {"encoding": self.encoding.value, "shape": list(self.shape), "dtype": self.dtype}
+        if self.nm is not None:
+            data["nm"] = list(self.nm)
+        return data
 
     @classmethod
     def from_json(cls, name: str, data: Any) -> TensorMeta:
         """Rebuilds a meta read from a checkpoint; an unknown encoding raises UnknownNameError."""
-        if not isinstance(data, dict) or set(data) != {"encoding", "shape", "dtype"}:
-            raise CheckpointError(f"tensor {name!r}: meta must have encoding, shape and dtype, got {data!r}")
+        keys = {"encoding", "shape", "dtype"}
+        if not isinstance(data, dict) or not keys <= set(data) or not set(data) <= keys | {"nm"}:
+            raise CheckpointError(f"tensor {name!r}: meta must have encoding, shape and dtype (and nm), got {data!r}")
         encoding = ENCODINGS.get(str(data["encoding"])).encoding
         shape = data["shape"]
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise CheckpointError(f"tensor {name!r}: shape must be a list of sizes, got {shape!r}")
         if data["dtype"] not in DTYPES:
             raise CheckpointError(f"tensor {name!r}: unsupported dtype {data['dtype']!r}; supported: {sorted(DTYPES)}")
-        return cls(encoding, tuple(shape), data["dtype"])
+        nm = data.get("nm")
+        try:
+            return cls(encoding, tuple(shape), data["dtype"], tuple(nm) if isinstance(nm, list) else nm)
+        except CheckpointError as err:
+            raise CheckpointError(f"tensor {name!r}: {err}") from None
+
+
+def check_nm_layout(shape: tuple[int, ...], nm: Any) -> tuple[int, int]:
+    """`nm` as (N, M), checked: integers with 1 <= N < M <= NM_MAX_M, M dividing shape[1]."""
+    if (not isinstance(nm, tuple) or len(nm) != 2 or any(type(v) is not int for v in nm)
+            or not 1 <= nm[0] < nm[1] <= NM_MAX_M):
+        raise CheckpointError(f"an N:M encoding needs nm = (N, M) with 1 <= N < M <= {NM_MAX_M}, got {nm!r}")
+    if len(shape) < 2 or shape[1] % nm[1]:
+        raise CheckpointError(f"{nm[0]}:{nm[1]} groups dim 1 by {nm[1]}: shape {list(shape)} does not split so")
+    return nm
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -176,11 +253,13 @@ def metas_from_json(text: str) -> dict[str, TensorMeta]:
 # Compression -------------------------------------------------------------------------------------
 
 def compress_state_dict(
-    state_dict: Mapping[str, torch.Tensor], *, entropy_coding: bool = True,
+    state_dict: Mapping[str, torch.Tensor], *, entropy_coding: bool = True, nm_coding: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, TensorMeta]]:
-    """Encodes every tensor in its smallest exact encoding; returns (stored tensors, metas by name).
+    """Encodes every tensor in its smallest exact encoding (an N:M tensor in its N:M layout, see the
+    module docstring); returns (stored tensors, metas by name).
 
-    With `entropy_coding=False` only the four plain (format version 1) encodings are used.
+    With `entropy_coding=False` no entropy-coded encoding is used, with `nm_coding=False` no N:M one;
+    with both False only the four plain format-version-1 encodings.
     A weight with a ``*_scale`` sibling must lie exactly on its int8 grid, else CheckpointError.
     """
     stored: dict[str, torch.Tensor] = {}
@@ -191,49 +270,74 @@ def compress_state_dict(
         tensor = tensor.detach().cpu()
         scale = state_dict.get(name + SCALE_SUFFIX) if _is_weight(name) else None
         payload = tensor if scale is None else quantize_exact(name, tensor, scale.detach().cpu())
-        encoding, parts = _smallest_encoding(name, payload, quantized=scale is not None, entropy_coding=entropy_coding)
+        encoding, parts, nm = _smallest_encoding(
+            name, payload, quantized=scale is not None, entropy_coding=entropy_coding, nm_coding=nm_coding,
+        )
         for key, part in parts.items():
             if key in stored or (key != name and key in state_dict):
                 raise CheckpointError(f"cannot store {name!r}: its part {key!r} collides with another tensor's name")
             stored[key] = part.contiguous()
-        metas[name] = TensorMeta(encoding, tuple(tensor.shape), dtype_name(tensor.dtype))
+        metas[name] = TensorMeta(encoding, tuple(tensor.shape), dtype_name(tensor.dtype), nm)
     return unshared(stored), metas
 
 
 def _smallest_encoding(
-    name: str, payload: torch.Tensor, *, quantized: bool, entropy_coding: bool,
-) -> tuple[Encoding, dict[str, torch.Tensor]]:
-    """The encoding of `payload` (the tensor, or its int8 grid indices) and its stored parts by name."""
+    name: str, payload: torch.Tensor, *, quantized: bool, entropy_coding: bool, nm_coding: bool = True,
+) -> tuple[Encoding, dict[str, torch.Tensor], tuple[int, int] | None]:
+    """The encoding of `payload` (the tensor, or its int8 grid indices), its stored parts by name, and
+    its (N, M) for an N:M encoding (else None)."""
     maskable = payload.is_floating_point() or quantized
     sparse = maskable and _bitmask_pays(payload)
-    plain_encoding = _BY_FLAGS[(sparse, quantized, False)]
-    best = plain_encoding, encode_tensor(name, payload, plain_encoding)
+    nm = nm_pattern(payload) if maskable and nm_coding else None
+    if nm is not None:
+        item = payload.element_size()
+        limit = payload.numel() * item + TENSOR_OVERHEAD_BYTES  # dense
+        if sparse:
+            limit = min(limit, _bitmask_bytes(payload) * (1 + NM_PREFERENCE))
+        if _nm_bytes(payload.numel(), *nm, item) > limit:
+            nm = None
+    layout = Layout.NM if nm is not None else Layout.BITMASK if sparse else Layout.DENSE
+    plain_encoding = _BY_FLAGS[(layout, quantized, False)]
+    best = plain_encoding, encode_tensor(name, payload, plain_encoding, nm=nm)
     if not entropy_coding or payload.numel() * payload.element_size() < ENTROPY_MIN_BYTES:
-        return best
-    limit = (1 - ENTROPY_MIN_SAVING[sparse]) * _stored_bytes(best[1])
+        return (*best, nm)
+    limit = (1 - ENTROPY_MIN_SAVING[layout is not Layout.DENSE]) * _stored_bytes(best[1])
     best_size: int | None = None
-    # both layouts are tried: a half-dense tensor's bitmask may pay only once its values are coded
-    # (not for a tensor without zeros: its bitmask would only add to the same values)
-    has_zeros = maskable and (sparse or int(torch.count_nonzero(payload)) < payload.numel())
-    for layout_sparse in (False, True) if has_zeros else (False,):
-        encoding = _BY_FLAGS[(layout_sparse, quantized, True)]
-        parts = encode_tensor(name, payload, encoding)
+    if layout is Layout.NM:  # an N:M tensor keeps its layout, coded or not
+        layouts: tuple[Layout, ...] = (Layout.NM,)
+    else:
+        # both layouts are tried: a half-dense tensor's bitmask may pay only once its values are coded
+        # (not for a tensor without zeros: its bitmask would only add to the same values)
+        has_zeros = maskable and (sparse or int(torch.count_nonzero(payload)) < payload.numel())
+        layouts = (Layout.DENSE, Layout.BITMASK) if has_zeros else (Layout.DENSE,)
+    for each in layouts:
+        encoding = _BY_FLAGS[(each, quantized, True)]
+        parts = encode_tensor(name, payload, encoding, nm=nm)
         size = _stored_bytes(parts)
         if size <= limit and (best_size is None or size < best_size):
             best, best_size = (encoding, parts), size
-    return best
+    return (*best, nm)
 
 
-def encode_tensor(name: str, payload: torch.Tensor, encoding: Encoding | str) -> dict[str, torch.Tensor]:
+def encode_tensor(
+    name: str, payload: torch.Tensor, encoding: Encoding | str, *, nm: tuple[int, int] | None = None,
+) -> dict[str, torch.Tensor]:
     """The stored parts of `payload` in `encoding`, by name: the tensor itself, or for the int8
-    encodings its int8 grid indices (`quantize_exact`), whose scale is stored as its own tensor."""
+    encodings its int8 grid indices (`quantize_exact`), whose scale is stored as its own tensor.
+    The N:M encodings take `nm` = (N, M); a payload with more than N non-zeros in a group is refused."""
     codec = ENCODINGS.get(encoding.value if isinstance(encoding, Encoding) else str(encoding))
     if codec.quantized != (payload.dtype == torch.int8):
         raise CheckpointError(
             f"{name!r}: encoding {codec.encoding.value} stores {'int8 grid indices' if codec.quantized else 'the tensor'}, "
             f"got a {payload.dtype} payload"
         )
-    if codec.sparse:
+    if (codec.layout is Layout.NM) != (nm is not None):
+        raise CheckpointError(f"{name!r}: nm = (N, M) is given exactly for the N:M encodings, got {nm!r} for "
+                              f"{codec.encoding.value}")
+    if codec.layout is Layout.NM:
+        n, m = check_nm_layout(tuple(payload.shape), nm)
+        parts = _pack_nm(name, payload, n, m)
+    elif codec.layout is Layout.BITMASK:
         parts = _pack_bitmask(name, payload)
     else:
         parts = {name + VALUES_SUFFIX if (codec.quantized or codec.entropy) else name: payload}
@@ -309,6 +413,117 @@ def _bitmask_pays(payload: torch.Tensor) -> bool:
     nnz = int(torch.count_nonzero(payload))
     item = payload.element_size()
     return (n + 7) // 8 + nnz * item + TENSOR_OVERHEAD_BYTES < n * item
+
+
+def _bitmask_bytes(payload: torch.Tensor) -> int:
+    """Stored bytes of the plain bitmask layout (as `_stored_bytes` counts them)."""
+    n = payload.numel()
+    return (n + 7) // 8 + int(torch.count_nonzero(payload)) * payload.element_size() + 2 * TENSOR_OVERHEAD_BYTES
+
+
+# N:M layout --------------------------------------------------------------------------------------
+
+def nm_index_bits(m: int) -> int:
+    """Bits of one in-group position: ceil(log2 M) (one bit for M = 2)."""
+    return max(1, (m - 1).bit_length())
+
+
+def _nm_bytes(numel: int, n: int, m: int, item: int) -> int:
+    """Stored bytes of the plain N:M layout (as `_stored_bytes` counts them)."""
+    kept = numel // m * n
+    return kept * item + (kept * nm_index_bits(m) + 7) // 8 + 2 * TENSOR_OVERHEAD_BYTES
+
+
+def _group_axes(ndim: int) -> tuple[int, ...]:
+    """Axes of a tensor in group order: (0, 2, ..., ndim - 1, 1), the input axis last."""
+    return (0, *range(2, ndim), 1)
+
+
+def nm_groups(tensor: torch.Tensor, m: int) -> torch.Tensor:
+    """`tensor` (at least 2-D, shape[1] divisible by `m`) as [numel // m, m]: its groups of M consecutive
+    elements along dim 1 (input channels/features), in group order (the output axis outermost, then
+    the kernel positions, then the groups along the input axis). A 2-D [out, in] weight is split row by
+    row; a conv weight [out, in, kh, kw] is read as [out, kh, kw, in], the channels-last order of the
+    reduction dimension that N:M sparse kernels (sparse tensor cores through cuSPARSELt, NVIDIA's ASP)
+    group."""
+    if tensor.dim() < 2 or m < 1 or tensor.shape[1] % m:
+        raise CheckpointError(f"a tensor of shape {list(tensor.shape)} does not split into groups of {m} along dim 1")
+    return tensor.permute(_group_axes(tensor.dim())).reshape(-1, m)
+
+
+def nm_ungroup(groups: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The inverse of `nm_groups`: [numel // m, m] back to `shape` (contiguous)."""
+    grouped = groups.reshape(shape[0], *shape[2:], shape[1])
+    return grouped.permute(0, len(shape) - 1, *range(1, len(shape) - 1)).contiguous()
+
+
+def nm_pattern(payload: torch.Tensor) -> tuple[int, int] | None:
+    """The (N, M) with M in NM_GROUP_SIZES (dividing shape[1]) and N = the most non-zeros of any group
+    (1 <= N < M) that stores `payload` in the fewest bytes; None when no group size qualifies."""
+    if payload.dim() < 2 or payload.numel() == 0:
+        return None
+    nonzero: np.ndarray | None = None
+    best: tuple[int, tuple[int, int]] | None = None
+    for m in NM_GROUP_SIZES:
+        if payload.shape[1] % m:
+            continue
+        if nonzero is None:
+            nonzero = nm_groups(payload != 0, 1).numpy().reshape(-1)
+        n = int(nonzero.reshape(-1, m).sum(axis=1, dtype=np.int32).max())
+        if not 1 <= n < m:
+            continue
+        size = _nm_bytes(payload.numel(), n, m, payload.element_size())
+        if best is None or size < best[0]:
+            best = size, (n, m)
+    return None if best is None else best[1]
+
+
+def _pack_nm(name: str, payload: torch.Tensor, n: int, m: int) -> dict[str, torch.Tensor]:
+    """`name.values`: the N kept elements of each group (its non-zeros, filled up with its first
+    zeros, as +0.0), `name.indices`: their packed in-group positions; see the module docstring."""
+    carrier = nm_groups(payload.view(_BITS_DTYPES[payload.element_size()]), m).numpy()  # raw bits
+    nonzero = nm_groups(payload != 0, m).numpy()
+    count = nonzero.sum(axis=1, dtype=np.int32)
+    if count.size and int(count.max()) > n:
+        raise CheckpointError(f"{name!r} is not {n}:{m} sparse: a group along dim 1 holds {int(count.max())} non-zeros")
+    # keep the non-zeros and, where a group has fewer than N, its lowest-positioned zeros
+    keep = nonzero | (np.cumsum(~nonzero, axis=1, dtype=np.int32) <= (n - count)[:, None])
+    positions = np.nonzero(keep)[1].astype(np.uint8)  # row-major: groups in order, ascending in each
+    values = np.where(nonzero[keep], carrier[keep], carrier.dtype.type(0))  # a kept zero (or -0.0) -> +0.0
+    values_t = torch.from_numpy(np.ascontiguousarray(values)).view(payload.dtype)
+    return {name + INDICES_SUFFIX: torch.from_numpy(_pack_indices(positions, nm_index_bits(m))),
+            name + VALUES_SUFFIX: values_t}
+
+
+# the indices packed in one byte, for index widths that divide a byte: _INDEX_TABLES[bits][byte]
+_INDEX_TABLES = {
+    bits: (np.arange(256, dtype=np.uint8)[:, None] >> np.arange(0, 8, bits, dtype=np.uint8)) & np.uint8((1 << bits) - 1)
+    for bits in (1, 2, 4, 8)
+}
+_MASK_GROUP_SIZES = (2, 4, 8, 16)  # group masks that pack whole into bytes (the fast decode path)
+
+
+def _pack_indices(positions: np.ndarray, bits: int) -> np.ndarray:
+    """Positions (uint8, each < 2**bits) as a little-bit-order stream of `bits` bits each, zero-padded."""
+    stream = (positions[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
+    return np.packbits(stream.reshape(-1), bitorder="little")
+
+
+def _unpack_indices(key: str, packed: np.ndarray, count: int, bits: int) -> np.ndarray:
+    """The `count` positions of `_pack_indices`; CheckpointError if the padding bits are not zero."""
+    if bits in _INDEX_TABLES:  # whole indices per byte: one table look-up per byte
+        positions = _INDEX_TABLES[bits][packed].reshape(-1)
+        if positions[count:].any():
+            raise CheckpointError(f"stored tensor {key!r}: non-zero padding bits after {count} indices")
+        return positions[:count]
+    stream = np.unpackbits(packed, bitorder="little")
+    if stream[count * bits:].any():
+        raise CheckpointError(f"stored tensor {key!r}: non-zero padding bits after {count} indices")
+    digits = stream[: count * bits].reshape(count, bits)
+    positions = np.zeros(count, dtype=np.uint8)
+    for j in range(bits):
+        positions |= digits[:, j] << np.uint8(j)
+    return positions
 
 
 def _pack_bitmask(name: str, payload: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -415,13 +630,16 @@ def _decode(
         if scale is None:
             return values
         return dequantize(values, _broadcast_scale(name, scale, meta.shape), meta.torch_dtype)
-    index = _unpack_bitmask(name, meta, tensors, used)
+    if codec.layout is Layout.NM:
+        index, marker = _unpack_nm(name, meta, tensors, used), "N:M indices mark {} values"
+    else:
+        index, marker = _unpack_bitmask(name, meta, tensors, used), "bitmask marks {} non-zeros"
     if codec.entropy:
         bits = entropy.decode(values_key, values.numpy(), index.size, _np_bits(item))
         values = torch.from_numpy(_writable(bits)).view(item)
     elif values.dim() != 1 or values.numel() != index.size:
         raise CheckpointError(
-            f"{name!r}: bitmask marks {index.size} non-zeros, {values.numel()} stored (shape {list(values.shape)})"
+            f"{name!r}: {marker.format(index.size)}, {values.numel()} stored (shape {list(values.shape)})"
         )
     if scale is not None:
         # dequantize only the non-zeros: one multiply per stored value instead of one per element
@@ -434,6 +652,9 @@ def _decode(
     bits = _bits(values)
     out = np.zeros(meta.numel, dtype=bits.dtype)  # calloc: the kernel hands out zeroed pages, no memset
     out[index] = bits  # numpy's fancy-index put beats torch's boolean index_put by ~2x here
+    if codec.layout is Layout.NM and meta.numel > meta.shape[0] * meta.shape[1]:  # a kernel axis: from group
+        shape = meta.shape  # order [out, *kernel, in] back to [out, in, *kernel]
+        out = np.ascontiguousarray(np.moveaxis(out.reshape(shape[0], *shape[2:], shape[1]), -1, 1))
     return torch.from_numpy(out).view(meta.torch_dtype).view(meta.shape)
 
 
@@ -453,6 +674,49 @@ def _unpack_bitmask(name: str, meta: TensorMeta, tensors: Mapping[str, torch.Ten
         bits = packed.numpy()
     mask = np.unpackbits(bits, count=n, bitorder="little").view(np.bool_)
     return np.flatnonzero(mask)  # numpy's nonzero is fastest on a bool array
+
+
+def _unpack_nm(name: str, meta: TensorMeta, tensors: Mapping[str, torch.Tensor], used: set[str]) -> np.ndarray:
+    """Flat positions in the tensor's group order (see `nm_groups`) of the stored values, from the packed
+    (or zstd-coded packed) in-group indices, each checked to be < M and ascending within its group."""
+    n, m = check_nm_layout(meta.shape, meta.nm)
+    key = name + INDICES_SUFFIX
+    packed = _take(tensors, key, used)
+    _check_dtype(key, packed, torch.uint8)
+    if packed.dim() != 1:
+        raise CheckpointError(f"{key!r} must be 1-D, has shape {list(packed.shape)}")
+    groups = meta.numel // m
+    bits = nm_index_bits(m)
+    size = (groups * n * bits + 7) // 8
+    if meta.codec.entropy:
+        raw = entropy.decode(key, packed.numpy(), size, np.dtype(np.uint8))
+    elif packed.numel() != size:
+        raise CheckpointError(f"{key!r}: {packed.numel()} bytes of {n}:{m} indices, {size} expected for "
+                              f"shape {list(meta.shape)}")
+    else:
+        raw = packed.numpy()
+    positions = _unpack_indices(key, raw, groups * n, bits).reshape(groups, n)
+    if positions.size and int(positions.max()) >= m:
+        raise CheckpointError(f"{key!r}: an in-group index is {int(positions.max())}, not below M = {m}")
+    if n > 1 and not bool((positions[:, 1:] > positions[:, :-1]).all()):
+        raise CheckpointError(f"{key!r}: the indices of a group must be distinct and ascending")
+    if m in _MASK_GROUP_SIZES:
+        # the groups' masks packed like a bitmask: numpy's flatnonzero of it beats adding group offsets
+        wide = np.uint16 if m == 16 else np.uint8
+        code = np.zeros(groups, dtype=wide)
+        for j in range(n):
+            code |= np.left_shift(wide(1), positions[:, j].astype(wide))
+        if m < 8:
+            per_byte = 8 // m
+            code = np.pad(code, (0, -groups % per_byte)).reshape(-1, per_byte)
+            packed_mask = code[:, 0].copy()
+            for t in range(1, per_byte):
+                packed_mask |= code[:, t] << np.uint8(t * m)
+        else:
+            packed_mask = code.astype("<u2", copy=False).view(np.uint8) if m == 16 else code
+        return np.flatnonzero(np.unpackbits(packed_mask, count=meta.numel, bitorder="little").view(np.bool_))
+    offsets = np.arange(0, groups * m, m, dtype=np.int64)
+    return (positions + offsets[:, None]).reshape(-1)
 
 
 def _np_bits(dtype: torch.dtype) -> np.dtype:
