@@ -18,6 +18,7 @@ from zoo.compress import (
 from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
 from zoo.compress.config import CompressionConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
+from zoo.compress.nm import GradualNMPruningConfig, NMPruningConfig
 from zoo.compress.sparse_training import SparseTrainingConfig
 from zoo.compress.snap import SnApTrainingConfig
 from zoo.compress.structured import ChannelPruningConfig, HeadPruningConfig
@@ -43,6 +44,10 @@ EXAMPLES: dict[str, CompressionConfig] = {
     "SparseTrainingConfig": SparseTrainingConfig(sparsity=0.95, method="set", distribution="uniform", epochs=3, lr=0.05,
                                                  delta_t=20, drop_fraction=0.5, end_fraction=0.5, keep_dense=("fc",),
                                                  weight_decay=0.0, optimizer="adamw", from_scratch=False),
+    "NMPruningConfig": NMPruningConfig(n=1, m=4, keep_dense=(r"conv1(\..*)?",)),
+    "GradualNMPruningConfig": GradualNMPruningConfig(n=2, m=8, epochs=3, lr=0.01, begin_fraction=0.1, end_fraction=0.8,
+                                                     frequency=5, exponent=2.0, keep_dense=("fc",), weight_decay=0.0,
+                                                     optimizer="adamw"),
     "SnApTrainingConfig": SnApTrainingConfig(n=2, lr=3e-3, epochs=2, update_every=4, optimizer="sgd"),
 }
 
