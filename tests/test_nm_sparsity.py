@@ -38,6 +38,7 @@ from zoo.compress.nm import (
 from zoo.compress.quantization import dequantize_per_channel, quantize_per_channel
 from zoo.compress.recipe import Recipe, RecipeContext
 from zoo.errors import CheckpointError, InvalidArgumentError, RecipeError
+from zoo.variants import VariantSpec
 
 CONFIG = {"name": "nm-test", "base_model": "net", "arch": "test_resnet", "model_kwargs": {"num_classes": 10},
           "recipe": None}
@@ -471,3 +472,49 @@ def test_older_readers_are_not_handed_an_n_m_file(tmp_path: Path) -> None:
     folder = save_checkpoint(tmp_path / "nm", {**sd, "w": nm_tensor((64, 64), 2, 4)}, config=CONFIG,
                              entropy_coding=False)
     assert read_config(folder)["format_version"] == 3
+
+
+def test_nm_variant_names_parse_back_and_build_their_recipe() -> None:
+    from zoo.variants import parse_variant_name, resolve
+
+    base = "test_resnet.zoo_digits"
+    assert parse_variant_name(f"{base}_nm24") == (base, {"method": "gmp", "nm": (2, 4)})
+    assert parse_variant_name(f"{base}_osnm14_int8") == (base, {"method": "oneshot", "nm": (1, 4), "quant": "int8"})
+    spec = resolve(f"{base}_nm24")
+    assert spec.name == f"{base}_nm24" and spec.sparsity == 0.5 and not spec.is_base
+    (step,) = spec.recipe().steps
+    entry = spec.base
+    assert step == GradualNMPruningConfig(n=2, m=4, epochs=max(1, round(entry.train.epochs / 2)), lr=entry.train.lr,
+                                          keep_dense=entry.keep_dense, weight_decay=entry.train.weight_decay,
+                                          optimizer=entry.train.optimizer)
+    spec = resolve(f"{base}_osnm14_int8")
+    assert spec.sparsity == 0.75 and spec.sparse_parent.name == f"{base}_osnm14"
+    assert [type(s).__name__ for s in spec.recipe().steps] == ["NMPruningConfig", "Int8PTQConfig"]
+    assert resolve(f"{base}_osnm28").recipe().steps == (NMPruningConfig(n=2, m=8, keep_dense=entry.keep_dense),)
+    with pytest.raises(InvalidArgumentError, match="N:M applies to magnitude pruning"):
+        VariantSpec(entry, method="rigl", nm=(2, 4))
+    with pytest.raises(InvalidArgumentError, match="not 0.9"):
+        VariantSpec(entry, sparsity=0.9, nm=(2, 4))
+    with pytest.raises(InvalidArgumentError, match="1 <= n < m <= 9"):
+        VariantSpec(entry, nm=(4, 4))
+
+
+@pytest.mark.slow
+def test_zoo_load_derives_a_2_4_variant_that_saves_and_loads_packed(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import zoo
+    from tiny_zoo import one_torch_thread, store_with_base
+    from zoo.compress.nm import is_nm
+
+    name = "test_resnet.zoo_digits_nm24"
+    with one_torch_thread():
+        store = store_with_base(tmp_path_factory, tmp_path_factory.mktemp("nm"))
+        model = zoo.load(name, store=store, progress=False)
+        again = zoo.load(name, store=store, progress=False)
+    assert model.zoo.source == "derived" and again.zoo.source == "cache"
+    from zoo.compress.pruning import prunable_weights
+
+    weights = prunable_weights(again, zoo.resolve(name).base.keep_dense)
+    assert weights and all(is_nm(w, 2, 4) for w in weights.values())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    (folder,) = store.cached_entries(name)
+    assert read_config(folder)["format_version"] == 3  # stored as N:M groups, not bitmasks

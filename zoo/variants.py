@@ -8,7 +8,8 @@ Structured pruning, fine-tuned: `..._ch50` (50 % of every layer's channels remov
 of the attention heads and FFN neurons removed); the number is then the fraction of structures removed.
 Sparse training from scratch (`zoo.compress.sparse_training`): `..._rigl90`, `..._set90`, `..._static90`
 with the ERK distribution over layers, `uni` or `er` after the number for the others (`_rigl90uni`), and
-`x<k>` for k times the base's training steps (`_rigl90x2`, `_set95erx3`). Online training of a GRU's
+`x<k>` for k times the base's training steps (`_rigl90x2`, `_set95erx3`). N:M sparsity (`zoo.compress.nm`: n of every m consecutive input channels kept):
+`..._nm24` (2:4, gradual, fine-tuned), `..._osnm14` (1:4, one-shot); n and m single digits. Online training of a GRU's
 recurrent matrix by SnAp-n after pruning (`zoo.compress.snap`, families with an online GRU hook:
 WaveRNN): `..._gmp90_snap2`, `..._snap1`.
 """
@@ -38,7 +39,8 @@ _DISTRIBUTION_CODES = {"er": "er", "uniform": "uni"}  # ERK, the default, goes u
 STRUCTURED_STEPS = 3  # pruning steps of the default structured recipes (zoo.compress.structured)
 _SUFFIX_RE = re.compile(
     r"(?P<base>[a-z0-9_]+\.[a-z0-9_]+?)"
-    r"(?:_(?P<method>gmp|os|ch|hd|rigl|set|static)(?P<pct>\d+(?:p\d+)?)(?P<dist>uni|er)?(?:x(?P<budget>[2-9]|[1-9]\d+))?)?"
+    r"(?:_(?P<method>gmp|os|ch|hd|rigl|set|static)(?P<pct>\d+(?:p\d+)?)(?P<dist>uni|er)?(?:x(?P<budget>[2-9]|[1-9]\d+))?"
+    r"|_(?P<nmos>os)?nm(?P<n>[1-9])(?P<m>[2-9]))?"
     r"(?:_snap(?P<snap>[12]))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
 )
 GMP_FINETUNE_EPOCH_FRACTION = 0.5
@@ -68,7 +70,8 @@ class VariantSpec:
     """What to load: a base entry and the compression applied to it (none for the base itself).
     `distribution` (ERK by default) and `budget` (training steps, in multiples of the base's) apply
     to the sparse training methods only; `snap` (1 or 2) adds online SnAp-n training of the GRU's
-    recurrent matrix after the pruning step."""
+    recurrent matrix after the pruning step. `nm` = (n, m) makes magnitude pruning ("gmp" or "oneshot")
+    keep n of every m weights; its sparsity, 1 - n/m, is filled in when not given."""
 
     base: ModelEntry
     sparsity: float = 0.0
@@ -78,8 +81,11 @@ class VariantSpec:
     distribution: str = DEFAULT_DISTRIBUTION
     budget: int = 1
     snap: int | None = None
+    nm: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.nm is not None:
+            self._check_nm()
         check_sparsity(self.sparsity)
         check_quant(self.quant)
         if self.method not in METHODS:
@@ -105,6 +111,19 @@ class VariantSpec:
                 "use method='oneshot'"
             )
 
+    def _check_nm(self) -> None:
+        nm = self.nm
+        if (not isinstance(nm, tuple) or len(nm) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in nm)
+                or not 1 <= nm[0] < nm[1] <= 9):
+            raise InvalidArgumentError(f"nm must be (n, m) with 1 <= n < m <= 9 (one digit each in a name), got {nm!r}")
+        if self.method not in ("gmp", "oneshot"):
+            raise InvalidArgumentError(f"N:M applies to magnitude pruning (gmp, oneshot), not {self.method!r}")
+        implied = 1.0 - nm[0] / nm[1]
+        if self.sparsity == 0.0:
+            object.__setattr__(self, "sparsity", implied)
+        elif abs(self.sparsity - implied) > 1e-12:
+            raise InvalidArgumentError(f"{nm[0]}:{nm[1]} is {implied:.4g} sparse, not {self.sparsity}")
+
     @property
     def is_base(self) -> bool:
         return self.sparsity == 0.0 and self.quant is None and self.snap is None and self.custom_recipe is None
@@ -112,7 +131,9 @@ class VariantSpec:
     @property
     def name(self) -> str:
         parts = [self.base.name]
-        if self.sparsity > 0:
+        if self.nm is not None:
+            parts.append(f"{'os' if self.method == 'oneshot' else ''}nm{self.nm[0]}{self.nm[1]}")
+        elif self.sparsity > 0:
             budget = f"x{self.budget}" if self.budget > 1 else ""
             parts.append(f"{_METHOD_CODES[self.method]}{_percent(self.sparsity)}"
                          f"{_DISTRIBUTION_CODES.get(self.distribution, '')}{budget}")
@@ -131,7 +152,7 @@ class VariantSpec:
         weights as running the whole recipe, without pruning and fine-tuning a second time."""
         if self.custom_recipe is None and (self.sparsity > 0 or self.snap) and self.quant is not None:
             return VariantSpec(self.base, sparsity=self.sparsity, method=self.method,
-                               distribution=self.distribution, budget=self.budget, snap=self.snap)
+                               distribution=self.distribution, budget=self.budget, snap=self.snap, nm=self.nm)
         return None
 
     @property
@@ -144,12 +165,12 @@ class VariantSpec:
         if self.custom_recipe is not None:
             return self.custom_recipe
         return default_recipe(self.base, self.sparsity, self.quant, self.method, options,
-                              distribution=self.distribution, budget=self.budget, snap=self.snap)
+                              distribution=self.distribution, budget=self.budget, snap=self.snap, nm=self.nm)
 
 
 def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method: str,
                    options: TrainOptions | None = None, *, distribution: str = DEFAULT_DISTRIBUTION,
-                   budget: int = 1, snap: int | None = None) -> Recipe:
+                   budget: int = 1, snap: int | None = None, nm: tuple[int, int] | None = None) -> Recipe:
     """The zoo's default: gradual pruning (per layer, cubic schedule, `entry.keep_dense` modules left
     dense) fine-tuned for half the base's epochs (or `options.finetune_epochs`) at the base's peak
     learning rate, or one-shot global pruning; then int8 PTQ. Pruning removes single weights by
@@ -167,7 +188,9 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
         raise InvalidArgumentError(f"unknown pruning method {method!r}; supported: {', '.join(METHODS)}")
     finetune_epochs = (options or TrainOptions()).finetune_epochs
     steps = []
-    if sparsity > 0 and method == "gmp":
+    if nm is not None:
+        steps.append(_nm_step(entry, nm, method, finetune_epochs))
+    elif sparsity > 0 and method == "gmp":
         if entry.train is None:
             raise InvalidArgumentError(f"{entry.name} has no training data here: use method='oneshot'")
         if finetune_epochs is None:
@@ -231,6 +254,24 @@ def _sparse_training_step(entry: ModelEntry, sparsity: float, method: str, distr
     )
 
 
+def _nm_step(entry: ModelEntry, nm: tuple[int, int], method: str, finetune_epochs: int | None):
+    """The default N:M step: one-shot, or gradual by sparse structure decay fine-tuned as gradual
+    magnitude pruning is (half the base's epochs at its peak learning rate and optimizer); the entry's
+    `keep_dense` layers stay dense (a layer whose input channels do not split into groups of m is
+    refused by name: add it to a custom recipe's keep_dense)."""
+    from zoo.compress.nm import GradualNMPruningConfig, NMPruningConfig
+
+    n, m = nm
+    if method == "oneshot":
+        return NMPruningConfig(n=n, m=m, keep_dense=entry.keep_dense)
+    if entry.train is None:
+        raise InvalidArgumentError(f"{entry.name} has no training data here: use the one-shot _osnm{n}{m}")
+    if finetune_epochs is None:
+        finetune_epochs = max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION))
+    return GradualNMPruningConfig(n=n, m=m, epochs=finetune_epochs, lr=entry.train.lr, keep_dense=entry.keep_dense,
+                                  weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer)
+
+
 def _snap_step(entry: ModelEntry, n: int, options: TrainOptions | None):
     """The default SnAp step: one epoch of the entry's training data, fully online (weights updated at
     every step), Adam at 1e-3 (the rate bench_snap.py's character-level runs favoured for Adam, an order
@@ -254,6 +295,9 @@ def parse_variant_name(name: str) -> tuple[str, dict]:
     if not match or match["hash"]:
         return name, {}
     kwargs: dict = {}
+    if match["n"]:
+        kwargs["method"] = "oneshot" if match["nmos"] else "gmp"
+        kwargs["nm"] = (int(match["n"]), int(match["m"]))
     if match["method"]:
         kwargs["method"] = {v: k for k, v in _METHOD_CODES.items()}[match["method"]]
         kwargs["sparsity"] = float(match["pct"].replace("p", ".")) / 100
