@@ -14,6 +14,7 @@ if TYPE_CHECKING:
         BlockPruningConfig, GradualBlockPruningConfig, apply_block_pruning, apply_gradual_block_pruning,
     )
     from zoo.compress.config import CONFIG_TYPES, CompressionConfig, register_config
+    from zoo.compress.es_masks import ESMaskConfig, apply_es_masks
     from zoo.compress.nm import (
         GradualNMPruningConfig, NMPruningConfig, apply_gradual_nm_pruning, apply_nm_pruning, is_nm, nm_mask,
         nm_masks,
@@ -39,6 +40,7 @@ _MODULES = {
     "zoo.compress.config": ("CONFIG_TYPES", "CompressionConfig", "register_config"),
     "zoo.compress.nm": ("GradualNMPruningConfig", "NMPruningConfig", "apply_gradual_nm_pruning", "apply_nm_pruning",
                         "is_nm", "nm_mask", "nm_masks"),
+    "zoo.compress.es_masks": ("ESMaskConfig", "apply_es_masks"),
     "zoo.compress.pruning": ("GradualMagnitudePruningConfig", "MagnitudePruningConfig",
                              "apply_gradual_magnitude_pruning", "apply_magnitude_pruning", "cubic_sparsity",
                              "magnitude_masks", "prunable_weights"),

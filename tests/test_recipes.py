@@ -17,6 +17,7 @@ from zoo.compress import (
 )
 from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
 from zoo.compress.config import CompressionConfig
+from zoo.compress.es_masks import ESMaskConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
 from zoo.compress.nm import GradualNMPruningConfig, NMPruningConfig
 from zoo.compress.sparse_training import SparseTrainingConfig
@@ -40,6 +41,9 @@ EXAMPLES: dict[str, CompressionConfig] = {
     ),
     "ChannelPruningConfig": ChannelPruningConfig(sparsity=0.5, epochs=4, lr=0.01, steps=3, round_to=4,
                                                  keep=(r"conv1(\..*)?", "fc"), optimizer="adamw"),
+    "ESMaskConfig": ESMaskConfig(sparsity=0.95, epochs=3, lr=0.01, population=16, mask_lr=0.5, mask_optimizer="sgd",
+                                 fixed_fraction=0.2, initial_sparsity=0.1, end_fraction=0.6, scope="global",
+                                 keep_dense=("fc",), weight_decay=0.0, optimizer="adamw", vectorized=False),
     "HeadPruningConfig": HeadPruningConfig(sparsity=0.25, ffn_sparsity=0.5, epochs=2, lr=1e-3, steps=2, round_to=16),
     "SparseTrainingConfig": SparseTrainingConfig(sparsity=0.95, method="set", distribution="uniform", epochs=3, lr=0.05,
                                                  delta_t=20, drop_fraction=0.5, end_fraction=0.5, keep_dense=("fc",),
