@@ -255,3 +255,33 @@ def test_es_masks_find_a_planted_support_that_random_masks_miss(seed: int, monke
         samples, probs, losses[torch.randperm(losses.numel(), generator=shuffle)]))
     _, blind = _fit_es(seed, batches)
     assert int((blind[""] & support).sum()) <= 4, "without the fitness signal the support is not found"
+
+
+def test_es_variant_names_parse_back_and_build_their_recipe() -> None:
+    from zoo.variants import parse_variant_name, resolve
+
+    base = "test_resnet.zoo_digits"
+    assert parse_variant_name(f"{base}_es90_int8") == (base, {"method": "es", "sparsity": 0.9, "quant": "int8"})
+    spec = resolve(base, sparsity=0.95, method="es")
+    assert spec.name == f"{base}_es95" and resolve(spec.name) == spec
+    (step,) = spec.recipe().steps
+    entry = spec.base
+    assert step == ESMaskConfig(sparsity=0.95, epochs=max(1, round(entry.train.epochs / 2)), lr=entry.train.lr,
+                                population=8, keep_dense=entry.keep_dense, weight_decay=entry.train.weight_decay,
+                                optimizer=entry.train.optimizer, vectorized=False)
+
+
+@pytest.mark.slow
+def test_zoo_load_derives_an_es_variant_of_a_batchnorm_cnn(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import zoo
+    from tiny_zoo import one_torch_thread, store_with_base
+    from zoo.compress.pruning import prunable_weights
+
+    name = "test_resnet.zoo_digits_es90"
+    with one_torch_thread():
+        store = store_with_base(tmp_path_factory, tmp_path_factory.mktemp("es"))
+        model = zoo.load(name, store=store, progress=False)
+    weights = prunable_weights(model, zoo.resolve(name).base.keep_dense)
+    for w in weights.values():  # each layer at exactly its count (scope "layer")
+        assert int((w == 0).sum()) >= int(0.9 * w.numel())
+    assert model.zoo.report.metrics  # measured

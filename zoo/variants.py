@@ -8,7 +8,8 @@ Structured pruning, fine-tuned: `..._ch50` (50 % of every layer's channels remov
 of the attention heads and FFN neurons removed); the number is then the fraction of structures removed.
 Sparse training from scratch (`zoo.compress.sparse_training`): `..._rigl90`, `..._set90`, `..._static90`
 with the ERK distribution over layers, `uni` or `er` after the number for the others (`_rigl90uni`), and
-`x<k>` for k times the base's training steps (`_rigl90x2`, `_set95erx3`). N:M sparsity (`zoo.compress.nm`: n of every m consecutive input channels kept):
+`x<k>` for k times the base's training steps (`_rigl90x2`, `_set95erx3`). ES masks (`zoo.compress.es_masks`, Lenc et al.): `..._es90`, fine-tuned from the base.
+N:M sparsity (`zoo.compress.nm`: n of every m consecutive input channels kept):
 `..._nm24` (2:4, gradual, fine-tuned), `..._osnm14` (1:4, one-shot); n and m single digits. Online training of a GRU's
 recurrent matrix by SnAp-n after pruning (`zoo.compress.snap`, families with an online GRU hook:
 WaveRNN): `..._gmp90_snap2`, `..._snap1`.
@@ -29,17 +30,17 @@ if TYPE_CHECKING:  # the recipe modules import torch: loaded when a recipe is fi
     from zoo.compress.recipe import Recipe
 
 SPARSE_TRAINING_METHODS = ("rigl", "set", "static")
-METHODS = ("gmp", "oneshot", "channels", "heads", *SPARSE_TRAINING_METHODS)
-_METHOD_CODES = {"gmp": "gmp", "oneshot": "os", "channels": "ch", "heads": "hd",
+METHODS = ("gmp", "oneshot", "channels", "heads", "es", *SPARSE_TRAINING_METHODS)
+_METHOD_CODES = {"gmp": "gmp", "oneshot": "os", "channels": "ch", "heads": "hd", "es": "es",
                  **{m: m for m in SPARSE_TRAINING_METHODS}}
-FINETUNED_METHODS = ("gmp", "channels", "heads", *SPARSE_TRAINING_METHODS)  # need the entry's training data
+FINETUNED_METHODS = ("gmp", "channels", "heads", "es", *SPARSE_TRAINING_METHODS)  # need the entry's training data
 DISTRIBUTIONS = ("erk", "er", "uniform")  # zoo.compress.distributions' (a test checks they agree)
 DEFAULT_DISTRIBUTION = "erk"
 _DISTRIBUTION_CODES = {"er": "er", "uniform": "uni"}  # ERK, the default, goes unnamed
 STRUCTURED_STEPS = 3  # pruning steps of the default structured recipes (zoo.compress.structured)
 _SUFFIX_RE = re.compile(
     r"(?P<base>[a-z0-9_]+\.[a-z0-9_]+?)"
-    r"(?:_(?P<method>gmp|os|ch|hd|rigl|set|static)(?P<pct>\d+(?:p\d+)?)(?P<dist>uni|er)?(?:x(?P<budget>[2-9]|[1-9]\d+))?"
+    r"(?:_(?P<method>gmp|os|ch|hd|es|rigl|set|static)(?P<pct>\d+(?:p\d+)?)(?P<dist>uni|er)?(?:x(?P<budget>[2-9]|[1-9]\d+))?"
     r"|_(?P<nmos>os)?nm(?P<n>[1-9])(?P<m>[2-9]))?"
     r"(?:_snap(?P<snap>[12]))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
 )
@@ -203,6 +204,8 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
             steps.append(GradualBlockPruningConfig(final_sparsity=sparsity, block=entry.prune_block, **schedule))
     elif sparsity > 0 and method in ("channels", "heads"):
         steps.append(_structured_step(entry, sparsity, method, finetune_epochs))
+    elif sparsity > 0 and method == "es":
+        steps.append(_es_step(entry, sparsity, finetune_epochs))
     elif sparsity > 0 and method in SPARSE_TRAINING_METHODS:
         steps.append(_sparse_training_step(entry, sparsity, method, distribution, budget, options))
     elif sparsity > 0:  # method == "oneshot"
@@ -252,6 +255,23 @@ def _sparse_training_step(entry: ModelEntry, sparsity: float, method: str, distr
         delta_t=None, drop_fraction=0.3, end_fraction=0.75, keep_dense=entry.keep_dense,
         weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer, from_scratch=True,
     )
+
+
+def _es_step(entry: ModelEntry, sparsity: float, finetune_epochs: int | None):
+    """The default ES-mask step: fine-tuning from the trained base as gradual magnitude pruning does
+    (half the base's epochs at its peak learning rate and optimizer, `entry.keep_dense` dense), a
+    population of 8 masks per step, each layer at `sparsity`; the sampled masks are evaluated one call
+    each (`vectorized=False`: batch norm in training mode cannot be vmapped, and the default recipe is
+    chosen without looking at the model)."""
+    from zoo.compress.es_masks import ESMaskConfig
+
+    if entry.train is None:
+        raise InvalidArgumentError(f"{entry.name} has no training data here to train ES masks on")
+    if finetune_epochs is None:
+        finetune_epochs = max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION))
+    return ESMaskConfig(sparsity=sparsity, epochs=finetune_epochs, lr=entry.train.lr, population=8, scope="layer",
+                        keep_dense=entry.keep_dense, weight_decay=entry.train.weight_decay,
+                        optimizer=entry.train.optimizer, vectorized=False)
 
 
 def _nm_step(entry: ModelEntry, nm: tuple[int, int], method: str, finetune_epochs: int | None):
