@@ -42,6 +42,12 @@ Gradients of inactive weights are zeroed before every optimizer step and the mas
 it, so the inactive weights and their optimizer state stay at zero and each layer's active count is
 constant. Biases, norms and the `keep_dense` layers are trained dense.
 
+**N:M.** With `nm=(n, m)` every sparse layer keeps exactly n of each group of m consecutive input
+channels (`zoo.compress.nm`) from the random start to the end: the random start draws n per group, and
+an update drops the layer's n_drop smallest active weights as above, then regrows, in each group, as
+many as it lost, at the group's free positions of largest |gradient| (SET: at random). The sparsity is
+then 1 - n/m and the distribution uniform (layers that cannot be grouped go in `keep_dense`).
+
 **Suggested hyperparameters.** The paper's: drop_fraction 0.3, delta_t 100, end_fraction 0.75, ERK; RigL
 gains from longer training (2-5x the dense run's steps). delta_t must leave at least one update before
 T_end (refused otherwise: it would be static training under another name); on small data sets lower it.
@@ -64,6 +70,8 @@ from zoo.compress.config import (
     CompressionConfig, check_choice, check_fraction, check_patterns, check_positive, register_config,
 )
 from zoo.compress.distributions import DISTRIBUTIONS, active_counts, layer_densities
+from zoo.compress.formats import nm_groups, nm_ungroup
+from zoo.compress.nm import check_groupable, check_nm, nm_mask
 from zoo.compress.pruning import OPTIMIZERS, Masks, apply_masks, prunable_weights
 from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
@@ -99,6 +107,14 @@ def update_steps(total_steps: int, *, delta_t: int, end_fraction: float) -> rang
     return range(delta_t, math.floor(end_fraction * total_steps) + 1, delta_t)
 
 
+def random_nm_masks(weights: dict[str, torch.Tensor], n: int, m: int, generator: torch.Generator) -> Masks:
+    """Boolean keep-masks keeping `n` positions of every group of `m` (`zoo.compress.nm`), drawn
+    uniformly at random (layer after layer, from `generator`)."""
+    check_groupable(weights, n, m)
+    return {name: nm_mask(weight, n, m, score=torch.rand(weight.shape, generator=generator).to(weight.device))
+            for name, weight in weights.items()}
+
+
 def random_masks(weights: dict[str, torch.Tensor], counts: dict[str, int], generator: torch.Generator) -> Masks:
     """Boolean keep-masks with exactly `counts[name]` active positions in each tensor, drawn uniformly
     at random (layer after layer, from `generator`)."""
@@ -131,6 +147,28 @@ def drop_and_grow(weight: torch.Tensor, mask: torch.Tensor, grow_scores: torch.T
     return new.reshape(mask.shape), (new & ~flat_mask).reshape(mask.shape)
 
 
+def drop_and_grow_nm(weight: torch.Tensor, mask: torch.Tensor, grow_scores: torch.Tensor, n_drop: int, m: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`drop_and_grow` keeping an N:M mask N:M: the `n_drop` active weights of smallest |w| are dropped
+    as there, and each group of `m` (`zoo.compress.nm`) regrows as many as it lost, at its positions not
+    kept with the largest `grow_scores` (ties: lower position first)."""
+    flat_mask = mask.reshape(-1)
+    active = int(flat_mask.sum())
+    if not 0 <= n_drop <= active:
+        raise InvalidArgumentError(f"cannot drop {n_drop} of {active} active weights")
+    magnitude = torch.where(flat_mask, weight.detach().reshape(-1).abs().float(), -1.0)
+    kept = torch.zeros_like(flat_mask)
+    kept[torch.argsort(magnitude, descending=True, stable=True)[: active - n_drop]] = True
+    kept_groups, old_groups = nm_groups(kept.reshape(mask.shape), m), nm_groups(mask, m)
+    lost = old_groups.sum(1) - kept_groups.sum(1)  # per group
+    scores = torch.where(kept_groups, -math.inf, nm_groups(grow_scores.detach().float().to(mask.device), m))
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=order.device).expand_as(order))
+    new_groups = kept_groups | (rank < lost[:, None])
+    new = nm_ungroup(new_groups, tuple(mask.shape))
+    return new, new & ~mask
+
+
 def reset_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, positions: torch.Tensor) -> None:
     """Zeroes, at `positions`, every per-element state the optimizer keeps for `param` (SGD's momentum
     buffer, Adam's first and second moments): the state tensors of the parameter's shape."""
@@ -154,12 +192,13 @@ class SparseTopology:
     gradients) and `after_step` (updates the masks at update steps, then re-applies them)."""
 
     def __init__(self, weights: dict[str, nn.Parameter], masks: Masks, *, method: str, total_steps: int,
-                 delta_t: int, drop_fraction: float, end_fraction: float, generator: torch.Generator) -> None:
+                 delta_t: int, drop_fraction: float, end_fraction: float, generator: torch.Generator,
+                 nm: tuple[int, int] | None = None) -> None:
         check_choice("method", method, METHODS)
         if set(weights) != set(masks):
             raise InvalidArgumentError("weights and masks must name the same layers")
         self.weights, self.masks = weights, dict(masks)
-        self.method, self.drop_fraction, self.generator = method, drop_fraction, generator
+        self.method, self.drop_fraction, self.generator, self.nm = method, drop_fraction, generator, nm
         self.end_step = math.floor(end_fraction * total_steps)
         self.schedule = update_steps(total_steps, delta_t=delta_t, end_fraction=end_fraction)
         if method != "static" and not self.schedule:
@@ -202,7 +241,10 @@ class SparseTopology:
                 scores = self._grow_scores[name]
             else:
                 scores = torch.rand(weight.shape, generator=self.generator)
-            self.masks[name], grown = drop_and_grow(weight, mask, scores, n_drop)
+            if self.nm is None:
+                self.masks[name], grown = drop_and_grow(weight, mask, scores, n_drop)
+            else:
+                self.masks[name], grown = drop_and_grow_nm(weight, mask, scores, n_drop, self.nm[1])
             with torch.no_grad():
                 weight.masked_fill_(grown, 0.0)
             reset_optimizer_state(self._optimizer, weight, grown)
@@ -274,6 +316,7 @@ def apply_sparse_training(
     weight_decay: float = 5e-4,
     optimizer: str = "sgd",
     from_scratch: bool = True,
+    nm: tuple[int, int] | None = None,
 ) -> Masks:
     """Trains `model` in place for `epochs` with a sparse topology (see the module docstring): re-
     initialized first when `from_scratch`, then masked at random at the `distribution`'s densities for
@@ -282,7 +325,7 @@ def apply_sparse_training(
     config = SparseTrainingConfig(
         sparsity=sparsity, method=method, distribution=distribution, epochs=epochs, lr=lr, delta_t=delta_t,
         drop_fraction=drop_fraction, end_fraction=end_fraction, keep_dense=keep_dense, weight_decay=weight_decay,
-        optimizer=optimizer, from_scratch=from_scratch,
+        optimizer=optimizer, from_scratch=from_scratch, nm=nm,
     )
     context.require("train_batches", "loss_fn", step="sparse training")
     if not sparse_weights(model, config.keep_dense):
@@ -296,13 +339,18 @@ def apply_sparse_training(
     shapes = {name: tuple(w.shape) for name, w in weights.items()}
     counts = active_counts(shapes, layer_densities(shapes, config.sparsity, config.distribution))
     generator = torch.Generator().manual_seed(context.seed)
-    masks = random_masks(weights, counts, generator)
+    if config.nm is None:
+        masks = random_masks(weights, counts, generator)
+    else:  # uniform: the first layer dense, every other layer n:m
+        sparse = {name: w for name, w in weights.items() if counts[name] < w.numel()}
+        masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
+        masks.update(random_nm_masks(sparse, *config.nm, generator))
     apply_masks(weights, masks)
     total_steps = steps_per_epoch(context.train_batches) * config.epochs
     delta_t = config.delta_t or max(1, math.floor(config.end_fraction * total_steps) // AUTO_UPDATES)
     topology = SparseTopology(
         weights, masks, method=config.method, total_steps=total_steps, delta_t=delta_t, drop_fraction=config.drop_fraction, end_fraction=config.end_fraction,
-        generator=generator,
+        generator=generator, nm=config.nm,
     )
     train(model, context.train_batches, context.loss_fn, epochs=config.epochs, lr=config.lr,
           weight_decay=config.weight_decay, optimizer=config.optimizer, before_step=topology.before_step,
@@ -317,7 +365,8 @@ class SparseTrainingConfig(CompressionConfig):
     """Sparse training with a changing topology (RigL, SET) or a fixed one (static), from a random
     sparse start at `sparsity` spread by `distribution`; `from_scratch` re-initializes the weights
     first. Update points are fractions of the training steps, so a recipe fits any data set size;
-    `delta_t` None spreads AUTO_UPDATES topology updates over them."""
+    `delta_t` None spreads AUTO_UPDATES topology updates over them. `nm` = (n, m) keeps every sparse
+    layer n:m throughout (sparsity 1 - n/m, distribution uniform)."""
 
     VERSION = 1
     sparsity: float
@@ -332,9 +381,20 @@ class SparseTrainingConfig(CompressionConfig):
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
     from_scratch: bool = True
+    nm: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
+        if self.nm is not None:
+            if not isinstance(self.nm, tuple) or len(self.nm) != 2:
+                raise RecipeError(f"nm must be (n, m), got {self.nm!r}")
+            try:
+                n, m = check_nm(*self.nm)
+            except InvalidArgumentError as err:
+                raise RecipeError(str(err)) from None
+            if abs(self.sparsity - (1 - n / m)) > 1e-12 or self.distribution != "uniform":
+                raise RecipeError(f"{n}:{m} sparse training is {1 - n / m:.4g} sparse with the uniform distribution; "
+                                  f"got sparsity {self.sparsity}, distribution {self.distribution!r}")
         check_fraction("sparsity", self.sparsity)
         check_choice("distribution", self.distribution, DISTRIBUTIONS)
         check_positive("epochs", self.epochs, integer=True)

@@ -492,7 +492,7 @@ def test_nm_variant_names_parse_back_and_build_their_recipe() -> None:
     assert [type(s).__name__ for s in spec.recipe().steps] == ["NMPruningConfig", "Int8PTQConfig"]
     assert resolve(f"{base}_osnm28").recipe().steps == (NMPruningConfig(n=2, m=8, keep_dense=entry.keep_dense),)
     with pytest.raises(InvalidArgumentError, match="N:M applies to magnitude pruning"):
-        VariantSpec(entry, method="rigl", nm=(2, 4))
+        VariantSpec(entry, method="es", nm=(2, 4))
     with pytest.raises(InvalidArgumentError, match="not 0.9"):
         VariantSpec(entry, sparsity=0.9, nm=(2, 4))
     with pytest.raises(InvalidArgumentError, match="1 <= n < m <= 9"):
@@ -518,3 +518,18 @@ def test_zoo_load_derives_a_2_4_variant_that_saves_and_loads_packed(tmp_path_fac
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     (folder,) = store.cached_entries(name)
     assert read_config(folder)["format_version"] == 3  # stored as N:M groups, not bitmasks
+
+
+def test_nm_sparse_training_variant_names() -> None:
+    from zoo.compress.sparse_training import SparseTrainingConfig
+    from zoo.variants import parse_variant_name, resolve
+
+    base = "test_resnet.zoo_digits"
+    assert parse_variant_name(f"{base}_riglnm24") == (base, {"method": "rigl", "nm": (2, 4)})
+    spec = resolve(f"{base}_setnm14_int8")
+    assert spec.name == f"{base}_setnm14_int8" and spec.sparsity == 0.75 and spec.distribution == "uniform"
+    step = spec.recipe().steps[0]
+    assert isinstance(step, SparseTrainingConfig) and step.nm == (1, 4) and step.method == "set"
+    assert step.distribution == "uniform" and step.sparsity == 0.75
+    with pytest.raises(InvalidArgumentError, match="no distribution or budget"):
+        VariantSpec(resolve(base).base, method="rigl", nm=(2, 4), distribution="er")

@@ -490,3 +490,62 @@ def test_delta_t_none_spreads_the_automatic_number_of_updates(monkeypatch: pytes
     end = math.floor(0.75 * 160)  # 16 batches x 10 epochs
     delta_t = end // sparse_training.AUTO_UPDATES
     assert calls == list(range(delta_t, end + 1, delta_t)) and len(calls) == sparse_training.AUTO_UPDATES
+
+
+# N:M sparse training ------------------------------------------------------------------------------
+
+def test_nm_drop_and_grow_regrows_each_group_what_it_lost_at_its_largest_gradients() -> None:
+    from zoo.compress.sparse_training import drop_and_grow_nm
+
+    weight = torch.tensor([[5.0, 0.0, 1.0, 0.0, 0.0, 4.0, 0.0, 3.0]])
+    mask = weight != 0  # 2:4 in both groups
+    grads = torch.tensor([[0.0, 9.0, 0.0, 1.0, 7.0, 0.0, 2.0, 0.0]])
+    new, grown = drop_and_grow_nm(weight, mask, grads, n_drop=2, m=4)
+    # dropped: 1.0 (group 0) and 3.0 (group 1); group 0 regrows position 1 (grad 9) -- not position 2
+    # (just dropped, grad 0) -- and group 1 position 4 (grad 7)
+    assert new.tolist() == [[True, True, False, False, True, True, False, False]]
+    assert grown.tolist() == [[False, True, False, False, True, False, False, False]]
+
+
+def test_nm_drop_and_grow_keeps_nm_and_the_count_on_random_tensors() -> None:
+    from zoo.compress.nm import is_nm, nm_mask
+    from zoo.compress.sparse_training import drop_and_grow_nm
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((8, 16), (4, 8, 3, 3)):
+        weight = torch.randn(shape, generator=g)
+        mask = nm_mask(weight, 2, 4)
+        weight = weight * mask
+        for n_drop in (0, 1, 7, int(mask.sum())):
+            new, grown = drop_and_grow_nm(weight, mask, torch.rand(shape, generator=g), n_drop, 4)
+            assert int(new.sum()) == int(mask.sum()) and is_nm(new.float(), 2, 4)
+            assert not (grown & mask).any()
+
+
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_nm_sparse_training_stays_nm_and_learns(method: str) -> None:
+    from zoo.compress.nm import is_nm
+
+    batches, loss_fn = task(n_batches=8)
+    model = mlp()
+    context = RecipeContext(train_batches=batches, loss_fn=loss_fn, progress=False, seed=3)
+    initial = sum(loss_fn(model, b).item() for b in batches(0)) / 8
+    masks = apply_sparse_training(model, context, sparsity=0.5, method=method, distribution="uniform", nm=(2, 4),
+                                  epochs=10, lr=0.1, delta_t=4, weight_decay=0.0)
+    weights = sparse_weights(model)
+    first, *rest = weights
+    assert masks[first].all()  # uniform: the first layer dense
+    assert all(is_nm(masks[name].float(), 2, 4) and int(masks[name].sum()) * 2 == masks[name].numel() for name in rest)
+    assert all(not weights[name][~masks[name]].any() for name in weights)
+    with torch.no_grad():
+        assert sum(loss_fn(model, b).item() for b in batches(0)) / 8 < 0.8 * initial
+
+
+def test_nm_sparse_training_config_is_checked() -> None:
+    assert SparseTrainingConfig(sparsity=0.75, distribution="uniform", nm=(1, 4)).nm == (1, 4)
+    for bad in (dict(sparsity=0.5, nm=(2, 4)), dict(sparsity=0.9, distribution="uniform", nm=(2, 4)),
+                dict(sparsity=0.5, distribution="uniform", nm=(4, 4)), dict(sparsity=0.5, distribution="uniform", nm=2)):
+        with pytest.raises(RecipeError):
+            SparseTrainingConfig(**bad)
+    config = SparseTrainingConfig(sparsity=0.5, distribution="uniform", nm=(2, 4))
+    assert CompressionConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

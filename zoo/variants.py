@@ -10,7 +10,9 @@ Sparse training from scratch (`zoo.compress.sparse_training`): `..._rigl90`, `..
 with the ERK distribution over layers, `uni` or `er` after the number for the others (`_rigl90uni`), and
 `x<k>` for k times the base's training steps (`_rigl90x2`, `_set95erx3`). ES masks (`zoo.compress.es_masks`, Lenc et al.): `..._es90`, fine-tuned from the base.
 N:M sparsity (`zoo.compress.nm`: n of every m consecutive input channels kept):
-`..._nm24` (2:4, gradual, fine-tuned), `..._osnm14` (1:4, one-shot); n and m single digits. Online training of a GRU's
+`..._nm24` (2:4, gradual, fine-tuned), `..._osnm14` (1:4, one-shot), `..._riglnm24` / `_setnm24` /
+`_staticnm24` (sparse training from scratch, every layer but the first 2:4 throughout); n and m single
+digits. Online training of a GRU's
 recurrent matrix by SnAp-n after pruning (`zoo.compress.snap`, families with an online GRU hook:
 WaveRNN): `..._gmp90_snap2`, `..._snap1`.
 """
@@ -41,7 +43,7 @@ STRUCTURED_STEPS = 3  # pruning steps of the default structured recipes (zoo.com
 _SUFFIX_RE = re.compile(
     r"(?P<base>[a-z0-9_]+\.[a-z0-9_]+?)"
     r"(?:_(?P<method>gmp|os|ch|hd|es|rigl|set|static)(?P<pct>\d+(?:p\d+)?)(?P<dist>uni|er)?(?:x(?P<budget>[2-9]|[1-9]\d+))?"
-    r"|_(?P<nmos>os)?nm(?P<n>[1-9])(?P<m>[2-9]))?"
+    r"|_(?P<nmmethod>os|rigl|set|static)?nm(?P<n>[1-9])(?P<m>[2-9]))?"
     r"(?:_snap(?P<snap>[12]))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
 )
 GMP_FINETUNE_EPOCH_FRACTION = 0.5
@@ -72,7 +74,8 @@ class VariantSpec:
     `distribution` (ERK by default) and `budget` (training steps, in multiples of the base's) apply
     to the sparse training methods only; `snap` (1 or 2) adds online SnAp-n training of the GRU's
     recurrent matrix after the pruning step. `nm` = (n, m) makes magnitude pruning ("gmp" or "oneshot")
-    keep n of every m weights; its sparsity, 1 - n/m, is filled in when not given."""
+    or sparse training keep n of every m weights; its sparsity, 1 - n/m, is filled in when not given,
+    and sparse training's distribution is then uniform."""
 
     base: ModelEntry
     sparsity: float = 0.0
@@ -95,7 +98,7 @@ class VariantSpec:
             raise InvalidArgumentError(f"unknown distribution {self.distribution!r}; supported: {', '.join(DISTRIBUTIONS)}")
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
             raise InvalidArgumentError(f"budget must be a positive integer, got {self.budget!r}")
-        if ((self.distribution != DEFAULT_DISTRIBUTION or self.budget != 1)
+        if ((self.distribution != DEFAULT_DISTRIBUTION and self.nm is None or self.budget != 1)
                 and (self.method not in SPARSE_TRAINING_METHODS or self.sparsity == 0)):
             raise InvalidArgumentError("distribution and budget apply to sparse training (rigl, set, static) only")
         if self.snap is not None and (isinstance(self.snap, bool) or self.snap not in SNAP_ORDERS):
@@ -117,8 +120,14 @@ class VariantSpec:
         if (not isinstance(nm, tuple) or len(nm) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in nm)
                 or not 1 <= nm[0] < nm[1] <= 9):
             raise InvalidArgumentError(f"nm must be (n, m) with 1 <= n < m <= 9 (one digit each in a name), got {nm!r}")
-        if self.method not in ("gmp", "oneshot"):
-            raise InvalidArgumentError(f"N:M applies to magnitude pruning (gmp, oneshot), not {self.method!r}")
+        if self.method not in ("gmp", "oneshot", *SPARSE_TRAINING_METHODS):
+            raise InvalidArgumentError(f"N:M applies to magnitude pruning (gmp, oneshot) and sparse training "
+                                       f"({', '.join(SPARSE_TRAINING_METHODS)}), not {self.method!r}")
+        if self.method in SPARSE_TRAINING_METHODS:
+            if self.distribution not in (DEFAULT_DISTRIBUTION, "uniform") or self.budget != 1:
+                raise InvalidArgumentError("N:M sparse training spreads n:m uniformly over the base's steps: "
+                                           "no distribution or budget to choose")
+            object.__setattr__(self, "distribution", "uniform")
         implied = 1.0 - nm[0] / nm[1]
         if self.sparsity == 0.0:
             object.__setattr__(self, "sparsity", implied)
@@ -133,7 +142,8 @@ class VariantSpec:
     def name(self) -> str:
         parts = [self.base.name]
         if self.nm is not None:
-            parts.append(f"{'os' if self.method == 'oneshot' else ''}nm{self.nm[0]}{self.nm[1]}")
+            prefix = {"gmp": "", "oneshot": "os"}.get(self.method, self.method)
+            parts.append(f"{prefix}nm{self.nm[0]}{self.nm[1]}")
         elif self.sparsity > 0:
             budget = f"x{self.budget}" if self.budget > 1 else ""
             parts.append(f"{_METHOD_CODES[self.method]}{_percent(self.sparsity)}"
@@ -189,7 +199,9 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
         raise InvalidArgumentError(f"unknown pruning method {method!r}; supported: {', '.join(METHODS)}")
     finetune_epochs = (options or TrainOptions()).finetune_epochs
     steps = []
-    if nm is not None:
+    if nm is not None and method in SPARSE_TRAINING_METHODS:
+        steps.append(_sparse_training_step(entry, sparsity, method, "uniform", budget, options, nm=nm))
+    elif nm is not None:
         steps.append(_nm_step(entry, nm, method, finetune_epochs))
     elif sparsity > 0 and method == "gmp":
         if entry.train is None:
@@ -240,7 +252,7 @@ def _structured_step(entry: ModelEntry, sparsity: float, method: str, finetune_e
 
 
 def _sparse_training_step(entry: ModelEntry, sparsity: float, method: str, distribution: str, budget: int,
-                          options: TrainOptions | None):
+                          options: TrainOptions | None, nm: tuple[int, int] | None = None):
     """The default sparse training step: the base's own training run (its epochs, or `options.epochs`,
     times `budget`; its learning rate, optimizer and weight decay), sparse from the first step, from a
     fresh initialization; RigL's paper settings (drop fraction 0.3, updates until 75 % of training),
@@ -253,7 +265,7 @@ def _sparse_training_step(entry: ModelEntry, sparsity: float, method: str, distr
     return SparseTrainingConfig(
         sparsity=sparsity, method=method, distribution=distribution, epochs=epochs * budget, lr=entry.train.lr,
         delta_t=None, drop_fraction=0.3, end_fraction=0.75, keep_dense=entry.keep_dense,
-        weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer, from_scratch=True,
+        weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer, from_scratch=True, nm=nm,
     )
 
 
@@ -316,7 +328,7 @@ def parse_variant_name(name: str) -> tuple[str, dict]:
         return name, {}
     kwargs: dict = {}
     if match["n"]:
-        kwargs["method"] = "oneshot" if match["nmos"] else "gmp"
+        kwargs["method"] = {None: "gmp", "os": "oneshot"}.get(match["nmmethod"], match["nmmethod"])
         kwargs["nm"] = (int(match["n"]), int(match["m"]))
     if match["method"]:
         kwargs["method"] = {v: k for k, v in _METHOD_CODES.items()}[match["method"]]
