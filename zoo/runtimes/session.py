@@ -86,7 +86,7 @@ class _OpenVino:
     @property
     def compiled(self) -> Any:
         """The model compiled for the shapes of the latest call (before any call: the graph as exported,
-        dynamic axes kept, compiled now; its layers' precisions are those of a static compilation)."""
+        dynamic axes kept, compiled now: what zoo.runtimes.int8 reads the layers' precisions from)."""
         if self.latest is None:
             return self.core.compile_model(self.model, "CPU", self.config)
         return self.latest
