@@ -1,30 +1,32 @@
 """Latency of a variant in every runtime that runs it, and which int8 path produced its int8 numbers.
 
-Export and session building happen before the timed region; each runtime's output on the example is
-first checked against the torch model's (same seed for any noise the model samples), and a runtime
-whose graph disagrees is not timed: its latency would describe another model. What could not be
-measured, and why, is recorded beside the numbers.
+Export and session building happen before the timed region; each runtime's outputs are first checked
+against the torch model's (zoo.runtimes.agreement: seeded random inputs, real batches where the caller
+has them, a stated tolerance for fp32 and for int8 graphs), and a runtime whose graph disagrees is not
+timed: its latency would describe another model. What could not be measured, and why, is recorded
+beside the numbers.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from zoo.errors import ZooError
 from zoo.evaluate.latency import measure_latency
+from zoo.runtimes.agreement import Inputs, check_inputs, disagreement
+from zoo.runtimes.agreement import relative_error, seeded_call, tensors_of  # noqa: F401  (re-exported)
 from zoo.runtimes.export import cached_export
 from zoo.runtimes.int8 import FAKE_QUANT, int8_path, integer_dot_product, integer_layers
+from zoo.runtimes.qdq import has_int8_layers
 from zoo.runtimes.session import GRAPH_RUNTIMES, RuntimeModel, runtime_format
 from zoo.runtimes.signature import GraphSignature
 
-# A runtime agrees when max |runtime - torch| <= AGREEMENT_RTOL * max |torch| over all outputs. It catches
-# a wrong graph (or a runtime's int8 arithmetic departing from the zoo's: OpenVINO's int8 MobileNetV2
-# with random weights was off by ~100 %), not float noise: fp32 graphs measured here agree to ~1e-6.
+# The old single bound (max error <= 1e-2 of the largest value, any graph): superseded by the rule per kind
+# of graph in zoo.runtimes.agreement; kept for benchmarks/bench_fastest_variant.py, which still reads it.
 AGREEMENT_RTOL = 1e-2
 
 
@@ -38,46 +40,23 @@ class RuntimeLatencies:
     int8_path: str | None = None
 
 
-def tensors_of(output: Any) -> list[torch.Tensor]:
-    """The tensors of a model output (a tensor, a tuple / NamedTuple / list of them, or a dataclass)."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, (tuple, list)):
-        return [t for item in output for t in tensors_of(item)]
-    if hasattr(output, "__dataclass_fields__"):
-        return [t for name in output.__dataclass_fields__ for t in tensors_of(getattr(output, name))]
-    return []
-
-
-def seeded_call(model: nn.Module, inputs: Sequence[torch.Tensor], seed: int = 0) -> list[torch.Tensor]:
-    """`model(*inputs)` in inference mode, torch's generator seeded (on a fork: the caller's is untouched)."""
-    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        torch.manual_seed(seed)
-        return tensors_of(model(*inputs))
-
-
-def relative_error(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> float:
-    """max |got - want| / max |want| over all outputs (inf when the shapes differ)."""
-    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
-        return float("inf")
-    diff = max((float((g.detach().float() - w.detach().float()).abs().max()) for g, w in zip(got, want) if w.numel()), default=0.0)
-    scale = max((float(w.detach().float().abs().max()) for w in want if w.numel()), default=0.0)
-    return diff / scale if scale > 0 else diff
-
-
 def measure_runtimes(model: nn.Module, signature: GraphSignature | None, example: torch.Tensor | tuple[torch.Tensor, ...],
                      *, torch_ms: float, export_root: str | os.PathLike[str], weights_identity: str,
                      quant: str | None, latency_seconds: float, threads: int,
-                     runtimes: Sequence[str] = GRAPH_RUNTIMES, unsupported: str | None = None) -> RuntimeLatencies:
+                     runtimes: Sequence[str] = GRAPH_RUNTIMES, unsupported: str | None = None,
+                     data_inputs: Sequence[Inputs] = ()) -> RuntimeLatencies:
     """Times `model` (already timed in torch: `torch_ms`) in each of `runtimes`, exported under
-    `export_root`. `signature` None means the family does not export, for the reason `unsupported`."""
+    `export_root`. `signature` None means the family does not export, for the reason `unsupported`.
+    A runtime is timed only when its graph agrees with `model` (zoo.runtimes.agreement: the int8 rule
+    for a model with int8 layers, else the fp32 rule) on seeded random inputs shaped as `example` and on
+    `data_inputs` (real batches, as the model is called with them), if any."""
     latency, errors = {"torch": torch_ms}, {}
-    inputs = example if isinstance(example, tuple) else (example,)
     paths: dict[str, str] = {}
     if signature is None:
         errors = {runtime: unsupported or "does not export" for runtime in runtimes}
     else:
-        want = seeded_call(model, inputs)
+        checked = [*check_inputs(example), *data_inputs]
+        int8 = has_int8_layers(model)
         for runtime in runtimes:
             try:
                 path = cached_export(model, signature, example, export_root, runtime_format(runtime), weights_identity)
@@ -85,9 +64,9 @@ def measure_runtimes(model: nn.Module, signature: GraphSignature | None, example
             except ZooError as err:
                 errors[runtime] = f"{type(err).__name__}: {err}"
                 continue
-            error = relative_error(seeded_call(session, inputs), want)
-            if not error <= AGREEMENT_RTOL:
-                errors[runtime] = f"output differs from torch's by {error:.3g} of its largest value: not timed"
+            why = disagreement(session, model, checked, int8=int8)
+            if why is not None:
+                errors[runtime] = why
                 continue
             latency[runtime] = measure_latency(session, example, min_run_time=latency_seconds,
                                                num_threads=threads).median_ms

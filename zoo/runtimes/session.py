@@ -55,19 +55,47 @@ class _OnnxRuntime:
 
 
 class _OpenVino:
+    """OpenVINO's CPU plugin, compiled for the static input shapes of each call (kept per shape set).
+
+    Not the graph's dynamic batch axis: OpenVINO 2026.4's CPU plugin computes a QDQ (int8) convolution
+    wrongly when the graph's batch axis is dynamic and the convolution's output feeds both inputs of an
+    Add, directly or through other ops (y + y, y + 2y, y + relu(y); MobileNetV2's residual blocks: the
+    output off by ~100 %), while the same graph with a static batch computes it to 2e-7, as ONNX Runtime
+    does with either. `tests/test_runtimes.py` keeps a minimal graph of the pattern."""
+
     def __init__(self, path: Path, threads: int) -> None:
         import openvino as ov
 
-        core = ov.Core()
-        self.compiled = core.compile_model(str(path), "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-        })
-        self.request = self.compiled.create_infer_request()
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(path))
+        self.config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+                       "PERFORMANCE_HINT": "LATENCY"}
+        self.compiled_by_shape: dict[tuple[tuple[int, ...], ...], tuple[Any, Any]] = {}
+        self.latest: Any = None
         self.version = ov.__version__
 
+    def _compiled(self, shapes: tuple[tuple[int, ...], ...]) -> Any:
+        if shapes not in self.compiled_by_shape:
+            model = self.model.clone()
+            model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes)})
+            compiled = self.core.compile_model(model, "CPU", self.config)
+            self.compiled_by_shape[shapes] = (compiled, compiled.create_infer_request())
+        self.latest = self.compiled_by_shape[shapes][0]
+        return self.compiled_by_shape[shapes]
+
+    @property
+    def compiled(self) -> Any:
+        """The model compiled for the shapes of the latest call (before any call: the graph as exported,
+        dynamic axes kept, compiled now: what zoo.runtimes.int8 reads the layers' precisions from)."""
+        if self.latest is None:
+            return self.core.compile_model(self.model, "CPU", self.config)
+        return self.latest
+
     def __call__(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        results = self.request.infer([_numpy(t) for t in inputs])
-        return tuple(torch.from_numpy(np.array(results[out])) for out in self.compiled.outputs)
+        arrays = [_numpy(t) for t in inputs]
+        compiled, request = self._compiled(tuple(tuple(a.shape) for a in arrays))
+        results = request.infer(arrays)
+        return tuple(torch.from_numpy(np.array(results[out])) for out in compiled.outputs)
 
 
 class RuntimeModel(nn.Module):
