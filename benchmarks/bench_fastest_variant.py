@@ -11,10 +11,9 @@ intra-op threads, every (variant, runtime) session built before any timing, then
 timing every (variant, runtime) once for `--seconds` (round-robin, so that a load passing on a shared
 machine hits them alike); the table gives the median over rounds.
 
-Before timing, each graph runtime's output on a seeded random input (the zoo's own check uses the task's
-example, a zero image for vision) is compared with the variant's own torch output
-(`zoo.runtimes.measure.relative_error`); one that differs by more than `AGREEMENT_RTOL` is still timed
-and shown, marked, but cannot be picked. A variant is eligible when its metric is within 1 point
+Before timing, each graph runtime's output is checked against the variant's own torch output on seeded
+random inputs by the evaluator's own rule (`zoo.runtimes.agreement.disagreement`: fp32 and int8 graphs
+each by theirs); one that disagrees is still timed and shown, marked, but cannot be picked. A variant is eligible when its metric is within 1 point
 of the dense base's (a point: 0.01 of a metric in [0, 1], else 1 unit of it), in the metric's own
 direction. The pick is the eligible (variant, runtime) with the lowest median; the ratios are the dense
 model's eager median and its median in the pick's runtime, each divided by the pick's median.
@@ -34,11 +33,12 @@ import zoo
 from zoo.errors import InvalidArgumentError
 from zoo.models import get_entry
 from zoo.runtimes import RUNTIMES
-from zoo.runtimes.measure import AGREEMENT_RTOL, relative_error, seeded_call
+from zoo.runtimes.agreement import check_inputs, disagreement
+from zoo.runtimes.qdq import has_int8_layers
 from zoo.tasks import MetricSpec, task_of
 
-VISION_VARIANTS = ("base", "gmp90", "int8", "ch25", "ch50", "ch25_int8", "ch50_int8")
-TRANSFORMER_VARIANTS = ("base", "gmp90", "int8", "hd25", "hd50", "hd25_int8", "hd50_int8")
+VISION_VARIANTS = ("base", "gmp90", "int8", "ch25", "ch50", "ch75", "ch25_int8", "ch50_int8")
+TRANSFORMER_VARIANTS = ("base", "gmp90", "int8", "hd25", "hd50", "hd75", "hd25_int8", "hd50_int8")
 
 
 @dataclass
@@ -46,12 +46,12 @@ class Cell:
     """One (variant, runtime): its callable module, whether it agrees with torch, its medians per round."""
 
     model: nn.Module
-    error: float = 0.0
+    disagrees: str | None = None  # zoo.runtimes.agreement's reason, None when it agrees
     ms: list[float] = field(default_factory=list)
 
     @property
     def agrees(self) -> bool:
-        return self.error <= AGREEMENT_RTOL
+        return self.disagrees is None
 
     @property
     def median(self) -> float:
@@ -100,11 +100,11 @@ def load_cells(names: list[str],
     for name in names:
         print(f"loading {name}", flush=True)
         model = models[name] = zoo.load(name, progress=False)
-        want = seeded_call(model, inputs)
         cells[name, "torch"] = Cell(model)
         for runtime in RUNTIMES[1:]:
             session = zoo.load(name, runtime=runtime, progress=False)
-            cells[name, runtime] = Cell(session, relative_error(seeded_call(session, inputs), want))
+            cells[name, runtime] = Cell(session, disagreement(session, model, check_inputs(inputs),
+                                                              int8=has_int8_layers(model)))
     return models, cells
 
 
@@ -153,7 +153,7 @@ def main() -> None:
             cell = cells[name, runtime]
             text = f"{cell.median:.3f}"
             if not cell.agrees:
-                text += f" (differs {cell.error:.2g})"
+                text += " (disagrees)"
             elif eligible:
                 candidates.append((cell.median, name, runtime))
             row.append(text)

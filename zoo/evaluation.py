@@ -44,11 +44,13 @@ def measure_variant(
     other failure of the evaluation is raised, never recorded as "not measured".
 
     Latency is measured in torch eager and in each of `graph_runtimes` (zoo.runtimes) the family exports
-    to; the exports are cached under `export_root` (default: a temporary folder, removed after).
+    to; the exports are cached under `export_root` (default: a temporary folder, removed after). Each
+    graph's output is first checked against the model's on seeded random inputs and on the first
+    `AGREEMENT_ROWS` evaluation examples, one at a time (a disagreeing runtime is not timed).
     """
     task = task_of(entry)
     example = task.example_input(entry)
-    missing = None
+    missing, data_inputs = None, []
     try:
         batches = task.batches(entry, entry.eval_data, batch_size=EVAL_BATCH_SIZE, shuffle=False)
     except NoEvaluationDataError as err:
@@ -57,12 +59,13 @@ def measure_variant(
     else:
         result = task.evaluate(model, batches, entry, progress=progress)
         metrics, average = result.metrics, result.average
+        data_inputs = _rows(task.model_inputs(next(iter(batches.epoch(0)))), AGREEMENT_ROWS)
     flops = count_flops(model, example)
     params = count_parameters(model)
     threads = torch.get_num_threads()
     latency = measure_latency(model, example, min_run_time=latency_seconds, num_threads=threads)
     runtimes = _runtime_latencies(model, entry, example, latency.median_ms, checkpoint_dir, export_root, quant,
-                                  latency_seconds, threads, tuple(graph_runtimes))
+                                  latency_seconds, threads, tuple(graph_runtimes), data_inputs)
     return VariantReport(
         name=name, base_model=entry.name, task=entry.task, dataset=entry.eval_data.name,
         split=entry.eval_data.split, metrics=metrics, metric_average=average,
@@ -77,9 +80,18 @@ def measure_variant(
 
 # Latency per runtime (zoo.runtimes) ----------------------------------------------------------------
 
+AGREEMENT_ROWS = 2  # evaluation examples each runtime's graph is checked on, besides random inputs
+
+
+def _rows(inputs: torch.Tensor | tuple[torch.Tensor, ...], count: int) -> list[tuple[torch.Tensor, ...]]:
+    """The first `count` examples of a batch of model inputs, each as a batch of one."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    return [tuple(x[i : i + 1] for x in inputs) for i in range(min(count, len(inputs[0])))]
+
+
 def _runtime_latencies(model: nn.Module, entry: ModelEntry, example, torch_ms: float, checkpoint_dir: Path,
                        export_root: Path | None, quant: str | None, latency_seconds: float, threads: int,
-                       graph_runtimes: tuple[str, ...]):
+                       graph_runtimes: tuple[str, ...], data_inputs: list[tuple[torch.Tensor, ...]]):
     from zoo.runtimes import UnsupportedExportError, weights_identity
     from zoo.runtimes.measure import measure_runtimes
 
@@ -92,7 +104,7 @@ def _runtime_latencies(model: nn.Module, entry: ModelEntry, example, torch_ms: f
         return measure_runtimes(model, signature, example, torch_ms=torch_ms, export_root=root,
                                 weights_identity=weights_identity(checkpoint_dir), quant=quant,
                                 latency_seconds=latency_seconds, threads=threads, unsupported=unsupported,
-                                runtimes=graph_runtimes)
+                                runtimes=graph_runtimes, data_inputs=data_inputs)
 
 
 def has_eval_data(entry: ModelEntry) -> bool:

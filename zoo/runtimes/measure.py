@@ -25,11 +25,6 @@ from zoo.runtimes.qdq import has_int8_layers
 from zoo.runtimes.session import GRAPH_RUNTIMES, RuntimeModel, runtime_format
 from zoo.runtimes.signature import GraphSignature
 
-# The old single bound (max error <= 1e-2 of the largest value, any graph): superseded by the rule per kind
-# of graph in zoo.runtimes.agreement; kept for benchmarks/bench_fastest_variant.py, which still reads it.
-AGREEMENT_RTOL = 1e-2
-
-
 @dataclass(frozen=True)
 class RuntimeLatencies:
     """`latency_ms`: median ms per runtime (torch included); `errors`: runtime -> why it was not timed;
