@@ -53,12 +53,14 @@ def raw_density(shape: Sequence[int], distribution: str) -> float:
     raise InvalidArgumentError(f"raw densities are defined for 'er' and 'erk', not {distribution!r}")
 
 
-def layer_densities(shapes: Shapes, sparsity: float, distribution: str) -> dict[str, float]:
+def layer_densities(shapes: Shapes, sparsity: float, distribution: str, *,
+                    first_dense: bool = True) -> dict[str, float]:
     """Density (fraction of weights kept) of each layer, keyed and ordered as `shapes` (module order:
-    `uniform` keeps the first one dense). See the module docstring for each distribution."""
+    `uniform` keeps the first one dense, unless `first_dense` is False: the model's first layer is
+    already left out of `shapes`). See the module docstring for each distribution."""
     _check(shapes, sparsity, distribution)
     if distribution == "uniform":
-        first = next(iter(shapes))
+        first = next(iter(shapes)) if first_dense else None
         return {name: 1.0 if name == first else 1.0 - sparsity for name in shapes}
     sizes = {name: math.prod(int(d) for d in shape) for name, shape in shapes.items()}
     raw = {name: raw_density(shape, distribution) for name, shape in shapes.items()}

@@ -337,7 +337,9 @@ def apply_sparse_training(
         reinitialize(model, context.seed)
     weights = sparse_weights(model, config.keep_dense)
     shapes = {name: tuple(w.shape) for name, w in weights.items()}
-    counts = active_counts(shapes, layer_densities(shapes, config.sparsity, config.distribution))
+    first_dense = next(iter(sparse_weights(model))) in weights  # uniform: unless keep_dense holds it already
+    counts = active_counts(shapes, layer_densities(shapes, config.sparsity, config.distribution,
+                                                   first_dense=first_dense))
     generator = torch.Generator().manual_seed(context.seed)
     if config.nm is None:
         masks = random_masks(weights, counts, generator)

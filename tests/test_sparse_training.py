@@ -549,3 +549,14 @@ def test_nm_sparse_training_config_is_checked() -> None:
             SparseTrainingConfig(**bad)
     config = SparseTrainingConfig(sparsity=0.5, distribution="uniform", nm=(2, 4))
     assert CompressionConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_uniform_keeps_the_models_first_layer_dense_not_the_first_one_left_by_keep_dense() -> None:
+    batches, loss_fn = task(n_batches=2)
+    context = RecipeContext(train_batches=batches, loss_fn=loss_fn, progress=False, seed=0)
+    for keep_dense, dense_layers in (((), {"0"}), (("0",), set())):
+        model = mlp()
+        masks = apply_sparse_training(model, context, sparsity=0.75, method="static", distribution="uniform",
+                                      epochs=1, lr=1e-3, keep_dense=keep_dense)
+        assert {name for name, mask in masks.items() if mask.all()} == dense_layers
+        assert all(int(mask.sum()) == mask.numel() // 4 for name, mask in masks.items() if name not in dense_layers)
