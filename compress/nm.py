@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -118,11 +119,34 @@ def is_nm(tensor: torch.Tensor, n: int, m: int) -> bool:
     return tensor.numel() == 0 or int(nm_groups(tensor.detach() != 0, m).sum(dim=1).max()) <= n
 
 
-def apply_nm_pruning(model: nn.Module, n: int = 2, m: int = 4, *, keep_dense: tuple[str, ...] = ()) -> Masks:
+UNGROUPABLE = ("refuse", "dense")  # what N:M does with a layer whose input channels do not split by m
+
+
+def groupable_weights(weights: dict[str, torch.Tensor], n: int, m: int, ungroupable: str) -> dict[str, torch.Tensor]:
+    """The weights N:M prunes: all of them (`ungroupable="refuse"`: InvalidArgumentError naming every
+    layer whose dim 1 does not split into groups of `m`), or those that split (`"dense"`: the others stay
+    dense, named in a warning)."""
+    check_choice("ungroupable", ungroupable, UNGROUPABLE)
+    if ungroupable == "refuse":
+        check_groupable(weights, n, m)
+        return weights
+    kept = {name: w for name, w in weights.items() if not _check_shape(name, tuple(w.shape), m)}
+    left = sorted(set(weights) - set(kept))
+    if left:
+        warnings.warn(f"{n}:{m} leaves {len(left)} layer(s) dense, their input channels not a multiple of {m}: "
+                      f"{', '.join(left)}", stacklevel=3)
+    if not kept:
+        raise InvalidArgumentError(f"no layer's input channels split into groups of {m}: nothing to prune {n}:{m}")
+    return kept
+
+
+def apply_nm_pruning(model: nn.Module, n: int = 2, m: int = 4, *, keep_dense: tuple[str, ...] = (),
+                     ungroupable: str = "refuse") -> Masks:
     """One-shot N:M magnitude pruning of every conv, linear and embedding weight of `model` in place
-    (modules fully matching a `keep_dense` pattern are left dense); returns the keep-masks."""
+    (modules fully matching a `keep_dense` pattern are left dense; layers whose input channels do not
+    split into groups of m refused, or left dense with `ungroupable="dense"`); returns the keep-masks."""
     check_nm(n, m)
-    weights = prunable_weights(model, keep_dense)
+    weights = groupable_weights(prunable_weights(model, keep_dense), n, m, ungroupable)
     masks = nm_masks(weights, n, m)
     apply_masks(weights, masks)
     return masks
@@ -155,15 +179,16 @@ def apply_gradual_nm_pruning(
     keep_dense: tuple[str, ...] = (),
     weight_decay: float = 5e-4,
     optimizer: str = "sgd",
+    ungroupable: str = "refuse",
 ) -> Masks:
     """Fine-tunes `model` for `epochs` while moving it from dense to N:M by sparse structure decay (see
     the module docstring): every `frequency` steps from `begin_fraction` to `end_fraction` of training
     the masks are recomputed at the scheduled N_t:M, and re-applied after every step; the rest of
-    training recovers at N:M. Returns the final keep-masks (exactly N:M)."""
+    training recovers at N:M. Returns the final keep-masks (exactly N:M). `ungroupable` as in
+    `apply_nm_pruning`."""
     context.require("train_batches", "loss_fn", step="gradual N:M pruning")
     check_nm(n, m)
-    weights = prunable_weights(model, keep_dense)
-    check_groupable(weights, n, m)  # before any training
+    weights = groupable_weights(prunable_weights(model, keep_dense), n, m, ungroupable)  # before any training
     total = steps_per_epoch(context.train_batches) * epochs
     begin = int(begin_fraction * total)
     end = max(begin + 1, int(end_fraction * total))
@@ -188,6 +213,7 @@ def _check_nm_config(config: NMPruningConfig | GradualNMPruningConfig) -> None:
     except InvalidArgumentError as err:
         raise RecipeError(str(err)) from None
     check_patterns("keep_dense", config.keep_dense)
+    check_choice("ungroupable", config.ungroupable, UNGROUPABLE)
 
 
 @register_config
@@ -199,6 +225,7 @@ class NMPruningConfig(CompressionConfig):
     n: int = 2
     m: int = 4
     keep_dense: tuple[str, ...] = ()
+    ungroupable: str = "refuse"
 
     def __post_init__(self) -> None:
         _check_nm_config(self)
@@ -222,6 +249,7 @@ class GradualNMPruningConfig(CompressionConfig):
     keep_dense: tuple[str, ...] = ()
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
+    ungroupable: str = "refuse"
 
     def __post_init__(self) -> None:
         _check_nm_config(self)
@@ -239,7 +267,7 @@ class GradualNMPruningConfig(CompressionConfig):
 
 @handles(NMPruningConfig)
 def _one_shot(model: nn.Module, config: NMPruningConfig, context: RecipeContext) -> nn.Module:
-    apply_nm_pruning(model, config.n, config.m, keep_dense=config.keep_dense)
+    apply_nm_pruning(model, config.n, config.m, keep_dense=config.keep_dense, ungroupable=config.ungroupable)
     return model
 
 

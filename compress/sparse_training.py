@@ -71,7 +71,7 @@ from zoo.compress.config import (
 )
 from zoo.compress.distributions import DISTRIBUTIONS, active_counts, layer_densities
 from zoo.compress.formats import nm_groups, nm_ungroup
-from zoo.compress.nm import check_groupable, check_nm, nm_mask
+from zoo.compress.nm import UNGROUPABLE, check_groupable, check_nm, groupable_weights, nm_mask
 from zoo.compress.pruning import OPTIMIZERS, Masks, apply_masks, prunable_weights
 from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
@@ -317,6 +317,7 @@ def apply_sparse_training(
     optimizer: str = "sgd",
     from_scratch: bool = True,
     nm: tuple[int, int] | None = None,
+    ungroupable: str = "refuse",
 ) -> Masks:
     """Trains `model` in place for `epochs` with a sparse topology (see the module docstring): re-
     initialized first when `from_scratch`, then masked at random at the `distribution`'s densities for
@@ -325,7 +326,7 @@ def apply_sparse_training(
     config = SparseTrainingConfig(
         sparsity=sparsity, method=method, distribution=distribution, epochs=epochs, lr=lr, delta_t=delta_t,
         drop_fraction=drop_fraction, end_fraction=end_fraction, keep_dense=keep_dense, weight_decay=weight_decay,
-        optimizer=optimizer, from_scratch=from_scratch, nm=nm,
+        optimizer=optimizer, from_scratch=from_scratch, nm=nm, ungroupable=ungroupable,
     )
     context.require("train_batches", "loss_fn", step="sparse training")
     if not sparse_weights(model, config.keep_dense):
@@ -344,7 +345,8 @@ def apply_sparse_training(
     if config.nm is None:
         masks = random_masks(weights, counts, generator)
     else:  # uniform: the first layer dense, every other layer n:m
-        sparse = {name: w for name, w in weights.items() if counts[name] < w.numel()}
+        sparse = groupable_weights({name: w for name, w in weights.items() if counts[name] < w.numel()},
+                                   *config.nm, config.ungroupable)
         masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
         masks.update(random_nm_masks(sparse, *config.nm, generator))
     apply_masks(weights, masks)
@@ -368,7 +370,8 @@ class SparseTrainingConfig(CompressionConfig):
     sparse start at `sparsity` spread by `distribution`; `from_scratch` re-initializes the weights
     first. Update points are fractions of the training steps, so a recipe fits any data set size;
     `delta_t` None spreads AUTO_UPDATES topology updates over them. `nm` = (n, m) keeps every sparse
-    layer n:m throughout (sparsity 1 - n/m, distribution uniform)."""
+    layer n:m throughout (sparsity 1 - n/m, distribution uniform; a layer whose input channels do not
+    split by m refused, or left dense with `ungroupable="dense"`)."""
 
     VERSION = 1
     sparsity: float
@@ -384,8 +387,10 @@ class SparseTrainingConfig(CompressionConfig):
     optimizer: str = "sgd"
     from_scratch: bool = True
     nm: tuple[int, int] | None = None
+    ungroupable: str = "refuse"
 
     def __post_init__(self) -> None:
+        check_choice("ungroupable", self.ungroupable, UNGROUPABLE)
         check_choice("method", self.method, METHODS)
         if self.nm is not None:
             if not isinstance(self.nm, tuple) or len(self.nm) != 2:

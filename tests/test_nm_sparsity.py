@@ -199,7 +199,7 @@ def test_configs_round_trip_and_apply_through_a_recipe() -> None:
     assert Recipe.from_json(recipe.to_json()) == recipe
     assert Recipe.from_yaml(recipe.to_yaml()) == recipe
     assert recipe.to_list()[0] == {"type": "NMPruningConfig", "version": 1,
-                                   "config": {"n": 1, "m": 4, "keep_dense": ["0", "5"]}}
+                                   "config": {"n": 1, "m": 4, "keep_dense": ["0", "5"], "ungroupable": "refuse"}}
     model = Recipe(recipe.steps[:1]).apply(net())
     assert is_nm(model[2].weight, 1, 4) and int((model[2].weight != 0).sum()) == 16 * 8 // 4
     assert int((model[0].weight == 0).sum()) == 0
@@ -486,11 +486,12 @@ def test_nm_variant_names_parse_back_and_build_their_recipe() -> None:
     entry = spec.base
     assert step == GradualNMPruningConfig(n=2, m=4, epochs=max(1, round(entry.train.epochs / 2)), lr=entry.train.lr,
                                           keep_dense=entry.keep_dense, weight_decay=entry.train.weight_decay,
-                                          optimizer=entry.train.optimizer)
+                                          optimizer=entry.train.optimizer, ungroupable="dense")
     spec = resolve(f"{base}_osnm14_int8")
     assert spec.sparsity == 0.75 and spec.sparse_parent.name == f"{base}_osnm14"
     assert [type(s).__name__ for s in spec.recipe().steps] == ["NMPruningConfig", "Int8PTQConfig"]
-    assert resolve(f"{base}_osnm28").recipe().steps == (NMPruningConfig(n=2, m=8, keep_dense=entry.keep_dense),)
+    assert resolve(f"{base}_osnm28").recipe().steps == (NMPruningConfig(n=2, m=8, keep_dense=entry.keep_dense,
+                                                                        ungroupable="dense"),)
     with pytest.raises(InvalidArgumentError, match="N:M applies to magnitude pruning"):
         VariantSpec(entry, method="es", nm=(2, 4))
     with pytest.raises(InvalidArgumentError, match="not 0.9"):
@@ -533,3 +534,29 @@ def test_nm_sparse_training_variant_names() -> None:
     assert step.distribution == "uniform" and step.sparsity == 0.75
     with pytest.raises(InvalidArgumentError, match="no distribution or budget"):
         VariantSpec(resolve(base).base, method="rigl", nm=(2, 4), distribution="er")
+
+
+def test_ungroupable_layers_are_refused_or_left_dense_by_name() -> None:
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))  # the first layer's 6 inputs do not split by 4
+    with pytest.raises(InvalidArgumentError, match="'0'"):
+        apply_nm_pruning(model, 2, 4)
+    with pytest.warns(UserWarning, match="leaves 1 layer"):
+        masks = apply_nm_pruning(model, 2, 4, ungroupable="dense")
+    assert set(masks) == {"2"} and is_nm(model[2].weight, 2, 4) and bool((model[0].weight != 0).all())
+    with pytest.raises(RecipeError):
+        NMPruningConfig(ungroupable="skip")
+    with pytest.raises(InvalidArgumentError, match="nothing to prune"):
+        apply_nm_pruning(nn.Sequential(nn.Linear(6, 3)), 2, 4, ungroupable="dense")
+
+
+@pytest.mark.slow
+def test_the_default_nm_recipes_leave_a_familys_ungroupable_layers_dense(tmp_path_factory) -> None:
+    import zoo
+    from tiny_zoo import one_torch_thread, short_store
+
+    store = short_store(tmp_path_factory.mktemp("nm"))
+    with one_torch_thread(), pytest.warns(UserWarning, match="dense, their input channels"):
+        model = zoo.load("test_efficientnet.zoo_digits_osnm24", store=store, progress=False)  # depthwise convs
+    assert model.zoo.report.metrics and model.zoo.report.params_nonzero < model.zoo.report.params_total
+    with one_torch_thread(), pytest.raises(InvalidArgumentError, match="nothing to prune 2:4"):
+        zoo.load("test_irn.zoo_skimage_osnm24", store=store, progress=False)  # dense blocks of odd widths

@@ -560,3 +560,31 @@ def test_uniform_keeps_the_models_first_layer_dense_not_the_first_one_left_by_ke
                                       epochs=1, lr=1e-3, keep_dense=keep_dense)
         assert {name for name, mask in masks.items() if mask.all()} == dense_layers
         assert all(int(mask.sum()) == mask.numel() // 4 for name, mask in masks.items() if name not in dense_layers)
+
+
+# Every family -------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["test_resnet.zoo_digits", "transformer_tiny.zoo_numbers_tiny",
+                                  "test_mcbert.zoo_pydoc_ft_stdlib", "test_wavernn.zoo_espeak", "test_irn.zoo_skimage"])
+def test_the_sparse_training_variant_of_every_family_loads(base: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`zoo.load(BASE_set80)` on a tiny entry of each family: trained sparse from the family's own
+    initialization, every sparse layer at its ERK count, measured (a report with the task's metrics)."""
+    import shutil
+
+    import zoo
+    from tiny_zoo import one_torch_thread, short_store
+    from zoo.compress.distributions import active_counts, layer_densities
+
+    if base.startswith("test_wavernn") and shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng (system package) not installed")
+    name = f"{base}_set80"
+    with one_torch_thread():
+        model = zoo.load(name, store=short_store(tmp_path_factory.mktemp("family")), progress=False)
+    entry = zoo.resolve(name).base
+    weights = sparse_weights(model, entry.keep_dense)
+    shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    counts = active_counts(shapes, layer_densities(shapes, 0.8, "erk"))
+    assert all(int((w != 0).sum()) <= counts[n] for n, w in weights.items())
+    assert sum(int((w != 0).sum()) for w in weights.values()) >= 0.95 * sum(counts.values())
+    assert model.zoo.report.metrics and model.zoo.report.recipe[0]["type"] == "SparseTrainingConfig"

@@ -266,6 +266,7 @@ def _sparse_training_step(entry: ModelEntry, sparsity: float, method: str, distr
         sparsity=sparsity, method=method, distribution=distribution, epochs=epochs * budget, lr=entry.train.lr,
         delta_t=None, drop_fraction=0.3, end_fraction=0.75, keep_dense=entry.keep_dense,
         weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer, from_scratch=True, nm=nm,
+        ungroupable="refuse" if nm is None else "dense",
     )
 
 
@@ -289,19 +290,20 @@ def _es_step(entry: ModelEntry, sparsity: float, finetune_epochs: int | None):
 def _nm_step(entry: ModelEntry, nm: tuple[int, int], method: str, finetune_epochs: int | None):
     """The default N:M step: one-shot, or gradual by sparse structure decay fine-tuned as gradual
     magnitude pruning is (half the base's epochs at its peak learning rate and optimizer); the entry's
-    `keep_dense` layers stay dense (a layer whose input channels do not split into groups of m is
-    refused by name: add it to a custom recipe's keep_dense)."""
+    `keep_dense` layers stay dense, and so do the layers whose input channels do not split into groups
+    of m (`ungroupable="dense"`: named in a warning, and by their non-zero counts in the report)."""
     from zoo.compress.nm import GradualNMPruningConfig, NMPruningConfig
 
     n, m = nm
     if method == "oneshot":
-        return NMPruningConfig(n=n, m=m, keep_dense=entry.keep_dense)
+        return NMPruningConfig(n=n, m=m, keep_dense=entry.keep_dense, ungroupable="dense")
     if entry.train is None:
         raise InvalidArgumentError(f"{entry.name} has no training data here: use the one-shot _osnm{n}{m}")
     if finetune_epochs is None:
         finetune_epochs = max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION))
     return GradualNMPruningConfig(n=n, m=m, epochs=finetune_epochs, lr=entry.train.lr, keep_dense=entry.keep_dense,
-                                  weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer)
+                                  weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer,
+                                  ungroupable="dense")
 
 
 def _snap_step(entry: ModelEntry, n: int, options: TrainOptions | None):
