@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -90,10 +91,11 @@ def main(ctx: click.Context) -> None:
     otherwise (e.g. epochs=1,finetune_epochs=1,latency_seconds=0.05); what such options make is cached
     apart. Under torchrun every command trains data-parallel on the processes it launched (rank 0
     alone writes, measures and publishes)."""
-    from zoo.distributed import close, init_from_environment
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # launched by torchrun (torch is imported only then)
+        from zoo.distributed import close, init_from_environment
 
-    if init_from_environment()[1] > 1:
-        ctx.call_on_close(close)
+        if init_from_environment()[1] > 1:
+            ctx.call_on_close(close)
 
 
 @main.command("list")

@@ -13,7 +13,11 @@ How a run with W processes relates to the single-process run:
   rank's loss is weighted by W * n_rank / n_batch, so for a loss that is a mean over the batch's rows the
   averaged gradient is the full batch's (a mean over tokens, as translation's, is weighted by rows:
   close, not equal, when shards hold different token counts). The result equals the single-process run
-  up to floating-point summation order (tests/test_distributed.py: 1e-5 relative after two epochs).
+  up to floating-point summation order (tests/test_distributed.py: 3e-8 relative after two epochs,
+  tested at 1e-5). The loss must call the wrapped model's forward exactly once a step (DDP averages the
+  gradients of what went through it; anything else is refused, `DistributedError`); DDP looks for
+  parameters a forward leaves unused (`find_unused_parameters`: every family's model runs unchanged, at
+  the cost of a graph traversal a step, and torch warns once per process when it finds none).
 - **Callbacks.** `before_step`/`after_step` of `zoo.training.train` see the unwrapped model's parameters
   after the gradients were averaged: the pruning masks, computed from weights and averaged gradients with
   seeded generators (SET's growth, the random sparse start), are the same on every rank.
@@ -22,13 +26,15 @@ How a run with W processes relates to the single-process run:
   statistics (as a batch of B / W would), and DDP copies rank 0's running statistics to every rank at
   each forward (and once more at the end), so a model with BatchNorm does not equal the single-process
   run (its batch statistics are noisier). On CUDA the BatchNorm layers are swapped for SyncBatchNorm
-  while training (statistics over the global batch, equal to the single-process run) and restored after.
+  while training (statistics over the global batch, equal to the single-process run) and restored after
+  (not exercised by the tests, which run on CPU).
 - **Randomness inside a loss** (dropout, sampled masks) draws from each rank's own generator, seeded
   alike: the ranks draw the same numbers for different rows, not the single-process run's numbers.
 - **Files.** Only rank 0 writes (the variant cache, reports, cards, hub pushes) and evaluates; the other
   ranks wait for it and then read what it wrote (`main_only`, `main_decides`), so the store must be on a
   file system every rank reads (the same machine, or a shared one across machines). An error on rank 0
-  is raised on every rank (`DistributedError`), not left as a hang.
+  is raised on every rank (`DistributedError`), not left as a hang. torchmetrics, which synchronizes
+  over any initialized process group, is told not to while rank 0 evaluates alone.
 
 Backends: gloo when CUDA is not available; with CUDA "cpu:gloo,cuda:nccl", so the zoo's CPU training
 goes through gloo and a model the caller placed on a GPU through NCCL.
@@ -214,7 +220,7 @@ class _DataParallel(DistributedDataParallel):
             return getattr(self.module, name)
 
 
-class DataParallel:
+class DataParallelTraining:
     """What `zoo.training.train` does differently on several processes, and nothing on one:
 
     - `model`: the model to hand the loss (wrapped in DistributedDataParallel on several processes);
@@ -264,7 +270,7 @@ class DataParallel:
         dist.all_reduce(total)
         return float(total)
 
-    def __enter__(self) -> DataParallel:
+    def __enter__(self) -> DataParallelTraining:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo.distributed import DataParallel, is_main
+from zoo.distributed import DataParallelTraining, is_main
 from zoo.errors import InvalidArgumentError
 
 BatchesFn = Callable[[int], Iterable[Any]]
@@ -82,8 +82,8 @@ def train(
     model.train()
     history: list[float] = []
     step = 0
-    with DataParallel(model) as parallel, tqdm(total=total, desc=desc, disable=not progress or not is_main(),
-                                                unit="step", leave=False) as bar:
+    with DataParallelTraining(model) as parallel, \
+            tqdm(total=total, desc=desc, disable=not progress or not is_main(), unit="step", leave=False) as bar:
         for epoch in range(epochs):
             running = 0.0
             for batch in batches(epoch):
