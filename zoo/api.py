@@ -5,6 +5,9 @@ Order of resolution, as a user of timm and the Hub expects:
 2. the variant cache has it (derived earlier from the same base weights by the same recipe) -> load it;
 3. otherwise derive it now: get the base (local hub, an upstream Hub download, or for zoo-native
    entries training it by its TrainSpec), apply the variant's recipe, measure it, cache it atomically.
+
+Under torchrun (zoo.distributed) every rank trains, rank 0 alone decides what is cached or published,
+writes and measures; the other ranks wait for it and load what it wrote.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from zoo.compress.quantization import quantized_layer_names, swap_to_quant_modul
 from zoo.compress import Recipe, RecipeContext
 from zoo.compress.structured import rebuild_architecture, structured_architecture
 from zoo.data import Batches
+from zoo.distributed import main_decides, main_only
 from zoo.entry import DataSpec, ModelEntry
 from zoo.errors import CheckpointError, HubError, InvalidArgumentError
 from zoo.evaluate import VariantReport
@@ -130,7 +134,7 @@ def _use_sparse_kernels(model: nn.Module) -> None:
 # Sources ------------------------------------------------------------------------------------------
 
 def _load_published(spec: VariantSpec, store: Store, revision: str) -> nn.Module | None:
-    if not store.hub.has(spec.repo_id, revision):
+    if not main_decides(lambda: store.hub.has(spec.repo_id, revision)):
         return None
     return _from_folder(spec.base, store.hub.snapshot(spec.repo_id, revision), source="hub")
 
@@ -149,7 +153,7 @@ def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,
     """Where the base's weights are, without loading them: the local hub, the Hugging Face cache (the
     network only if it lacks them), or the cache of trained zoo-native bases (trained now if absent,
     then the trained model is returned too). Returns (folder, source, model or None)."""
-    if store.hub.has(entry.repo_id, entry.revision):
+    if main_decides(lambda: store.hub.has(entry.repo_id, entry.revision)):
         return store.hub.snapshot(entry.repo_id, entry.revision), "hub", None
     if entry.source == "upstream":
         try:
@@ -162,7 +166,7 @@ def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,
         init = load(entry.train.init_from, store=store, endpoint=endpoint, progress=progress)
         identity += base_fingerprint(init.zoo.path)
     folder = store.cache_dir(entry.name, "trained-" + _digest(identity))
-    if _is_zoo_checkpoint(folder):
+    if _cached(folder):
         return folder, "cache", None
     model = train_base_model(entry, progress=progress, init=init, options=store.options)
     return folder, "trained", _save_and_measure(model, VariantSpec(entry), folder, store.options, recipe=None,
@@ -176,7 +180,7 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
     fingerprint = base_fingerprint(base_folder)
     recipe = spec.recipe(store.options)
     folder = variant_cache_folder(spec, store, fingerprint)
-    if _is_zoo_checkpoint(folder):
+    if _cached(folder):
         return load_cached(spec, folder, progress=progress, options=store.options)
     start, done = None, 0
     if spec.sparse_parent is not None:
@@ -232,7 +236,15 @@ def _inputs(task: Task, batches: Batches) -> Iterator[Any]:
 def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options: TrainOptions, *,
                       recipe: Recipe | None, source: str, progress: bool, extra: dict | None = None) -> nn.Module:
     """Saves `model` into `folder` (its config says which training options, when not the entry's own
-    recipe, made it), measures it and writes the report."""
+    recipe, made it), measures it and writes the report: on rank 0, while the other ranks of a
+    distributed run wait and then load what it wrote."""
+    saved = main_only(lambda: _write_and_measure(model, spec, folder, options, recipe=recipe, source=source,
+                                                 progress=progress, extra=extra))
+    return saved if saved is not None else _from_checkpoint(spec.base, folder, source=source)
+
+
+def _write_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options: TrainOptions, *,
+                       recipe: Recipe | None, source: str, progress: bool, extra: dict | None) -> nn.Module:
     config = {
         "name": spec.name, "base_model": spec.base.name, "arch": spec.base.arch,
         "model_kwargs": spec.base.model_kwargs, "recipe": recipe.to_list() if recipe else None,
@@ -297,12 +309,15 @@ def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
     report, options = model.zoo.report, options or TrainOptions()
     if report is None or not report.is_current or (report.eval_data_missing and has_eval_data(spec.base)) \
             or not set(options.measured_runtimes) <= {*report.latency_by_runtime, *report.runtime_errors}:
-        report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
-                                 quant=spec.quant, recipe=model.zoo.recipe, progress=progress,
-                                 latency_seconds=options.latency_seconds, export_root=_exports(folder),
-                                 graph_runtimes=options.measured_runtimes)
-        report.save(folder / REPORT_FILE)
-        model.zoo = dataclasses.replace(model.zoo, report=report)
+        def measure() -> VariantReport:
+            measured = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder,
+                                       sparsity=spec.sparsity, quant=spec.quant, recipe=model.zoo.recipe,
+                                       progress=progress, latency_seconds=options.latency_seconds,
+                                       export_root=_exports(folder), graph_runtimes=options.measured_runtimes)
+            measured.save(folder / REPORT_FILE)
+            return measured
+
+        model.zoo = dataclasses.replace(model.zoo, report=main_decides(measure))  # rank 0 measures and writes
     return model
 
 
@@ -320,6 +335,12 @@ def _from_plain_safetensors(entry: ModelEntry, folder: Path, *, source: str) -> 
     model = instantiate(entry, load_file(str(path)))
     model.zoo = LoadedVariant(entry.name, entry.name, 0.0, None, None, source, folder, None)
     return model
+
+
+def _cached(folder: Path) -> bool:
+    """Whether `folder` holds a zoo checkpoint, as rank 0 sees it (every rank of a distributed run takes
+    the same path: training is collective)."""
+    return main_decides(lambda: _is_zoo_checkpoint(folder))
 
 
 def _is_zoo_checkpoint(folder: Path) -> bool:

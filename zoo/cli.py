@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -81,12 +82,20 @@ def _load(name, sparsity, quant, method, recipe_file, hub_root, cache_root, prog
 
 @click.group()
 @click.version_option(package_name="the-zoo")
-def main() -> None:
+@click.pass_context
+@_one_line_errors
+def main(ctx: click.Context) -> None:
     """A compression-aware model zoo: dense, sparse and quantized checkpoints, measured and carded.
 
     What is trained or derived here follows each entry's own recipe unless $ZOO_TRAIN_OPTIONS says
     otherwise (e.g. epochs=1,finetune_epochs=1,latency_seconds=0.05); what such options make is cached
-    apart."""
+    apart. Under torchrun every command trains data-parallel on the processes it launched (rank 0
+    alone writes, measures and publishes)."""
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # launched by torchrun (torch is imported only then)
+        from zoo.distributed import close, init_from_environment
+
+        if init_from_environment()[1] > 1:
+            ctx.call_on_close(close)
 
 
 @main.command("list")

@@ -1,7 +1,9 @@
 """Publishing a family of variants: one repo folder per variant (weights, config, recipe, report, card
 and the family's accuracy-vs-FLOPs and accuracy-vs-latency plots, plus the plots and data of analyses
 run for that variant: its linear path from another model, the family's training-cost trade-off curves on
-the base), validated, then pushed in one commit to the local hub or to a Hugging Face Hub."""
+the base), validated, then pushed in one commit to the local hub or to a Hugging Face Hub. In a
+distributed run (zoo.distributed) rank 0 alone writes and pushes; every rank gets what it wrote (paths,
+revisions)."""
 from __future__ import annotations
 
 import json
@@ -17,6 +19,7 @@ from torch import nn
 from zoo.atomic import atomic_write_text
 from zoo.compress.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from zoo.data import describe_dataset
+from zoo.distributed import main_decides
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate import VariantReport, pareto_front
@@ -177,7 +180,12 @@ def cards_of_models(entry: ModelEntry, models: Sequence[nn.Module], store: Store
 
 
 def write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
-    """`out_dir/<name>/README.md` and the family's plots beside each (the layout of model_cards/)."""
+    """`out_dir/<name>/README.md` and the family's plots beside each (the layout of model_cards/);
+    written by rank 0 of a distributed run, the paths returned on every rank."""
+    return main_decides(lambda: _write_family_cards(family, out_dir))
+
+
+def _write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
     written = []
     drawn = Path(tempfile.mkdtemp())
     try:
@@ -213,8 +221,14 @@ def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards, folder: 
 def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards, *, repo_id: str,
                  hub: LocalHub | None = None, endpoint: str | None = None, token: str | None = None) -> str:
     """Pushes one variant in one commit: to `hub` (local) or, with `hub=None`, to the Hub at `endpoint`.
-    The card is validated against the measured report before anything is sent."""
+    The card is validated against the measured report before anything is sent. In a distributed run rank
+    0 pushes; every rank returns the revision."""
     validate_card(card, model.zoo.report)
+    return main_decides(lambda: _push(model, card, family, repo_id=repo_id, hub=hub, endpoint=endpoint, token=token))
+
+
+def _push(model: nn.Module, card: ModelCard, family: FamilyCards, *, repo_id: str, hub: LocalHub | None,
+          endpoint: str | None, token: str | None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = repo_folder(model, card, family, Path(tmp) / "repo")
         message = f"zoo: {model.zoo.name} ({model.zoo.recipe.describe() if model.zoo.recipe else 'base model'})"

@@ -1,5 +1,6 @@
 """The main job: derive a family of variants of a base model, measure them, write their cards with the
-accuracy-vs-FLOPs plot, and publish every one to the local hub."""
+accuracy-vs-FLOPs plot, and publish every one to the local hub. Under torchrun every rank trains;
+rank 0 alone writes, publishes and shows progress (zoo.api, zoo.publish)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo.api import load, resolve
+from zoo.distributed import is_main
 from zoo.errors import InvalidArgumentError
 from zoo.publish import FamilyCards, cards_of_models, push_variant, write_family_cards
 from zoo.store import Store
@@ -65,14 +67,14 @@ def run_sweep(plan: SweepPlan, *, store: Store | None = None, cards_dir: Path | 
     them under `cards_dir` if given, and pushes each variant to the local hub if `publish`."""
     store = store or Store()
     models: list[nn.Module] = []
-    for spec in tqdm(plan.specs, desc=f"variants of {plan.base}", disable=not progress, unit="variant"):
+    for spec in tqdm(plan.specs, desc=f"variants of {plan.base}", disable=not progress or not is_main(), unit="variant"):
         models.append(load(spec, store=store, progress=progress))
     base = plan.specs[0].base
     family = cards_of_models(base, models, store, progress=progress)
     written = write_family_cards(family, cards_dir) if cards_dir is not None else []
     revisions: dict[str, str] = {}
     if publish:
-        for spec, model in tqdm(list(zip(plan.specs, models)), desc="publish", disable=not progress, unit="repo"):
+        for spec, model in tqdm(list(zip(plan.specs, models)), desc="publish", disable=not progress or not is_main(), unit="repo"):
             revisions[spec.name] = push_variant(model, family.cards[spec.name], family, repo_id=spec.repo_id,
                                                 hub=store.hub)
     return SweepResult(family, revisions, written)

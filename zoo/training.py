@@ -12,6 +12,11 @@ each step, `step` counting optimizer steps from 0:
   re-applied or updated).
 - with the cyclic schedule, `on_trough(steps_done)` runs at the end of every complete cycle (the
   learning-rate troughs the one-run trade-off curves of `zoo.tradeoff` evaluate at).
+
+Under torchrun (a process group initialized, zoo.distributed) the same call trains data-parallel: the
+loss gets the model wrapped in DistributedDataParallel and this rank's shard of each global batch, the
+callbacks see the unwrapped model's parameters after the gradients were averaged, and the losses
+returned are the global batches'; the steps and the schedule are the single-process run's.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from zoo.distributed import DataParallelTraining, is_main
 from zoo.errors import InvalidArgumentError
 
 BatchesFn = Callable[[int], Iterable[Any]]
@@ -131,26 +137,28 @@ def train(
     model.train()
     history: list[float] = []
     step = 0
-    with tqdm(total=total, desc=desc, disable=not progress, unit="step", leave=False) as bar:
+    with DataParallelTraining(model) as parallel, \
+            tqdm(total=total, desc=desc, disable=not progress or not is_main(), unit="step", leave=False) as bar:
         for epoch in range(epochs):
             running = 0.0
             for batch in batches(epoch):
-                loss = loss_fn(model, batch)
+                part, share = parallel.shard(batch)  # on several processes: this rank's rows (zoo.distributed)
+                loss = loss_fn(parallel.model, part)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                parallel.backward(loss, share)
                 if before_step is not None:
                     before_step(step, opt)
                 opt.step()
                 scheduler.step()
                 if after_step is not None:
                     after_step(step)
-                running += loss.item()
+                running += loss.item() * share
                 step += 1
                 bar.update(1)
                 if on_trough is not None and step in troughs:
                     on_trough(step)
                     model.train()  # the callback may evaluate: training resumes in training mode
-            history.append(running / per_epoch)
+            history.append(parallel.global_sum(running) / per_epoch)
             bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
     model.eval()
     return history
