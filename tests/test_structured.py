@@ -235,3 +235,14 @@ def test_zoo_load_derives_caches_and_rebuilds_a_channel_pruned_variant(
                                 env=store_env(store))
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0].startswith(f"{CH50}: cache at ")
+
+    out = tmp_path / "export" / "ch50.safetensors"  # a dense export carries its pruned architecture beside it
+    result = CliRunner().invoke(main, ["export", CH50, "--out", str(out)], env=store_env(store))
+    assert result.exit_code == 0, result.output
+    architecture = json.loads(out.with_suffix(".architecture.json").read_text())
+    assert "adapt_model_from_string" in result.output and architecture == config["architecture"]
+    from safetensors.torch import load_file
+
+    plain = adapt_model_from_string(timm.create_model("test_resnet", **get_entry(BASE).model_kwargs),
+                                    architecture["timm_pruned"])
+    plain.load_state_dict(load_file(out))  # strict: every tensor and shape fits

@@ -122,3 +122,29 @@ def test_the_drivers_refuse_what_they_cannot_train() -> None:
         standard_curve(get_entry(BASE), [2, 2])
     with pytest.raises(InvalidArgumentError, match="cycles"):
         one_run_curve(get_entry(BASE), 1, 2, 0)
+
+
+@pytest.mark.slow
+def test_zoo_evaluate_tradeoff_saves_the_curves_beside_the_base_and_its_card_shows_them(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tiny_zoo import store_env, store_with_base
+    from zoo.cli import main
+    from zoo.model_cards.plot import TRADEOFF_PLOT_FILE
+
+    store = store_with_base(tmp_path_factory, tmp_path_factory.mktemp("tradeoff"))
+    env = store_env(store)
+    result = CliRunner().invoke(main, ["evaluate", BASE, "--tradeoff", "1", "2", "2"], env=env)
+    assert result.exit_code == 0, result.output
+    (folder,) = store.cached_entries(BASE)
+    assert (folder / TRADEOFF_PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
+    cyclic = TradeoffCurve.load(folder / "tradeoff_cyclic.json")
+    assert [p.epochs for p in cyclic.points] == [1, 3]  # troughs after 1 and 1 + 2 epochs
+    assert "one cyclic run of 3 epochs; the standard curve took 4" in result.output
+    result = CliRunner().invoke(main, ["card", BASE, "--out", str(tmp_path / "cards")], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"]({TRADEOFF_PLOT_FILE})" in (tmp_path / "cards" / BASE / "README.md").read_text()
+    for bad in (["evaluate", f"{BASE}_os90", "--tradeoff", "1", "2", "2"], ["evaluate", "--tradeoff", "1", "2", "2"]):
+        result = CliRunner().invoke(main, bad, env=env)
+        assert result.exit_code == 1 and "tradeoff" in result.output.lower() or "variant" in result.output

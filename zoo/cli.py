@@ -177,12 +177,17 @@ def train(name, publish, hub_root, cache_root):
 @click.option("--span", nargs=2, type=float, default=(0.0, 1.0), show_default=True, metavar="START END",
               help="With --path: the alphas' range; it must contain [0, 1] (e.g. -0.2 1.2).")
 @click.option("--no-metric", is_flag=True, help="With --path: the loss only, not the task metric at each point.")
+@click.option("--tradeoff", "tradeoff", nargs=3, type=int, default=None, metavar="T0 M CYCLES",
+              help="Instead, for one zoo-native base NAME: the one-run trade-off curve (a cyclic schedule, cycles "
+                   "of T0, T0*M, ... epochs, evaluated at each trough; Portes et al. 2022) beside standard runs "
+                   "of the same budgets, saved with its plot beside the base (its family card shows it).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="With --path: where to write the path and its plot [default: beside B in the variant cache; "
-                   "required when B comes from the hub, whose snapshots are not written to].")
+                   "required when B comes from the hub, whose snapshots are not written to]; with --tradeoff "
+                   "likewise, beside the base.")
 @_apply(store_options)
 @_one_line_errors
-def evaluate(names, as_json, path_names, points, span, no_metric, out_dir, hub_root, cache_root):
+def evaluate(names, as_json, path_names, points, span, no_metric, tradeoff, out_dir, hub_root, cache_root):
     """Measure variants (top-1/top-5, FLOPs, non-zero params, bytes, latency) and mark the Pareto front.
 
     NAMES are base or variant names, e.g. resnet18.zoo_digits resnet18.zoo_digits_gmp90. With --path A B,
@@ -191,6 +196,11 @@ def evaluate(names, as_json, path_names, points, span, no_metric, out_dir, hub_r
     from zoo.evaluation import measure_variant
     from zoo.publish import quality_front, report_json, report_table
 
+    if tradeoff is not None:
+        if path_names is not None or len(names) != 1:
+            raise InvalidArgumentError("--tradeoff T0 M CYCLES takes exactly one base name and no --path")
+        _tradeoff(names[0], *tradeoff, out_dir=out_dir, hub_root=hub_root, cache_root=cache_root)
+        return
     if path_names is not None:
         if names:
             raise InvalidArgumentError(f"--path A B takes no other names; got {' '.join(names)}")
@@ -242,6 +252,30 @@ def _linear_path(name_a, name_b, *, points, span, metric, out_dir, as_json, hub_
         click.echo(f"{alpha:>7.3f} {path.loss[i]:>9.4f}" + "".join(f" {path.metrics[i][k]:>12.4g}" for k in keys))
     click.echo(f"barrier on [0, 1]: {path.barrier:.4f} (highest loss above the chord between the endpoints)")
     for file in saved:
+        click.echo(f"wrote {file}")
+
+
+def _tradeoff(name: str, t0: int, t_mult: int, cycles: int, *, out_dir, hub_root, cache_root) -> None:
+    from zoo.tradeoff import cycle_epochs, one_run_curve, save_curves, standard_curve
+
+    spec = _spec(name)
+    if not spec.is_base:
+        raise InvalidArgumentError(f"{name} is a variant: the trade-off curves train a base from scratch; name its base")
+    budgets = cycle_epochs(t0, t_mult, cycles)  # validates the cycle settings before any training
+    if out_dir is None:
+        base = _load(name, 0.0, None, None, None, hub_root, cache_root, progress=False)
+        if base.zoo.source not in ("cache", "derived", "trained"):
+            raise InvalidArgumentError(f"{name} comes from the {base.zoo.source} ({base.zoo.path}), which is not "
+                                       "written to: give --out")
+        out_dir = base.zoo.path
+    cyclic = one_run_curve(spec.base, t0, t_mult, cycles)
+    standard = standard_curve(spec.base, budgets)
+    key = cyclic.metric
+    click.echo(f"{'epochs':>7} {'standard ' + key:>16} {'cyclic ' + key:>14}")
+    for a, b in zip(standard.points, cyclic.points):
+        click.echo(f"{a.epochs:>7} {a.metrics[key]:>16.4g} {b.metrics[key]:>14.4g}")
+    click.echo(f"one cyclic run of {cyclic.total_epochs} epochs; the standard curve took {standard.total_epochs}")
+    for file in save_curves(cyclic, standard, out_dir):
         click.echo(f"wrote {file}")
 
 
@@ -330,7 +364,8 @@ def pull(repo_id, revision, endpoint, token, hub_root, cache_root):
 def export(name, out_file, fmt, sparsity, quant, method, recipe_file, hub_root, cache_root):
     """Write a variant as a plain dense safetensors state dict that timm loads unchanged, or as an ONNX
     or OpenVINO graph (cached beside the variant, then copied to OUT)."""
-    from zoo.compress.checkpoint import export_dense
+    from zoo.atomic import atomic_write_json
+    from zoo.compress.checkpoint import export_dense, read_config
 
     model = _load(name, sparsity, quant, method, recipe_file, hub_root, cache_root)
     if fmt != "dense":
@@ -338,9 +373,17 @@ def export(name, out_file, fmt, sparsity, quant, method, recipe_file, hub_root, 
         return
     path = export_dense(model.zoo.path, out_file)
     entry = _entry(model.zoo.base_model)
-    click.echo(f"wrote {path}; load it with timm.create_model({entry.arch!r}, pretrained=True, "
-               f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={entry.num_classes}), "
-               f"**{entry.model_kwargs!r})")
+    architecture = read_config(model.zoo.path).get("architecture")
+    if architecture is None:
+        click.echo(f"wrote {path}; load it with timm.create_model({entry.arch!r}, pretrained=True, "
+                   f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={entry.num_classes}), "
+                   f"**{entry.model_kwargs!r})")
+        return
+    described = atomic_write_json(path.with_suffix(".architecture.json"), architecture)
+    how = ("timm.models._prune.adapt_model_from_string(model, architecture['timm_pruned'])"
+           if "timm_pruned" in architecture else "zoo.compress.structured.rebuild_architecture(model, architecture)")
+    click.echo(f"wrote {path} and its structurally pruned architecture {described}: build the base architecture "
+               f"({entry.arch}, {entry.model_kwargs!r}), narrow it with {how}, then load_state_dict the weights")
 
 
 def _export_graph(model, fmt: str, out: Path, hub_root, cache_root) -> None:
