@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
 from zoo.errors import InvalidArgumentError
+from zoo.tasks import LOCAL_METRIC
 
 # torchmetrics' averages that give one number; its fourth, "none", gives one per class.
 AVERAGES = ("micro", "macro", "weighted")
@@ -32,7 +33,7 @@ def evaluate_classifier(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor
     skipped. The model's training flag is restored afterwards."""
     ks = _check_arguments(num_classes, top_k, average)
     device = next(model.parameters(), torch.empty(0)).device
-    metrics = {f"top{k}": MulticlassAccuracy(num_classes, top_k=k, average=average).to(device) for k in ks}
+    metrics = {f"top{k}": MulticlassAccuracy(num_classes, top_k=k, average=average, **LOCAL_METRIC).to(device) for k in ks}
     num_examples = 0
     was_training = model.training
     model.eval()

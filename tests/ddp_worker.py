@@ -90,9 +90,12 @@ def _error_name(fn: Callable[[], object]) -> str | None:
 
 def collectives() -> dict[str, Any]:
     """What `main_decides` / `main_only` return on this rank, the errors a failure on rank 0 and a loss
-    that bypasses the model's forward raise here, and a torchmetrics metric computed on rank 0 alone
-    (it would wait for the other ranks forever if it tried to synchronize)."""
+    that bypasses the model's forward raise here, and a torchmetrics metric built as the zoo's tasks
+    build theirs (`LOCAL_METRIC`) computed on rank 0 alone (it would wait for the other ranks forever if
+    it tried to synchronize)."""
     from torchmetrics.classification import MulticlassAccuracy
+
+    from zoo.tasks import LOCAL_METRIC
 
     rank = world()[0]
 
@@ -100,7 +103,7 @@ def collectives() -> dict[str, Any]:
         raise ValueError("disk full")
 
     def accuracy() -> float:
-        metric = MulticlassAccuracy(2, average="micro")
+        metric = MulticlassAccuracy(2, average="micro", **LOCAL_METRIC)
         metric.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
         return float(metric.compute())
 

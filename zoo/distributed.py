@@ -185,18 +185,14 @@ def _on_main(fn: Callable[[], T], *, share: bool) -> T | None:
 
 @contextlib.contextmanager
 def _alone() -> Iterator[None]:
-    """Rank 0 working while the others wait: torchmetrics, which all-gathers a metric's state over the
-    process group whenever one is initialized, must not (the other ranks are not computing it), so the
-    metrics made in this block get a `distributed_available_fn` that says no; nested `_on_main` calls
-    run in place."""
-    import torchmetrics.metric
-
-    default = torchmetrics.metric.jit_distributed_available
-    _ALONE[0], torchmetrics.metric.jit_distributed_available = True, lambda: False
+    """Rank 0 working while the others wait: nested `_on_main` calls run in place. (The metrics it
+    computes never synchronize over the process group: the tasks build them with
+    `zoo.tasks.LOCAL_METRIC`.)"""
+    _ALONE[0] = True
     try:
         yield
     finally:
-        _ALONE[0], torchmetrics.metric.jit_distributed_available = False, default
+        _ALONE[0] = False
 
 
 # The training loop's side -------------------------------------------------------------------------

@@ -15,6 +15,10 @@ from zoo.entry import DataSpec, ModelEntry
 from zoo.errors import DuplicateNameError, InvalidArgumentError
 from zoo.registry import Registry
 
+# Keyword arguments of every torchmetrics metric the zoo builds: evaluation runs on one process (rank 0
+# in a distributed run, zoo.distributed), so a metric never all-gathers its state over a process group.
+LOCAL_METRIC: dict[str, Any] = {"sync_on_compute": False}
+
 if TYPE_CHECKING:
     import torch
     from torch import nn

@@ -32,7 +32,7 @@ from zoo.families.invertible.model import (
     CodecOutput, RescalingOutput, quantize_8bit, round_ste, sample_latent,
 )
 from zoo.runtimes.signature import GraphSignature, RunGraph, batch_axes
-from zoo.tasks import MetricPlot, MetricSpec, Task, TaskResult, register_task
+from zoo.tasks import LOCAL_METRIC, MetricPlot, MetricSpec, Task, TaskResult, register_task
 
 EVAL_SEED = 0
 PSNR = MetricSpec("psnr", "PSNR", "psnr", higher_is_better=True, unit="dB")
@@ -111,8 +111,8 @@ class _ImageToImage(Task):
         return f"one {spec.channels}x{spec.patch}x{spec.patch} patch {self.round_trip}"
 
     def evaluate(self, model: nn.Module, batches: Batches, entry: ModelEntry, *, progress: bool = True) -> TaskResult:
-        psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
-        ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3), **LOCAL_METRIC)
+        ssim = StructuralSimilarityIndexMeasure(data_range=1.0, **LOCAL_METRIC)
         extra: dict[str, list[torch.Tensor]] = {}
         generator = torch.Generator().manual_seed(EVAL_SEED)
         count = 0

@@ -22,7 +22,7 @@ from zoo.errors import InvalidArgumentError
 from zoo.families.mcbert.entries import TextInput
 from zoo.families.mcbert.model import MaskedLMOutput, choose_masked, corrupt_tokens
 from zoo.runtimes.signature import GraphSignature, RunGraph, UnsupportedExportError, batch_axes
-from zoo.tasks import MetricSpec, Task, TaskResult, register_task
+from zoo.tasks import LOCAL_METRIC, MetricSpec, Task, TaskResult, register_task
 
 EVAL_SEED = 1234
 MICRO_MEANING = "over all examples"
@@ -114,10 +114,10 @@ class MultiChoiceCloze(_TextTask):
     def evaluate(self, model: nn.Module, batches: Batches, entry: ModelEntry, *, progress: bool = True) -> TaskResult:
         k = int(entry.model_kwargs["num_candidates"])
         vocab = _text_input(entry).vocab_size
-        choice = MulticlassAccuracy(k, average=self.average)
-        replaced = MulticlassAccuracy(k, average=self.average)
-        cloze = MulticlassAccuracy(k - 1, average=self.average)
-        controller = MulticlassAccuracy(vocab, average=self.average)
+        choice = MulticlassAccuracy(k, average=self.average, **LOCAL_METRIC)
+        replaced = MulticlassAccuracy(k, average=self.average, **LOCAL_METRIC)
+        cloze = MulticlassAccuracy(k - 1, average=self.average, **LOCAL_METRIC)
+        controller = MulticlassAccuracy(vocab, average=self.average, **LOCAL_METRIC)
         counts = [0]
 
         def step(batch: Any, generator: torch.Generator) -> None:
@@ -152,7 +152,7 @@ class FillMask(_TextTask):
         return model(batch[0]).loss
 
     def evaluate(self, model: nn.Module, batches: Batches, entry: ModelEntry, *, progress: bool = True) -> TaskResult:
-        accuracy = MulticlassAccuracy(_text_input(entry).vocab_size, average=self.average)
+        accuracy = MulticlassAccuracy(_text_input(entry).vocab_size, average=self.average, **LOCAL_METRIC)
         counts = [0]
 
         def step(batch: Any, generator: torch.Generator) -> None:
@@ -183,7 +183,7 @@ class TextClassification(_TextTask):
         return F.cross_entropy(model(ids), labels, label_smoothing=smoothing)
 
     def evaluate(self, model: nn.Module, batches: Batches, entry: ModelEntry, *, progress: bool = True) -> TaskResult:
-        accuracy = MulticlassAccuracy(entry.num_classes, average=self.average)
+        accuracy = MulticlassAccuracy(entry.num_classes, average=self.average, **LOCAL_METRIC)
         counts = [0]
 
         def step(batch: Any, generator: torch.Generator) -> None:

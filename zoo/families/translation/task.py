@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from zoo.data import Batches
 from zoo.entry import ModelEntry
 from zoo.runtimes.signature import GraphSignature, UnsupportedExportError
-from zoo.tasks import MetricSpec, Task, TaskResult, register_task
+from zoo.tasks import LOCAL_METRIC, MetricSpec, Task, TaskResult, register_task
 from zoo.families.translation.data import CORPORA, PAD_ID, UNK_ID, decode, trim
 
 IGNORE_INDEX = -100
@@ -60,7 +60,7 @@ class Translation(Task):
     def evaluate(self, model: nn.Module, batches: Batches, entry: ModelEntry, *, progress: bool = True) -> TaskResult:
         from torchmetrics.text import SacreBLEUScore
 
-        spec, bleu = CORPORA[entry.input.corpus], SacreBLEUScore(tokenize="13a")
+        spec, bleu = CORPORA[entry.input.corpus], SacreBLEUScore(tokenize="13a", **LOCAL_METRIC)
         exact = count = 0
         was_training = model.training
         model.eval()

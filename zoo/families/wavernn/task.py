@@ -16,7 +16,7 @@ from zoo.families.wavernn.data import LOG_FLOOR, AudioSpec, SpeechWindows, log_m
 from zoo.families.wavernn.model import SILENCE, split_16bit
 from zoo.families.wavernn import online  # noqa: F401  (registers the GRU's online-training hooks, zoo.compress.snap)
 from zoo.runtimes.signature import GraphSignature, UnsupportedExportError
-from zoo.tasks import MetricSpec, Task, TaskResult, register_task
+from zoo.tasks import LOCAL_METRIC, MetricSpec, Task, TaskResult, register_task
 
 
 def nll_nats(model: nn.Module, mel: torch.Tensor, samples: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -79,7 +79,7 @@ class Vocoding(Task):
         # numba loads here, when audio is generated, not when the task is registered
         from zoo.families.wavernn.fused import generate
 
-        metric = torchmetrics.MeanAbsoluteError()
+        metric = torchmetrics.MeanAbsoluteError(**LOCAL_METRIC)
         generator = torch.Generator().manual_seed(0)
         for mel, samples in data.clips():
             generated = generate(model, mel[None], generator=generator)[0]
