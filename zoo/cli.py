@@ -403,7 +403,7 @@ def _export_graph(model, fmt: str, out: Path, hub_root, cache_root) -> None:
 
 @main.command()
 @click.argument("base", default="resnet18.zoo_digits")
-@click.option("--sparsity", "sparsities", type=float, multiple=True, help="Repeatable [default: 0.5 0.8 0.9 0.95].")
+@click.option("--sparsity", "sparsities", type=float, multiple=True, help="Repeatable [default: 0.5 0.8 0.9 0.95 0.98].")
 @click.option("--oneshot", "oneshot", type=float, multiple=True, help="One-shot sparsities [default: 0.9].")
 @click.option("--no-oneshot", is_flag=True, help="Skip the one-shot variants.")
 @click.option("--structured", "structured", type=float, multiple=True,
@@ -420,7 +420,7 @@ def _export_graph(model, fmt: str, out: Path, hub_root, cache_root) -> None:
 @_one_line_errors
 def sweep(base, sparsities, oneshot, no_oneshot, structured, no_structured, int8_sparsities, no_int8, cards_dir,
           no_publish, hub_root, cache_root):
-    """The main job: derive the 50/80/90/95% sparse, the structured (50 % of the channels or heads) and
+    """The main job: derive the 50/80/90/95/98% sparse, the structured (50 % of the channels or heads) and
     the int8 variants of BASE, measure them, write their cards with the accuracy-vs-FLOPs and
     accuracy-vs-latency plots and publish them to the local hub."""
     from zoo.publish import report_table
