@@ -351,3 +351,28 @@ def test_train_trains_once_then_finds_the_cached_base(tmp_path: Path, monkeypatc
     assert second.exit_code == 0 and calls == [BASE], second.output
     refused = CliRunner().invoke(main, ["train", "test_resnet.r160_in1k", "--cache", str(tmp_path / "cache")])
     assert refused.exit_code == 1 and "not a zoo-native base" in refused.output
+
+
+def test_compress_options_shape_the_variant_like_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--nm, --distribution, --budget and --snap give the variant their name suffixes say (checked on
+    what `zoo.load` is asked for, without training it); bad combinations are refused in one line."""
+    import zoo as zoo_module
+
+    asked = []
+    monkeypatch.setattr(zoo_module, "load", lambda spec, **kwargs: asked.append(spec.name) or (_ for _ in ()).throw(
+        zoo_module.errors.InvalidArgumentError("stop here")))
+    runner = CliRunner()
+    for args, name in (
+        (["--method", "rigl", "--sparsity", "0.9", "--distribution", "uniform", "--budget", "2"], f"{BASE}_rigl90unix2"),
+        (["--nm", "2:4"], f"{BASE}_nm24"),
+        (["--method", "oneshot", "--nm", "1:4", "--quant", "int8"], f"{BASE}_osnm14_int8"),
+        (["--method", "set", "--nm", "2:4"], f"{BASE}_setnm24"),
+        (["--method", "es", "--sparsity", "0.9"], f"{BASE}_es90"),
+    ):
+        result = runner.invoke(main, ["compress", BASE, *args])
+        assert result.exit_code == 1 and "stop here" in result.output, result.output
+        assert asked[-1] == name
+    for args, message in ((["--nm", "24"], "--nm takes N:M"), (["--distribution", "er"], "sparse training"),
+                          (["--method", "channels", "--sparsity", "0.5", "--nm", "2:4"], "N:M applies")):
+        result = runner.invoke(main, ["compress", BASE, *args])
+        assert result.exit_code == 1 and message in result.output, result.output

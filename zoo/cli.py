@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from zoo.errors import InvalidArgumentError, ZooError
-from zoo.variants import METHODS
+from zoo.variants import DISTRIBUTIONS, METHODS
 
 # torch logs a CUDA_HOME warning when some dependency imports its C++ extension helper: noise on a CLI.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -48,9 +48,16 @@ variant_options = [
     click.option("--quant", type=click.Choice(["int8"]), default=None, help="Quantization scheme."),
     click.option("--method", type=click.Choice(METHODS), default=None,
                  help="Pruning method: gmp, oneshot, structured (channels: CNN filters; heads: attention "
-                      "heads and FFN neurons), or sparse training from scratch (rigl, set, static; ERK: "
-                      "name a variant such as BASE_rigl90uni for another distribution) "
-                      "[default: gmp where the zoo can fine-tune, else oneshot]."),
+                      "heads and FFN neurons), ES masks (es), or sparse training from scratch (rigl, set, "
+                      "static) [default: gmp where the zoo can fine-tune, else oneshot]."),
+    click.option("--nm", default=None, metavar="N:M",
+                 help="N:M sparsity (e.g. 2:4) with --method gmp, oneshot, rigl, set or static (its sparsity is 1 - N/M)."),
+    click.option("--distribution", type=click.Choice(DISTRIBUTIONS), default=None,
+                 help="Sparse training (rigl, set, static): how the sparsity spreads over layers [default: erk]."),
+    click.option("--budget", type=click.IntRange(min=1), default=None,
+                 help="Sparse training: training steps in multiples of the base's [default: 1]."),
+    click.option("--snap", type=click.Choice(["1", "2"]), default=None,
+                 help="Then train the GRU's recurrent matrix online by SnAp-1 or SnAp-2 (WaveRNN)."),
     click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False), default=None,
                  help="A recipe file (JSON or YAML) instead of the default recipe."),
 ]
@@ -73,11 +80,27 @@ def _read_recipe(path: str | None):
     return Recipe.from_yaml(text) if path.endswith((".yaml", ".yml")) else Recipe.from_json(text)
 
 
-def _load(name, sparsity, quant, method, recipe_file, hub_root, cache_root, progress=True):
+def _load(name, variant: dict, hub_root, cache_root, progress=True):
+    """`zoo.load` of NAME compressed as `variant_options` say (`variant`: their values; {} for NAME as it is)."""
+    import dataclasses
+
     import zoo
 
-    return zoo.load(name, sparsity=sparsity, quant=quant, method=method, recipe=_read_recipe(recipe_file),
-                    store=_store(hub_root, cache_root), progress=progress)
+    spec = zoo.resolve(name, sparsity=variant.get("sparsity") or 0.0, quant=variant.get("quant"),
+                       method=variant.get("method"), recipe=_read_recipe(variant.get("recipe_file")))
+    shape = {"nm": _nm(variant["nm"]) if variant.get("nm") else None, "distribution": variant.get("distribution"),
+             "budget": variant.get("budget"), "snap": int(variant["snap"]) if variant.get("snap") else None}
+    shape = {key: value for key, value in shape.items() if value is not None}
+    if shape:
+        spec = dataclasses.replace(spec, **shape)  # validated again: a bad combination is refused by name
+    return zoo.load(spec, store=_store(hub_root, cache_root), progress=progress)
+
+
+def _nm(text: str) -> tuple[int, int]:
+    n, sep, m = text.partition(":")
+    if not (sep and n.isdigit() and m.isdigit()):
+        raise InvalidArgumentError(f"--nm takes N:M, e.g. 2:4; got {text!r}")
+    return int(n), int(m)
 
 
 @click.group()
@@ -132,11 +155,11 @@ def info(name):
 @click.argument("name")
 @_apply(variant_options + store_options)
 @_one_line_errors
-def compress(name, sparsity, quant, method, recipe_file, hub_root, cache_root):
+def compress(name, hub_root, cache_root, **variant):
     """Derive (or load if cached/published) a compressed variant of NAME and print its measurements."""
     from zoo.publish import report_table
 
-    model = _load(name, sparsity, quant, method, recipe_file, hub_root, cache_root)
+    model = _load(name, variant, hub_root, cache_root)
     click.echo(f"{model.zoo.name}: {model.zoo.source} at {model.zoo.path}")
     if model.zoo.report is not None:
         click.echo(report_table([model.zoo.report]))
@@ -212,7 +235,7 @@ def evaluate(names, as_json, path_names, points, span, no_metric, tradeoff, out_
     store = _store(hub_root, cache_root)
     reports = []
     for name in names:
-        model = _load(name, 0.0, None, None, None, hub_root, cache_root)
+        model = _load(name, {}, hub_root, cache_root)
         reports.append(measure_variant(model, _entry(model.zoo.base_model), name=model.zoo.name,
                                        checkpoint_dir=model.zoo.path, sparsity=model.zoo.sparsity,
                                        quant=model.zoo.quant, recipe=model.zoo.recipe,
@@ -231,8 +254,8 @@ def _linear_path(name_a, name_b, *, points, span, metric, out_dir, as_json, hub_
     from zoo.evaluate.linear_path import measure_linear_path, path_file_stem
     from zoo.model_cards.plot import plot_linear_path
 
-    model_a = _load(name_a, 0.0, None, None, None, hub_root, cache_root, progress=False)
-    model_b = _load(name_b, 0.0, None, None, None, hub_root, cache_root, progress=False)
+    model_a = _load(name_a, {}, hub_root, cache_root, progress=False)
+    model_b = _load(name_b, {}, hub_root, cache_root, progress=False)
     if out_dir is None and model_b.zoo.source not in ("cache", "derived", "trained"):
         raise InvalidArgumentError(f"{model_b.zoo.name} comes from the {model_b.zoo.source} ({model_b.zoo.path}), "
                                    "which is not written to: give --out")
@@ -263,7 +286,7 @@ def _tradeoff(name: str, t0: int, t_mult: int, cycles: int, *, out_dir, hub_root
         raise InvalidArgumentError(f"{name} is a variant: the trade-off curves train a base from scratch; name its base")
     budgets = cycle_epochs(t0, t_mult, cycles)  # validates the cycle settings before any training
     if out_dir is None:
-        base = _load(name, 0.0, None, None, None, hub_root, cache_root, progress=False)
+        base = _load(name, {}, hub_root, cache_root, progress=False)
         if base.zoo.source not in ("cache", "derived", "trained"):
             raise InvalidArgumentError(f"{name} comes from the {base.zoo.source} ({base.zoo.path}), which is not "
                                        "written to: give --out")
@@ -361,13 +384,13 @@ def pull(repo_id, revision, endpoint, token, hub_root, cache_root):
                    "openvino: OpenVINO IR (OUT is the .xml, its .bin beside it).")
 @_apply(variant_options + store_options)
 @_one_line_errors
-def export(name, out_file, fmt, sparsity, quant, method, recipe_file, hub_root, cache_root):
+def export(name, out_file, fmt, hub_root, cache_root, **variant):
     """Write a variant as a plain dense safetensors state dict that timm loads unchanged, or as an ONNX
     or OpenVINO graph (cached beside the variant, then copied to OUT)."""
     from zoo.atomic import atomic_write_json
     from zoo.compress.checkpoint import export_dense, read_config
 
-    model = _load(name, sparsity, quant, method, recipe_file, hub_root, cache_root)
+    model = _load(name, variant, hub_root, cache_root)
     if fmt != "dense":
         _export_graph(model, fmt, Path(out_file), hub_root, cache_root)
         return
