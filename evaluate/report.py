@@ -12,8 +12,9 @@ from zoo.evaluate.machine import MachineInfo
 # Bumped when the evaluator measures differently, so that reports cached by an older one are measured
 # again (2: per-layer FLOPs credited to the outermost module that counted them; 3: attention counted on
 # every SDPA kernel, the ops left out of the FLOPs named, the machine recorded; 4: latency per runtime,
-# torch eager, ONNX Runtime and OpenVINO, and the int8 path).
-EVALUATOR_VERSION = 4
+# torch eager, ONNX Runtime and OpenVINO, and the int8 path; 5: each runtime's graph checked on seeded
+# random inputs and evaluation examples by an fp32 or an int8 rule, OpenVINO compiled per input shape).
+EVALUATOR_VERSION = 5
 
 
 @dataclass(frozen=True)
