@@ -38,10 +38,10 @@ import torch
 from torch import nn
 
 from zoo.compress.config import (
-    CompressionConfig, check_choice, check_fraction, check_patterns, check_positive, register_config,
+    CompressionConfig, check_choice, check_patterns, register_config,
 )
 from zoo.compress.formats import nm_groups, nm_ungroup
-from zoo.compress.pruning import _NUMPY_FLOATS, OPTIMIZERS, Masks, apply_masks, prunable_weights
+from zoo.compress.pruning import _NUMPY_FLOATS, Masks, apply_masks, check_finetune_schedule, prunable_weights
 from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.training import steps_per_epoch, train
@@ -253,16 +253,7 @@ class GradualNMPruningConfig(CompressionConfig):
 
     def __post_init__(self) -> None:
         _check_nm_config(self)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_fraction("begin_fraction", self.begin_fraction)
-        check_fraction("end_fraction", self.end_fraction, upper_open=False)
-        if self.end_fraction <= self.begin_fraction:
-            raise RecipeError("end_fraction must be greater than begin_fraction")
-        check_positive("epochs", self.epochs, integer=True)
-        check_positive("lr", self.lr)
-        check_positive("frequency", self.frequency, integer=True)
-        check_positive("exponent", self.exponent)
-        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_finetune_schedule(self)
 
 
 @handles(NMPruningConfig)

@@ -209,11 +209,17 @@ OPTIMIZERS = ("sgd", "adamw")
 def check_gradual_schedule(config: CompressionConfig) -> None:
     """The checks every gradual (prune while fine-tuning) config shares: sparsities, schedule points,
     fine-tuning settings."""
-    check_choice("optimizer", config.optimizer, OPTIMIZERS)
     check_fraction("final_sparsity", config.final_sparsity)
     check_fraction("initial_sparsity", config.initial_sparsity)
     if config.initial_sparsity > config.final_sparsity:
         raise RecipeError("initial_sparsity must not exceed final_sparsity")
+    check_finetune_schedule(config)
+
+
+def check_finetune_schedule(config: CompressionConfig) -> None:
+    """The schedule points (begin_fraction < end_fraction) and fine-tuning settings (optimizer, epochs,
+    lr, frequency, exponent, weight_decay) of a config that prunes while fine-tuning."""
+    check_choice("optimizer", config.optimizer, OPTIMIZERS)
     check_fraction("begin_fraction", config.begin_fraction)
     check_fraction("end_fraction", config.end_fraction, upper_open=False)
     if config.end_fraction <= config.begin_fraction:

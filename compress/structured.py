@@ -73,6 +73,21 @@ class StructuredHooks:
 STRUCTURED_HOOKS: Registry[StructuredHooks] = Registry("structured pruning hooks")
 
 
+def narrow_linear(linear: nn.Linear, keep: torch.Tensor | int, dim: int) -> nn.Linear:
+    """A copy of `linear` with only the `keep` indices (or the first `keep`, for a meta-device shell)
+    along `dim` of its weight (0: outputs, with the bias; 1: inputs): how the families' head and FFN
+    pruning narrows a transformer's projections."""
+    index = torch.arange(keep) if isinstance(keep, int) else keep
+    out_f, in_f = (len(index), linear.in_features) if dim == 0 else (linear.out_features, len(index))
+    new = nn.Linear(in_f, out_f, bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
+    if not linear.weight.is_meta:
+        with torch.no_grad():
+            new.weight.copy_(linear.weight.index_select(dim, index.to(linear.weight.device)))
+            if linear.bias is not None:
+                new.bias.copy_(linear.bias if dim == 1 else linear.bias[index.to(linear.bias.device)])
+    return new
+
+
 def _type_key(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 

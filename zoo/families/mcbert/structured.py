@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import BertModel
 
-from zoo.compress.structured import StructuredHooks
+from zoo.compress.structured import StructuredHooks, narrow_linear
 from zoo.errors import CheckpointError, InvalidArgumentError
 
 FORMAT = "bert-narrowed"
@@ -46,31 +46,17 @@ def head_sizes(model: nn.Module) -> list[tuple[int, int]]:
             for layer in bert.encoder.layer]
 
 
-def _narrow(linear: nn.Linear, keep: torch.Tensor | int, dim: int) -> nn.Linear:
-    """A copy of `linear` with only the `keep` indices (or the first `keep`, for a shell) along `dim`
-    of its weight (0: outputs, with the bias; 1: inputs)."""
-    index = torch.arange(keep) if isinstance(keep, int) else keep
-    out_f, in_f = (len(index), linear.in_features) if dim == 0 else (linear.out_features, len(index))
-    new = nn.Linear(in_f, out_f, bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
-    if not linear.weight.is_meta:
-        with torch.no_grad():
-            new.weight.copy_(linear.weight.index_select(dim, index.to(linear.weight.device)))
-            if linear.bias is not None:
-                new.bias.copy_(linear.bias if dim == 1 else linear.bias[index])
-    return new
-
-
 def _set_layer(layer: nn.Module, heads: torch.Tensor | int, ffn: torch.Tensor | int, size: int) -> None:
     """Narrows one `BertLayer` in place to the given head and neuron indices (or counts)."""
     attention = layer.attention.self
     rows = heads * size if isinstance(heads, int) else (heads[:, None] * size + torch.arange(size)).reshape(-1)
     for name in ("query", "key", "value"):
-        setattr(attention, name, _narrow(getattr(attention, name), rows, 0))
-    layer.attention.output.dense = _narrow(layer.attention.output.dense, rows, 1)
+        setattr(attention, name, narrow_linear(getattr(attention, name), rows, 0))
+    layer.attention.output.dense = narrow_linear(layer.attention.output.dense, rows, 1)
     count = attention.query.out_features // size
     attention.num_attention_heads, attention.all_head_size = count, count * size
-    layer.intermediate.dense = _narrow(layer.intermediate.dense, ffn, 0)
-    layer.output.dense = _narrow(layer.output.dense, ffn, 1)
+    layer.intermediate.dense = narrow_linear(layer.intermediate.dense, ffn, 0)
+    layer.output.dense = narrow_linear(layer.output.dense, ffn, 1)
 
 
 def _l1(weight: torch.Tensor, dim: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ from torch import nn
 from transformers import MarianMTModel
 from transformers.models.marian.modeling_marian import MarianAttention
 
-from zoo.compress.structured import StructuredHooks
+from zoo.compress.structured import StructuredHooks, narrow_linear
 from zoo.errors import CheckpointError, InvalidArgumentError
 
 FORMAT = "marian-narrowed"
@@ -113,33 +113,19 @@ def head_sizes(model: nn.Module) -> list[tuple[int, int]]:
     return out
 
 
-def _narrow(linear: nn.Linear, keep: torch.Tensor | int, dim: int) -> nn.Linear:
-    """A copy of `linear` with only the `keep` indices (or the first `keep`, for a shell) along `dim`
-    of its weight (0: outputs, with the bias; 1: inputs)."""
-    index = torch.arange(keep) if isinstance(keep, int) else keep
-    out_f, in_f = (len(index), linear.in_features) if dim == 0 else (linear.out_features, len(index))
-    new = nn.Linear(in_f, out_f, bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
-    if not linear.weight.is_meta:
-        with torch.no_grad():
-            new.weight.copy_(linear.weight.index_select(dim, index.to(linear.weight.device)))
-            if linear.bias is not None:
-                new.bias.copy_(linear.bias if dim == 1 else linear.bias[index.to(linear.bias.device)])
-    return new
-
-
 def _set_attention(attention: MarianAttention, heads: torch.Tensor | int) -> None:
     """Narrows one attention in place to the given head indices (or the first `heads`, for a shell)."""
     size = attention.head_dim
     rows = heads * size if isinstance(heads, int) else (heads[:, None] * size + torch.arange(size)).reshape(-1)
     for name in PROJECTIONS:
-        setattr(attention, name, _narrow(getattr(attention, name), rows, 0))
-    attention.out_proj = _narrow(attention.out_proj, rows, 1)
+        setattr(attention, name, narrow_linear(getattr(attention, name), rows, 0))
+    attention.out_proj = narrow_linear(attention.out_proj, rows, 1)
     attention.num_heads = _heads_of(attention)
 
 
 def _set_ffn(layer: nn.Module, neurons: torch.Tensor | int) -> None:
-    layer.fc1 = _narrow(layer.fc1, neurons, 0)
-    layer.fc2 = _narrow(layer.fc2, neurons, 1)
+    layer.fc1 = narrow_linear(layer.fc1, neurons, 0)
+    layer.fc2 = narrow_linear(layer.fc2, neurons, 1)
 
 
 def _l1(weight: torch.Tensor, dim: int) -> torch.Tensor:
