@@ -18,6 +18,7 @@ from zoo.compress import (
 from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
 from zoo.compress.config import CompressionConfig
 from zoo.compress.es_masks import ESMaskConfig
+from zoo.compress.lowbit import QATConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
 from zoo.compress.nm import GradualNMPruningConfig, NMPruningConfig
 from zoo.compress.sparse_training import SparseTrainingConfig
@@ -53,6 +54,9 @@ EXAMPLES: dict[str, CompressionConfig] = {
                                                      frequency=5, exponent=2.0, keep_dense=("fc",), weight_decay=0.0,
                                                      optimizer="adamw"),
     "SnApTrainingConfig": SnApTrainingConfig(n=2, lr=3e-3, epochs=2, update_every=4, optimizer="sgd"),
+    "QATConfig": QATConfig(bits_w="ternary", bits_a=2, granularity="group", group_size=16, ste="relu",
+                           weight_update="bcgd", rho=1e-5, epochs=2, lr=0.05, weight_decay=1e-4, momentum=0.0,
+                           optimizer="adamw", calibration_batches=2, act_percentile=99.0, keep_fp=("fc",)),
 }
 
 

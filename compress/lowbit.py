@@ -1,0 +1,577 @@
+"""Low-bit quantization-aware training: weight grids at 8, 4 and 2 bits (and binary / ternary),
+straight-through estimators for quantized activations, and BCGD (Yin et al. 2018) for the weights.
+Functional form `apply_qat`, config form `QATConfig`. The core knows no family: any model whose
+conv (1-d, 2-d) and linear layers are plain torch modules.
+
+Weight grids (`quantize` / `dequantize`), each over a "unit" of weights that shares one scale:
+granularity "tensor" (the whole weight), "channel" (one output channel, dim 0) or "group"
+(`group_size` consecutive input channels, dim 1, of one output channel, with all their kernel
+positions: a weight [out, in, *k] is viewed as [out, in / group_size, group_size * prod(k)]).
+
+- b in {2, 4, 8} bits, symmetric: codes in [-(2^(b-1) - 1), 2^(b-1) - 1], scale = absmax / qmax.
+  The most negative code -2^(b-1) is not used: the grid stays symmetric (w and -w quantize to opposite
+  codes, zero is exact) and the int8 grid is the one of `zoo.compress.quantization` ([-127, 127]). At 2
+  bits that leaves three levels {-s, 0, s}.
+- b in {2, 4, 8} bits, affine (`symmetric=False`): codes in [0, 2^b - 1], w ~ (code - zero_point) * scale
+  with scale = (max - min) / (2^b - 1) over the unit's range widened to contain 0, and zero_point =
+  round(-min / scale), so that zero is exact.
+- binary (`bits=1`, BinaryConnect / XNOR-Net): codes in {-1, +1} (sign, +1 at 0), scale a = mean |w|
+  of the unit (the L2-optimal scale of sign(w)).
+- ternary (`bits="ternary"`, TWN, Li & Liu 2016): threshold d = 0.7 mean |w|; codes sign(w) where
+  |w| > d, else 0; scale a = mean |w| over the weights above the threshold (the L2-optimal scale for that
+  support). Its codes are those of the 2-bit symmetric grid; only the scale rule differs.
+
+A unit of zeros gets scale 1 (zero point 0) on the b-bit grids and scale 0 on the binary one, so it stays
+exactly zero. Rounding is to nearest, ties to even (torch.round).
+
+Activations (`ActivationQuant`): the input of every quantized layer, b bits uniform on [0, alpha] (levels
+k alpha / (2^b - 1)) when calibration saw no negative input, else on [-alpha, alpha] (levels
+k alpha / (2^(b-1) - 1), |k| <= 2^(b-1) - 1), alpha the `act_percentile` percentile of |x| over the
+calibration batches. The backward pass uses the derivative of a proxy (Yin et al. 2019) aligned with the
+quantizer's range [lo, hi] (lo = 0 or -alpha, hi = alpha): "identity" passes the gradient, "relu" passes
+it where x > lo, "clipped_relu" where lo < x < hi. On the unsigned range these are the paper's proxies.
+
+The layers left by `apply_qat` (`QATLinear`, `QATConv1d`, `QATConv2d`) hold their final weights on the
+grid (dequantized floats: `weight == dequantize(codes, wq_scale, wq_zero_point)`) and these buffers:
+
+- `wq_scale` float32: shape [] (tensor), [out] (channel) or [out, in / group_size] (group); the
+  granularity and group size are read back from this shape.
+- `wq_zero_point` int32, the shape of `wq_scale`: zeros on a symmetric, binary or ternary grid.
+- `wq_bits` int32 []: bits per stored code (1 binary, 2 for 2-bit and ternary, 4, 8).
+- `wq_qmin`, `wq_qmax` int32 []: the code range (-1, 1 for binary, ternary and 2-bit symmetric;
+  -qmax, qmax symmetric; 0, 2^b - 1 affine).
+- `aq_bits` int32 [] (32: input not quantized), `aq_alpha` float32 [] and `aq_signed` bool []: the
+  input quantizer.
+
+Their names avoid the `weight_scale` / `input_scale` suffixes by which the int8 checkpoint format and
+`zoo.api` recognize int8 layers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Union
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from zoo.compress.config import (
+    CompressionConfig, check_choice, check_patterns, check_positive, register_config,
+)
+from zoo.compress.recipe import RecipeContext, handles
+from zoo.errors import InvalidArgumentError, RecipeError
+from zoo.training import train
+
+WeightBits = Union[int, str]
+WEIGHT_BITS: tuple[WeightBits, ...] = (1, 2, 4, 8, "ternary")
+ACT_BITS = (2, 4, 8, 32)
+GRANULARITIES = ("tensor", "channel", "group")
+STE_PROXIES = ("identity", "relu", "clipped_relu")
+WEIGHT_UPDATES = ("ste", "bcgd")
+TERNARY_THRESHOLD = 0.7
+NO_ACT_QUANT = 32
+
+
+# Weight grids ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedWeight:
+    """Integer codes (int8 on symmetric, binary and ternary grids; uint8 on affine ones, same shape as
+    the weight), one scale per unit and, on an affine grid, one zero point per unit (else None).
+    `scale` has shape [] (tensor), [out] (channel) or [out, in / group_size] (group)."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.codes, self.scale, self.zero_point)
+
+
+def check_weight_bits(bits: Any, *, error: type[Exception] = InvalidArgumentError) -> None:
+    if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+        raise error(f"weight bits must be one of {', '.join(map(repr, WEIGHT_BITS))} (1: binary); got {bits!r}")
+
+
+def check_grid(bits: WeightBits, granularity: str, group_size: int, symmetric: bool,
+               *, error: type[Exception] = InvalidArgumentError) -> None:
+    """Validates a grid's settings (raises `error`): group_size >= 1 with granularity 'group', 0 else."""
+    check_weight_bits(bits, error=error)
+    if granularity not in GRANULARITIES:
+        raise error(f"granularity must be one of {', '.join(map(repr, GRANULARITIES))}; got {granularity!r}")
+    if not isinstance(symmetric, bool):
+        raise error(f"symmetric must be True or False, got {symmetric!r}")
+    if not symmetric and bits in (1, "ternary"):
+        raise error(f"binary and ternary grids are symmetric: {bits!r} with symmetric=False is not a grid")
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise error(f"group_size must be an integer, got {group_size!r}")
+    if granularity == "group" and group_size < 1:
+        raise error(f"granularity 'group' needs group_size >= 1, got {group_size}")
+    if granularity != "group" and group_size != 0:
+        raise error(f"group_size is only used with granularity 'group' (got {group_size} with {granularity!r}); "
+                    "leave it 0")
+
+
+def _units(weight: torch.Tensor, granularity: str, group_size: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The weight as a 2-D [units, elements] float32 view and the shape of its scale."""
+    w = weight.detach().float()
+    if granularity == "tensor":
+        return w.reshape(1, -1), ()
+    if w.ndim < 2:
+        raise InvalidArgumentError(f"granularity {granularity!r} needs a weight of at least 2 dimensions, "
+                                   f"got shape {list(w.shape)}")
+    out = w.shape[0]
+    if granularity == "channel":
+        return w.reshape(out, -1), (out,)
+    if w.shape[1] % group_size:
+        raise InvalidArgumentError(f"group_size {group_size} does not divide the {w.shape[1]} input channels "
+                                   f"of a weight of shape {list(w.shape)}")
+    groups = w.shape[1] // group_size
+    return w.reshape(out * groups, -1), (out, groups)
+
+
+def quantize(weight: torch.Tensor, bits: WeightBits, *, granularity: str = "channel", group_size: int = 0,
+             symmetric: bool = True) -> QuantizedWeight:
+    """Projects `weight` onto a grid (see the module docstring); returns its codes, scales and zero points."""
+    check_grid(bits, granularity, group_size, symmetric)
+    units, scale_shape = _units(weight, granularity, group_size)
+    zero_point = None
+    if bits == 1:
+        scale = units.abs().mean(dim=1)
+        codes = torch.where(units >= 0, 1, -1)
+    elif bits == "ternary":
+        absw = units.abs()
+        above = absw > TERNARY_THRESHOLD * absw.mean(dim=1, keepdim=True)
+        count = above.sum(dim=1)
+        scale = torch.where(count > 0, (absw * above).sum(dim=1) / count.clamp(min=1), torch.ones_like(count, dtype=units.dtype))
+        codes = torch.sign(units) * above
+    elif symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        absmax = units.abs().amax(dim=1)
+        scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
+        codes = torch.clamp(torch.round(units / scale[:, None]), -qmax, qmax)
+    else:
+        qmax = 2 ** bits - 1
+        low = units.amin(dim=1).clamp(max=0.0)
+        high = units.amax(dim=1).clamp(min=0.0)
+        scale = torch.where(high > low, (high - low) / qmax, torch.ones_like(high))
+        zero = torch.clamp(torch.round(-low / scale), 0, qmax)
+        codes = torch.clamp(torch.round(units / scale[:, None]) + zero[:, None], 0, qmax)
+        zero_point = zero.to(torch.int32).reshape(scale_shape)
+    dtype = torch.int8 if symmetric else torch.uint8
+    return QuantizedWeight(codes.to(dtype).reshape(weight.shape), scale.float().reshape(scale_shape), zero_point)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 weights `(codes - zero_point) * scale`; the granularity is read from `scale`'s shape."""
+    q = codes.float()
+    if zero_point is not None:
+        if zero_point.shape != scale.shape:
+            raise InvalidArgumentError(f"zero_point has shape {list(zero_point.shape)}, scale {list(scale.shape)}")
+    if scale.ndim == 0:
+        return (q - (0 if zero_point is None else zero_point.float())) * scale
+    if scale.ndim == 1:
+        units = q.reshape(scale.shape[0], -1)
+    elif scale.ndim == 2 and codes.ndim >= 2 and codes.shape[1] % scale.shape[1] == 0:
+        units = q.reshape(scale.numel(), -1)
+    else:
+        raise InvalidArgumentError(f"a scale of shape {list(scale.shape)} does not fit codes of shape {list(codes.shape)}")
+    if scale.shape[0] != codes.shape[0]:
+        raise InvalidArgumentError(f"a scale of shape {list(scale.shape)} does not fit codes of shape {list(codes.shape)}")
+    if zero_point is not None:
+        units = units - zero_point.reshape(-1, 1).float()
+    return (units * scale.reshape(-1, 1)).reshape(codes.shape)
+
+
+def code_range(bits: WeightBits, symmetric: bool) -> tuple[int, int, int]:
+    """(bits per stored code, smallest code, largest code) of a grid."""
+    check_weight_bits(bits)
+    if bits == 1:
+        return 1, -1, 1
+    if bits == "ternary":
+        return 2, -1, 1
+    return (bits, -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (bits, 0, 2 ** bits - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightGrid:
+    """The settings of a weight grid, validated once; `project(w)` is `dequantize(quantize(w))`."""
+
+    bits: WeightBits
+    granularity: str = "channel"
+    group_size: int = 0
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        check_grid(self.bits, self.granularity, self.group_size, self.symmetric)
+
+    def quantize(self, weight: torch.Tensor) -> QuantizedWeight:
+        return quantize(weight, self.bits, granularity=self.granularity, group_size=self.group_size,
+                        symmetric=self.symmetric)
+
+    def project(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.quantize(weight).dequantize().to(weight.dtype)
+
+
+# Straight-through estimators ---------------------------------------------------------------------
+
+class WeightFakeQuant(torch.autograd.Function):
+    """Forward: the weight projected on `grid`; backward: the identity (straight-through), so the
+    gradient of the float weight is the coarse gradient taken at the quantized weight."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, grid: WeightGrid) -> torch.Tensor:
+        return grid.project(weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def activation_levels(bits: int, signed: bool) -> int:
+    """The largest code of a b-bit activation grid: 2^b - 1 on [0, alpha], 2^(b-1) - 1 on [-alpha, alpha]."""
+    return 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
+
+
+class ActivationQuantSTE(torch.autograd.Function):
+    """Forward: x rounded to the b-bit uniform grid on [0, alpha] (or [-alpha, alpha] when `signed`),
+    clamped to it. Backward: the derivative of the proxy `proxy` on that range [lo, hi] (module docstring);
+    alpha gets no gradient (it is calibrated)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, alpha: torch.Tensor, bits: int, proxy: str, signed: bool) -> torch.Tensor:
+        levels = activation_levels(bits, signed)
+        step = alpha / levels
+        low = -levels if signed else 0
+        ctx.save_for_backward(x, alpha)
+        ctx.proxy, ctx.signed = proxy, signed
+        return torch.clamp(torch.round(x / step), low, levels) * step
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
+        x, alpha = ctx.saved_tensors
+        low = -alpha if ctx.signed else torch.zeros_like(alpha)
+        if ctx.proxy == "identity":
+            return grad, None, None, None, None
+        if ctx.proxy == "relu":
+            return grad * (x > low), None, None, None, None
+        return grad * ((x > low) & (x < alpha)), None, None, None, None
+
+
+def quantize_activation(x: torch.Tensor, alpha: torch.Tensor | float, bits: int, proxy: str = "clipped_relu",
+                        *, signed: bool = False) -> torch.Tensor:
+    """`ActivationQuantSTE` with its arguments checked."""
+    if isinstance(bits, bool) or bits not in ACT_BITS[:-1]:
+        raise InvalidArgumentError(f"activation bits must be one of {ACT_BITS[:-1]}, got {bits!r}")
+    check_choice("proxy", proxy, STE_PROXIES)
+    alpha_t = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+    if not bool(alpha_t > 0):
+        raise InvalidArgumentError(f"alpha must be > 0, got {float(alpha_t)}")
+    return ActivationQuantSTE.apply(x, alpha_t, bits, proxy, signed)
+
+
+# BCGD --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def bcgd_step(float_weights: Iterable[torch.Tensor], grads_at_quantized: Iterable[torch.Tensor], lr: float,
+              rho: float, quantize_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """One BCGD update of each float weight, in place (Yin et al. 2018):
+    w <- (1 - rho) w + rho Q(w) - lr * g, with Q = `quantize_fn` (the projection, returning dequantized
+    floats) and g the coarse gradient taken at Q(w). rho = 0 is BinaryConnect."""
+    weights, grads = list(float_weights), list(grads_at_quantized)
+    if len(weights) != len(grads):
+        raise InvalidArgumentError(f"{len(weights)} weights but {len(grads)} gradients")
+    if not 0.0 <= rho <= 1.0:
+        raise InvalidArgumentError(f"rho must be in [0, 1], got {rho}")
+    for w, g in zip(weights, grads):
+        if g.shape != w.shape:
+            raise InvalidArgumentError(f"a gradient of shape {list(g.shape)} for a weight of shape {list(w.shape)}")
+        projected = quantize_fn(w)
+        w.mul_(1.0 - rho).add_(projected, alpha=rho).add_(g, alpha=-lr)
+
+
+# Fake-quant layers -------------------------------------------------------------------------------
+
+class _QATMixin:
+    """Weight fake-quant (identity STE) and input quantization (`ActivationQuantSTE`) around a layer's
+    own computation; buffers as in the module docstring. `finalize()` puts the weight on its grid and
+    stops re-quantizing it in the forward pass."""
+
+    weight: nn.Parameter
+
+    def _setup(self, grid: WeightGrid, act_bits: int, proxy: str) -> None:
+        device = self.weight.device
+        _, scale_shape = _units(self.weight, grid.granularity, grid.group_size)
+        stored, qmin, qmax = code_range(grid.bits, grid.symmetric)
+        self.grid, self.proxy = grid, proxy
+        self.register_buffer("wq_scale", torch.ones(scale_shape, device=device))
+        self.register_buffer("wq_zero_point", torch.zeros(scale_shape, dtype=torch.int32, device=device))
+        for name, value in (("wq_bits", stored), ("wq_qmin", qmin), ("wq_qmax", qmax), ("aq_bits", act_bits)):
+            self.register_buffer(name, torch.tensor(value, dtype=torch.int32, device=device))
+        self.register_buffer("aq_alpha", torch.ones((), device=device))
+        self.register_buffer("aq_signed", torch.zeros((), dtype=torch.bool, device=device))
+        self.calibrating = False
+        self.finalized = False
+        self._observed: list[torch.Tensor] = []
+        self._saw_negative = False
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight if self.finalized else WeightFakeQuant.apply(self.weight, self.grid)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if int(self.aq_bits) == NO_ACT_QUANT:
+            return x
+        if self.calibrating:
+            self._observed.append(x.detach().abs().reshape(-1))
+            self._saw_negative = self._saw_negative or bool((x < 0).any())
+            return x
+        return ActivationQuantSTE.apply(x, self.aq_alpha.to(x.dtype), int(self.aq_bits), self.proxy,
+                                        bool(self.aq_signed))
+
+    def finish_calibration(self, percentile: float, name: str) -> None:
+        if not self._observed:
+            raise RecipeError(f"QAT: layer {name!r} saw no input during calibration")
+        values = torch.cat(self._observed)
+        self._observed = []
+        sample = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000].to(values.device)]
+        alpha = torch.quantile(sample.float(), percentile / 100.0)
+        self.aq_alpha.copy_(torch.clamp(alpha, min=1e-8))
+        self.aq_signed.fill_(self._saw_negative)
+        self.calibrating = False
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        q = self.grid.quantize(self.weight)
+        self.weight.copy_(q.dequantize().to(self.weight.dtype))
+        self.wq_scale.copy_(q.scale)
+        if q.zero_point is not None:
+            self.wq_zero_point.copy_(q.zero_point)
+        self.finalized = True
+
+
+class QATLinear(_QATMixin, nn.Linear):
+    """nn.Linear with fake-quantized weight and input (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
+
+
+class QATConv1d(_QATMixin, nn.Conv1d):
+    """nn.Conv1d with fake-quantized weight and input (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+
+
+class QATConv2d(_QATMixin, nn.Conv2d):
+    """nn.Conv2d with fake-quantized weight and input (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+
+
+_TWINS: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: QATLinear, nn.Conv1d: QATConv1d, nn.Conv2d: QATConv2d}
+QAT_LAYERS = (QATLinear, QATConv1d, QATConv2d)
+
+
+def _qat_twin(module: nn.Module, grid: WeightGrid, act_bits: int, proxy: str) -> nn.Module:
+    """A QAT* module sharing the parameters of a plain conv / linear module (built on meta, no init)."""
+    with torch.device("meta"):
+        if isinstance(module, nn.Linear):
+            twin: nn.Module = QATLinear(module.in_features, module.out_features, module.bias is not None)
+        else:
+            twin = _TWINS[type(module)](
+                module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                module.dilation, module.groups, module.bias is not None, module.padding_mode,
+            )
+    twin.weight, twin.bias = module.weight, module.bias
+    twin._setup(grid, act_bits, proxy)
+    return twin.train(module.training)
+
+
+def qat_layers(model: nn.Module, keep_fp: tuple[str, ...] = ()) -> list[str]:
+    """Names of the plain nn.Linear / nn.Conv1d / nn.Conv2d modules not matched by a `keep_fp` pattern."""
+    patterns = [re.compile(p) for p in keep_fp]
+    return [name for name, module in model.named_modules()
+            if type(module) in _TWINS and not any(p.fullmatch(name) for p in patterns)]
+
+
+def _run(model: nn.Module, inputs: Any) -> None:
+    if isinstance(inputs, dict):
+        model(**inputs)
+    elif isinstance(inputs, tuple):
+        model(*inputs)
+    else:
+        model(inputs)
+
+
+@torch.no_grad()
+def _calibrate(model: nn.Module, layers: dict[str, _QATMixin], batches: Iterable[Any], percentile: float,
+               progress: bool) -> None:
+    """Sets each layer's `aq_alpha` / `aq_signed` from its inputs over `batches` (weights fake-quantized)."""
+    for layer in layers.values():
+        layer.calibrating = True
+    was_training = model.training
+    model.eval()
+    seen = 0
+    for inputs in tqdm(batches, desc="calibrate QAT", disable=not progress, leave=False):
+        _run(model, inputs)
+        seen += 1
+    if seen == 0:
+        raise RecipeError("QAT with quantized activations needs at least one calibration batch")
+    for name, layer in layers.items():
+        layer.finish_calibration(percentile, name)
+    model.train(was_training)
+
+
+def apply_qat(
+    model: nn.Module,
+    context: RecipeContext,
+    *,
+    bits_w: WeightBits = 4,
+    bits_a: int = 8,
+    granularity: str = "channel",
+    group_size: int = 0,
+    symmetric: bool = True,
+    ste: str = "clipped_relu",
+    weight_update: str = "ste",
+    rho: float = 0.0,
+    epochs: int = 3,
+    lr: float = 0.01,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    optimizer: str = "sgd",
+    calibration_batches: int = 8,
+    act_percentile: float = 99.99,
+    keep_fp: tuple[str, ...] = (),
+) -> nn.Module:
+    """Quantization-aware training of `model` in place; returns it.
+
+    Every nn.Linear / nn.Conv1d / nn.Conv2d not matched by `keep_fp` becomes a QAT* layer: its weight is
+    projected on the grid (`bits_w`, `granularity`, `group_size`, `symmetric`) in the forward pass, with
+    an identity STE; with `bits_a` < 32 its input is quantized by `ActivationQuantSTE` (proxy `ste`) with
+    alpha calibrated on the first `calibration_batches` of `context.calibration_batches()` (float
+    activations, fake-quantized weights). Then `zoo.training.train` fine-tunes the float weights:
+
+    - `weight_update="ste"`: the optimizer steps the float weights with the coarse gradient (BinaryConnect,
+      with the optimizer's momentum and weight decay); `rho` must be 0.
+    - `weight_update="bcgd"`: train's `before_step` hook applies `bcgd_step` to the quantized layers'
+      weights with the scheduled learning rate and then clears their gradients, so that the optimizer
+      (which steps biases and every other parameter) leaves them alone: plain BCGD, no momentum or weight
+      decay on those weights; rho = 0 is BinaryConnect.
+
+    Finally each layer's weight is put on its grid and the buffers are filled (module docstring).
+    """
+    check_grid(bits_w, granularity, group_size, symmetric)
+    _check_qat(bits_a=bits_a, ste=ste, weight_update=weight_update, rho=rho, epochs=epochs, lr=lr,
+               weight_decay=weight_decay, momentum=momentum, calibration_batches=calibration_batches,
+               act_percentile=act_percentile, keep_fp=keep_fp, error=InvalidArgumentError)
+    context.require("train_batches", "loss_fn", step="quantization-aware training")
+    if bits_a != NO_ACT_QUANT:
+        context.require("calibration_batches", step="quantization-aware training with quantized activations")
+    grid = WeightGrid(bits_w, granularity, group_size, symmetric)
+    names = qat_layers(model, keep_fp)
+    if not names:
+        raise RecipeError("QAT found no nn.Linear / nn.Conv1d / nn.Conv2d layer to quantize")
+    for name in names:
+        try:
+            _units(model.get_submodule(name).weight, granularity, group_size)
+        except InvalidArgumentError as err:
+            raise RecipeError(f"QAT cannot quantize layer {name!r}: {err} (keep it in float with keep_fp)") from None
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, _qat_twin(getattr(parent, child), grid, bits_a, ste))
+    layers: dict[str, _QATMixin] = {name: model.get_submodule(name) for name in names}
+    if bits_a != NO_ACT_QUANT:
+        _calibrate(model, layers, itertools.islice(context.calibration_batches(), calibration_batches),
+                   act_percentile, context.progress)
+
+    before_step = None
+    if weight_update == "bcgd":
+        weights = [layer.weight for layer in layers.values()]
+
+        def before_step(step: int, opt: torch.optim.Optimizer) -> None:
+            lrs = {id(p): group["lr"] for group in opt.param_groups for p in group["params"]}
+            with_grad = [w for w in weights if w.grad is not None]
+            for w in with_grad:
+                bcgd_step([w], [w.grad], lrs[id(w)], rho, grid.project)
+                w.grad = None
+
+    label = f"QAT w{bits_w}a{bits_a}" + (f" BCGD rho={rho:g}" if weight_update == "bcgd" else "")
+    train(model, context.train_batches, context.loss_fn, epochs=epochs, lr=lr, weight_decay=weight_decay,
+          momentum=momentum, optimizer=optimizer, before_step=before_step, progress=context.progress, desc=label)
+    for layer in layers.values():
+        layer.finalize()
+    return model
+
+
+def _check_qat(*, bits_a: Any, ste: Any, weight_update: Any, rho: Any, epochs: Any, lr: Any, weight_decay: Any,
+               momentum: Any, calibration_batches: Any, act_percentile: Any, keep_fp: Any,
+               error: type[Exception]) -> None:
+    try:
+        if isinstance(bits_a, bool) or bits_a not in ACT_BITS:
+            raise RecipeError(f"bits_a must be one of {ACT_BITS} (32: activations not quantized), got {bits_a!r}")
+        check_choice("ste", ste, STE_PROXIES)
+        check_choice("weight_update", weight_update, WEIGHT_UPDATES)
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
+            raise RecipeError(f"rho must be a number in [0, 1], got {rho!r}")
+        if weight_update == "ste" and rho != 0:
+            raise RecipeError(f"rho = {rho} is a BCGD setting: use weight_update='bcgd' (rho = 0 there is BinaryConnect)")
+        check_positive("epochs", epochs, integer=True)
+        check_positive("lr", lr)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
+        check_positive("momentum", momentum, allow_zero=True)
+        check_positive("calibration_batches", calibration_batches, integer=True)
+        p = act_percentile
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 50.0 < p <= 100.0:
+            raise RecipeError(f"act_percentile must be in (50, 100], got {act_percentile!r}")
+        check_patterns("keep_fp", keep_fp)
+    except RecipeError as err:
+        if error is RecipeError:
+            raise
+        raise error(str(err)) from None
+
+
+@register_config
+@dataclasses.dataclass(frozen=True)
+class QATConfig(CompressionConfig):
+    """Quantization-aware training (`apply_qat`): weights at `bits_w` (1 binary, 2, 4, 8 or "ternary"),
+    layer inputs at `bits_a` (32: not quantized) with the STE proxy `ste`, weights updated by plain STE
+    or BCGD with `rho`. `group_size` is set only with granularity "group"."""
+
+    VERSION = 1
+    bits_w: WeightBits = 4
+    bits_a: int = 8
+    granularity: str = "channel"
+    group_size: int = 0
+    symmetric: bool = True
+    ste: str = "clipped_relu"
+    weight_update: str = "ste"
+    rho: float = 0.0
+    epochs: int = 3
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    optimizer: str = "sgd"
+    calibration_batches: int = 8
+    act_percentile: float = 99.99
+    keep_fp: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_grid(self.bits_w, self.granularity, self.group_size, self.symmetric, error=RecipeError)
+        _check_qat(bits_a=self.bits_a, ste=self.ste, weight_update=self.weight_update, rho=self.rho,
+                   epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, momentum=self.momentum,
+                   calibration_batches=self.calibration_batches, act_percentile=self.act_percentile,
+                   keep_fp=self.keep_fp, error=RecipeError)
+        check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
+
+
+@handles(QATConfig)
+def _qat(model: nn.Module, config: QATConfig, context: RecipeContext) -> nn.Module:
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return apply_qat(model, context, **fields)
