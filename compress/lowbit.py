@@ -52,7 +52,7 @@ import dataclasses
 import itertools
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.training import train
 
-WeightBits = Union[int, str]
+WeightBits = int | str
 WEIGHT_BITS: tuple[WeightBits, ...] = (1, 2, 4, 8, "ternary")
 ACT_BITS = (2, 4, 8, 32)
 GRANULARITIES = ("tensor", "channel", "group")
@@ -169,9 +169,8 @@ def quantize(weight: torch.Tensor, bits: WeightBits, *, granularity: str = "chan
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
     """Float32 weights `(codes - zero_point) * scale`; the granularity is read from `scale`'s shape."""
     q = codes.float()
-    if zero_point is not None:
-        if zero_point.shape != scale.shape:
-            raise InvalidArgumentError(f"zero_point has shape {list(zero_point.shape)}, scale {list(scale.shape)}")
+    if zero_point is not None and zero_point.shape != scale.shape:
+        raise InvalidArgumentError(f"zero_point has shape {list(zero_point.shape)}, scale {list(scale.shape)}")
     if scale.ndim == 0:
         return (q - (0 if zero_point is None else zero_point.float())) * scale
     if scale.ndim == 1:
