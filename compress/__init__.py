@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from zoo.compress.config import CONFIG_TYPES, CompressionConfig, register_config
     from zoo.compress.es_masks import ESMaskConfig, apply_es_masks
     from zoo.compress.lowbit import (
-        QATConfig, QuantizedWeight, WeightGrid, apply_qat, bcgd_step, dequantize, quantize, quantize_activation,
+        QATConfig, QuantizedWeight, WeightGrid, apply_qat, bcgd_step, dequantize_weight, quantize_activation, quantize_weight,
     )
     from zoo.compress.nm import (
         GradualNMPruningConfig, NMPruningConfig, apply_gradual_nm_pruning, apply_nm_pruning, is_nm, nm_mask,
@@ -41,8 +41,8 @@ _MODULES = {
     "zoo.compress.block": ("BlockPruningConfig", "GradualBlockPruningConfig", "apply_block_pruning",
                            "apply_gradual_block_pruning"),
     "zoo.compress.config": ("CONFIG_TYPES", "CompressionConfig", "register_config"),
-    "zoo.compress.lowbit": ("QATConfig", "QuantizedWeight", "WeightGrid", "apply_qat", "bcgd_step", "dequantize",
-                            "quantize", "quantize_activation"),
+    "zoo.compress.lowbit": ("QATConfig", "QuantizedWeight", "WeightGrid", "apply_qat", "bcgd_step", "dequantize_weight",
+                            "quantize_weight", "quantize_activation"),
     "zoo.compress.nm": ("GradualNMPruningConfig", "NMPruningConfig", "apply_gradual_nm_pruning", "apply_nm_pruning",
                         "is_nm", "nm_mask", "nm_masks"),
     "zoo.compress.es_masks": ("ESMaskConfig", "apply_es_masks"),

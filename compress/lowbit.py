@@ -32,7 +32,7 @@ quantizer's range [lo, hi] (lo = 0 or -alpha, hi = alpha): "identity" passes the
 it where x > lo, "clipped_relu" where lo < x < hi. On the unsigned range these are the paper's proxies.
 
 The layers left by `apply_qat` (`QATLinear`, `QATConv1d`, `QATConv2d`) hold their final weights on the
-grid (dequantized floats: `weight == dequantize(codes, wq_scale, wq_zero_point)`) and these buffers:
+grid (dequantized floats: `weight == dequantize_weight(codes, wq_scale, wq_zero_point)`) and these buffers:
 
 - `wq_scale` float32: shape [] (tensor), [out] (channel) or [out, in / group_size] (group); the
   granularity and group size are read back from this shape.
@@ -89,7 +89,7 @@ class QuantizedWeight:
     zero_point: torch.Tensor | None
 
     def dequantize(self) -> torch.Tensor:
-        return dequantize(self.codes, self.scale, self.zero_point)
+        return dequantize_weight(self.codes, self.scale, self.zero_point)
 
 
 def check_weight_bits(bits: Any, *, error: type[Exception] = InvalidArgumentError) -> None:
@@ -134,7 +134,7 @@ def _units(weight: torch.Tensor, granularity: str, group_size: int) -> tuple[tor
     return w.reshape(out * groups, -1), (out, groups)
 
 
-def quantize(weight: torch.Tensor, bits: WeightBits, *, granularity: str = "channel", group_size: int = 0,
+def quantize_weight(weight: torch.Tensor, bits: WeightBits, *, granularity: str = "channel", group_size: int = 0,
              symmetric: bool = True) -> QuantizedWeight:
     """Projects `weight` onto a grid (see the module docstring); returns its codes, scales and zero points."""
     check_grid(bits, granularity, group_size, symmetric)
@@ -166,7 +166,7 @@ def quantize(weight: torch.Tensor, bits: WeightBits, *, granularity: str = "chan
     return QuantizedWeight(codes.to(dtype).reshape(weight.shape), scale.float().reshape(scale_shape), zero_point)
 
 
-def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
     """Float32 weights `(codes - zero_point) * scale`; the granularity is read from `scale`'s shape."""
     q = codes.float()
     if zero_point is not None and zero_point.shape != scale.shape:
@@ -198,7 +198,7 @@ def code_range(bits: WeightBits, symmetric: bool) -> tuple[int, int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class WeightGrid:
-    """The settings of a weight grid, validated once; `project(w)` is `dequantize(quantize(w))`."""
+    """The settings of a weight grid, validated once; `project(w)` is `dequantize_weight(quantize_weight(w))`."""
 
     bits: WeightBits
     granularity: str = "channel"
@@ -209,7 +209,7 @@ class WeightGrid:
         check_grid(self.bits, self.granularity, self.group_size, self.symmetric)
 
     def quantize(self, weight: torch.Tensor) -> QuantizedWeight:
-        return quantize(weight, self.bits, granularity=self.granularity, group_size=self.group_size,
+        return quantize_weight(weight, self.bits, granularity=self.granularity, group_size=self.group_size,
                         symmetric=self.symmetric)
 
     def project(self, weight: torch.Tensor) -> torch.Tensor:

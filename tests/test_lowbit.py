@@ -11,8 +11,8 @@ from torch.nn import functional as F
 
 from zoo.compress import CompressionConfig, Recipe, RecipeContext
 from zoo.compress.lowbit import (
-    ActivationQuantSTE, QATConfig, QATLinear, WeightFakeQuant, WeightGrid, apply_qat, bcgd_step, dequantize,
-    quantize, quantize_activation,
+    ActivationQuantSTE, QATConfig, QATLinear, WeightFakeQuant, WeightGrid, apply_qat, bcgd_step, dequantize_weight,
+    quantize_activation, quantize_weight,
 )
 from zoo.compress.quantization import dequantize_per_channel, quantize_per_channel
 from zoo.errors import InvalidArgumentError, RecipeError
@@ -24,7 +24,7 @@ from zoo.errors import InvalidArgumentError, RecipeError
 def test_int8_channel_grid_is_the_int8_ptq_grid(shape: tuple[int, ...]) -> None:
     w = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     w[1] = 0.0  # a pruned channel: scale 1 in both
-    q = quantize(w, 8, granularity="channel")
+    q = quantize_weight(w, 8, granularity="channel")
     codes, scale = quantize_per_channel(w)
     assert q.codes.dtype == torch.int8 and torch.equal(q.codes, codes)
     assert torch.equal(q.scale, scale) and q.zero_point is None
@@ -33,40 +33,40 @@ def test_int8_channel_grid_is_the_int8_ptq_grid(shape: tuple[int, ...]) -> None:
 
 def test_symmetric_grids_by_hand() -> None:
     w = torch.tensor([[0.7, -0.36, 0.1, 0.0], [-2.0, 1.2, 0.5, 0.25]])
-    q4 = quantize(w, 4, granularity="channel")  # qmax 7: scales 0.1, 2/7
+    q4 = quantize_weight(w, 4, granularity="channel")  # qmax 7: scales 0.1, 2/7
     assert torch.allclose(q4.scale, torch.tensor([0.1, 2 / 7]))
     assert q4.codes.tolist() == [[7, -4, 1, 0], [-7, 4, 2, 1]]  # -3.6, 4.2, 1.75, 0.875 rounded
-    q2 = quantize(w, 2, granularity="tensor")  # qmax 1, one scale 2.0: the most negative code -2 is unused
+    q2 = quantize_weight(w, 2, granularity="tensor")  # qmax 1, one scale 2.0: the most negative code -2 is unused
     assert q2.scale.shape == () and float(q2.scale) == 2.0
     assert q2.codes.tolist() == [[0, 0, 0, 0], [-1, 1, 0, 0]]
-    assert torch.equal(dequantize(q2.codes, q2.scale), torch.tensor([[0.0, 0, 0, 0], [-2.0, 2.0, 0, 0]]))
-    grouped = quantize(w, 2, granularity="group", group_size=2)  # groups [.7,-.36] [.1,0] [-2,1.2] [.5,.25]
+    assert torch.equal(dequantize_weight(q2.codes, q2.scale), torch.tensor([[0.0, 0, 0, 0], [-2.0, 2.0, 0, 0]]))
+    grouped = quantize_weight(w, 2, granularity="group", group_size=2)  # groups [.7,-.36] [.1,0] [-2,1.2] [.5,.25]
     assert torch.allclose(grouped.scale, torch.tensor([[0.7, 0.1], [2.0, 0.5]]))
     assert grouped.codes.tolist() == [[1, -1, 1, 0], [-1, 1, 1, 0]]  # 0.25 / 0.5 = 0.5 -> 0 (ties to even)
 
 
 def test_affine_grid_by_hand() -> None:
     w = torch.tensor([[0.2, 1.7, 0.5, 1.0]])  # range widened to [0, 1.7]: scale 1.7 / 15, zero point 0
-    q = quantize(w, 4, granularity="channel", symmetric=False)
+    q = quantize_weight(w, 4, granularity="channel", symmetric=False)
     assert q.codes.dtype == torch.uint8 and q.zero_point is not None
     assert q.zero_point.tolist() == [0] and q.scale.tolist() == pytest.approx([1.7 / 15])
     assert q.codes.tolist() == [[2, 15, 4, 9]]
     w = torch.tensor([[-1.0, 0.0, 2.0, 0.4]])  # scale 3 / 15 = 0.2, zero point 5
-    q = quantize(w, 4, granularity="channel", symmetric=False)
+    q = quantize_weight(w, 4, granularity="channel", symmetric=False)
     assert q.zero_point.tolist() == [5] and q.codes.tolist() == [[0, 5, 15, 7]]
     assert torch.allclose(q.dequantize(), torch.tensor([[-1.0, 0.0, 2.0, 0.4]]))
 
 
 def test_binary_and_ternary_by_hand() -> None:
     w = torch.tensor([[1.0, -2.0, 3.0, 0.0], [0.1, -0.2, 0.2, -0.1]])
-    b = quantize(w, 1, granularity="channel")  # a = mean |w| = 1.5, 0.15; sign(0) = +1
+    b = quantize_weight(w, 1, granularity="channel")  # a = mean |w| = 1.5, 0.15; sign(0) = +1
     assert b.codes.tolist() == [[1, -1, 1, 1], [1, -1, 1, -1]]
     assert b.scale.tolist() == pytest.approx([1.5, 0.15])
-    t = quantize(torch.tensor([1.0, -2.0, 3.0, 0.1]), "ternary", granularity="tensor")
+    t = quantize_weight(torch.tensor([1.0, -2.0, 3.0, 0.1]), "ternary", granularity="tensor")
     # threshold 0.7 * 1.525 = 1.0675: -2 and 3 stay, a = (2 + 3) / 2
     assert t.codes.tolist() == [0, -1, 1, 0] and float(t.scale) == pytest.approx(2.5)
-    zero = quantize(torch.zeros(2, 3), "ternary", granularity="channel")
-    assert not zero.dequantize().any() and not quantize(torch.zeros(2, 3), 1).dequantize().any()
+    zero = quantize_weight(torch.zeros(2, 3), "ternary", granularity="channel")
+    assert not zero.dequantize().any() and not quantize_weight(torch.zeros(2, 3), 1).dequantize().any()
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8, "ternary"])
@@ -80,12 +80,12 @@ def test_dequantized_weights_are_fixed_points(bits, granularity: str) -> None:
 
 
 @pytest.mark.parametrize("call", [
-    lambda: quantize(torch.ones(4, 6), 3),
-    lambda: quantize(torch.ones(4, 6), True),
-    lambda: quantize(torch.ones(4, 6), 4, granularity="group", group_size=4),  # 4 does not divide 6
-    lambda: quantize(torch.ones(4, 6), 4, granularity="channel", group_size=2),
-    lambda: quantize(torch.ones(4, 6), 1, symmetric=False),
-    lambda: quantize(torch.ones(6), 4, granularity="channel"),
+    lambda: quantize_weight(torch.ones(4, 6), 3),
+    lambda: quantize_weight(torch.ones(4, 6), True),
+    lambda: quantize_weight(torch.ones(4, 6), 4, granularity="group", group_size=4),  # 4 does not divide 6
+    lambda: quantize_weight(torch.ones(4, 6), 4, granularity="channel", group_size=2),
+    lambda: quantize_weight(torch.ones(4, 6), 1, symmetric=False),
+    lambda: quantize_weight(torch.ones(6), 4, granularity="channel"),
 ])
 def test_invalid_grids_are_refused(call) -> None:
     with pytest.raises(InvalidArgumentError):
@@ -210,7 +210,7 @@ def test_qat_w4a4_lowers_the_loss_and_leaves_weights_on_the_grid() -> None:
         assert (int(layer.wq_bits), int(layer.wq_qmin), int(layer.wq_qmax), int(layer.aq_bits)) == (4, -7, 7, 4)
         codes = torch.round(layer.weight.reshape(-1, 4) / layer.wq_scale.reshape(-1, 1))
         assert codes.abs().max() <= 7
-        assert torch.equal(dequantize(codes.to(torch.int8).reshape(layer.weight.shape), layer.wq_scale),
+        assert torch.equal(dequantize_weight(codes.to(torch.int8).reshape(layer.weight.shape), layer.wq_scale),
                            layer.weight.detach())
         assert float(layer.aq_alpha) > 0
 
