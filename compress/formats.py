@@ -1,6 +1,7 @@
 """Tensor encodings of a compressed checkpoint: a state dict becomes a smaller state dict and back.
 
-Every tensor is stored in one of twelve encodings (compressed-tensors style), six plain ones:
+Every tensor is stored in one of twelve encodings (compressed-tensors style), or for a low-bit weight
+one of the packed encodings below; six plain ones:
 
 - ``dense``: the tensor as is, under its own name.
 - ``bitmask``: ``name.bitmask`` (uint8, one bit per element, packed in little bit order) and
@@ -27,6 +28,33 @@ tensor holding one zstd frame of the part's byte-shuffled items (zoo.compress.en
 (the flattened tensor for ``dense-zstd``) and, for the sparse ones, ``name.bitmask`` or
 ``name.indices``. An entropy-coded encoding replaces the best plain one when it is the smallest and
 saves at least ``ENTROPY_MIN_SAVING`` of the plain one's bytes (see there).
+
+Packed low-bit weights (format version 4). The contract a quantizer (e.g. QAT) produces, per layer X:
+
+- ``X.weight_bits``: an integer tensor of one element, 4 or 2: marks ``X.weight`` as low-bit.
+- ``X.weight_scale``: floating, finite, >= 0: shape [] or [1] (per tensor), [out] (per output channel)
+  or [out, k] (per group: k groups of row // k consecutive elements of each row of
+  ``weight.reshape(out, -1)``, i.e. along (in, *kernel) in that order). Scale row r covers the
+  elements of row r of ``weight.reshape(scale.numel(), -1)``.
+- ``X.weight_zero_point`` (affine grids only): integers (any integer dtype) of the scale's shape, in
+  [0, 2**bits - 1]; codes q in [0, 2**bits - 1]. Without it the grid is symmetric: q in
+  [-2**(bits-1), 2**(bits-1) - 1] ([-8, 7] at 4 bits, [-2, 1] at 2 bits; binary {-1, 1} and ternary
+  {-1, 0, 1} weights fit the 2-bit one).
+- ``X.weight``: the floating weight exactly on its grid,
+  ``weight == ((q - zero_point).to(scale.dtype) * scale_row).to(weight.dtype)`` (int8 weights instead
+  carry no bits tensor, as above). An off-grid weight or a code out of range raises CheckpointError.
+
+The codes are stored as ``name.values``: a uint8 stream of fields of `bits` bits (the code's two's
+complement low bits for signed codes, the code itself for unsigned ones), 8 // bits per byte in little
+bit order (element i in bits (i % k) * bits and up of byte i // k, k = 8 // bits: the first element in
+the least significant bits), the last byte's unused bits zero. Encodings: ``int4`` / ``int2`` (signed,
+symmetric) and ``uint4`` / ``uint2`` (unsigned, affine), of every element; ``bitmask-int4`` etc.: the
+codes of the non-zero weights (code != zero point) behind a bitmask; ``nm-int4`` etc.: those of the N
+kept elements of every group, with their indices as for ``nm``; and each with ``-zstd`` (the packed
+stream and the bitmask or indices as zstd frames of bytes). The layouts are chosen by bytes as below,
+counting `bits` bits per value: a 2:4 tensor at 2 bits costs as much in the N:M layout as dense, and
+stays dense. Unstored elements decode as +0.0; the scale, zero point and bits are stored as their own
+tensors (in their own encodings) and their consistency with the encoding checked at decode.
 
 Layout choice: a maskable tensor is stored dense, or behind a bitmask when that is smaller; a tensor
 whose non-zeros form an N:M pattern for one of ``NM_GROUP_SIZES`` (N the most non-zeros of any group)
@@ -980,8 +1008,11 @@ def _decode_packed(
                               f"{count} codes")
     else:
         raw = packed.numpy()
-    codes = unpack_codes(key, raw, count, codec.bits, codec.signed)
     rows = grid.rows
+    per_byte, row_size = 8 // codec.bits, meta.numel // max(rows, 1)
+    if index is None and rows and row_size % per_byte == 0 and row_size >= 256 * per_byte:
+        return _dequantize_by_table(raw, meta, grid, codec)
+    codes = unpack_codes(key, raw, count, codec.bits, codec.signed)
     if index is not None:
         # unstored elements: code 0 (signed) or -1, a code no unsigned grid has, set to the zero point below
         full = np.zeros(meta.numel, dtype=np.int8) if codec.signed else np.full(meta.numel, -1, dtype=np.int8)
@@ -997,6 +1028,24 @@ def _decode_packed(
         codes = codes - grid.zero_point[:, None]  # in [-15, 15]: int8
     out = dequantize(torch.from_numpy(codes), grid.scale.reshape(rows, 1), meta.torch_dtype)
     return out.reshape(meta.shape)
+
+
+def _dequantize_by_table(raw: np.ndarray, meta: TensorMeta, grid: Grid, codec: Codec) -> torch.Tensor:
+    """Dense packed codes whose scale rows start on byte boundaries and are longer than a table: each
+    row's 256 possible bytes dequantized once (by `dequantize`, so bit for bit as element by element),
+    then one gather per row of its bytes' values (~4x faster than unpacking, then multiplying)."""
+    per_byte = 8 // codec.bits
+    codes = _CODE_TABLES[(codec.bits, codec.signed)][None]  # [1, 256, per_byte]
+    if grid.zero_point is not None:
+        codes = codes - grid.zero_point[:, None, None]  # [rows, 256, per_byte], in [-15, 15]
+    table = _bits(dequantize(torch.from_numpy(np.ascontiguousarray(codes)), grid.scale.reshape(-1, 1, 1),
+                             meta.torch_dtype).contiguous())
+    table = np.broadcast_to(table, (grid.rows, 256, per_byte))
+    packed_rows = raw.reshape(grid.rows, -1)
+    out = np.empty((grid.rows, packed_rows.shape[1], per_byte), dtype=table.dtype)
+    for r in range(grid.rows):
+        np.take(table[r], packed_rows[r], axis=0, out=out[r])
+    return torch.from_numpy(out).view(meta.torch_dtype).view(meta.shape)
 
 
 def _unpack_bitmask(name: str, meta: TensorMeta, tensors: Mapping[str, torch.Tensor], used: set[str]) -> np.ndarray:

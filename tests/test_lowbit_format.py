@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from zoo.compress import formats
 from zoo.compress.checkpoint import export_dense, load_checkpoint, read_config, save_checkpoint
 from zoo.compress.formats import (
     Encoding,
@@ -332,3 +333,27 @@ def test_export_dense_drops_the_low_bit_buffers(tmp_path: Path) -> None:
     folder = save_checkpoint(tmp_path / "ck", sd, config=CONFIG)
     out = load_file(str(export_dense(folder, tmp_path / "dense.safetensors")))
     assert sorted(out) == ["fc.bias", "fc.weight"] and torch.equal(out["fc.weight"], sd["fc.weight"])
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("affine", [False, True], ids=["symmetric", "affine"])
+@pytest.mark.parametrize("bits", [4, 2])
+def test_long_rows_decode_through_per_row_tables(bits: int, affine: bool, weight_dtype: torch.dtype,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of at least 256 bytes decode by a per-row table of dequantized bytes: the same bits."""
+    calls = []
+    table_path = formats._dequantize_by_table
+    monkeypatch.setattr(formats, "_dequantize_by_table", lambda *a: calls.append(1) or table_path(*a))
+    sd = lowbit_layer(bits, (6, 256, 2, 2), affine=affine, weight_dtype=weight_dtype, seed=bits,
+                      scale_dtype=torch.float16 if affine else torch.float32)
+    sd["conv.weight_scale"][2] = 0.0  # a zero scale row decodes as zeros
+    sd["conv.weight"][2] = 0.0
+    encoding = Encoding(f"{'u' if affine else ''}int{bits}")  # dense, whatever the size rule picks
+    q, zero = codes_of(sd)
+    side = {k: v for k, v in sd.items() if k != "conv.weight"}
+    metas = {k: TensorMeta(Encoding.DENSE, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in side.items()}
+    metas["conv.weight"] = TensorMeta(encoding, (6, 256, 2, 2), str(weight_dtype).removeprefix("torch."))
+    parts = encode_tensor("conv.weight", q, encoding, zero_point=zero)
+    out = decompress_state_dict({**side, **parts}, metas)
+    assert_bit_equal({k: out[k] for k in sd}, sd)
+    assert calls == [1]
