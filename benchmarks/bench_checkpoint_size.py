@@ -3,6 +3,7 @@
     python benchmarks/bench_checkpoint_size.py [--arch resnet50] [--sparsity 0.9] [--repeats 5]
                                                [--threads N] [--levels 1,3,9,19]
                                                [--nm 2:4,1:4] [--nm-keep-dense conv1] [--nm-only]
+                                               [--lowbit-only]
 
 Builds four state dicts from one random-init timm model: dense fp32; conv/linear weights pruned
 globally by magnitude; those weights on a per-output-channel symmetric int8 grid (absmax / 127,
@@ -13,6 +14,15 @@ encodings and with entropy coding (zstd, the default), and prints one markdown t
 `load_checkpoint` (read, SHA-256, decode). Pruning and quantization are the zoo's own (zoo.compress), so
 the bytes are those of real variants. `--levels` adds a table of the zstd level's effect (bytes, encode
 time, decode time of the sparse variants' entropy-coded parts), which chose `entropy.ZSTD_LEVEL`.
+
+Three low-bit variants follow (format version 4, packed codes): every conv/linear weight on a
+per-output-channel symmetric 4-bit (`int4`) or 2-bit (`int2`) grid, and the 90 %-sparse weights on the
+4-bit grid (`sparse + int4`), `X.weight_scale` (float32, one per output channel) and `X.weight_bits`
+beside each weight. The scale is the step of the MSE-optimal uniform quantizer of a Gaussian (Max 1960:
+0.3352 sigma at 16 levels, 0.9957 sigma at 4; sigma the RMS of the channel's non-zero weights), codes
+clamped to [-8, 7] / [-2, 1], so the codes spread as a real low-bit layer's do (an absmax scale would
+round nearly every 2-bit code of a Gaussian to 0 and flatter zstd). `--lowbit-only` measures only those
+beside dense fp32.
 
 `--nm` adds a table of N:M sparsity: every conv/linear weight but the `--nm-keep-dense` ones (the stem)
 pruned to each pattern by `apply_nm_pruning`, in fp32 and on the int8 grid, each saved with the N:M
@@ -43,7 +53,9 @@ from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
 from zoo.compress.quantization import dequantize_per_channel, quantize_per_channel
 from zoo.evaluate.machine import current_machine
 
-TARGETS = {"dense fp32": None, "sparse fp32": 0.105, "int8": 0.27, "sparse + int8": 0.04}
+TARGETS = {"dense fp32": None, "sparse fp32": 0.105, "int8": 0.27, "sparse + int8": 0.04,
+           "int4": 0.14, "int2": 0.075, "sparse + int4": 0.05}
+GAUSSIAN_STEP = {4: 0.3352, 2: 0.9957}  # MSE-optimal uniform quantizer step of N(0, 1) at 2**bits levels
 MIN_DECODE_GBPS = 1.0  # dense output per second, entropy-coded variants
 
 
@@ -61,6 +73,24 @@ def int8_grid(sd: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.
         q, scale = quantize_per_channel(sd[key])
         out[key] = dequantize_per_channel(q, scale)
         out[key + "_scale"] = scale
+    return out
+
+
+def lowbit_grid(sd: dict[str, torch.Tensor], names: list[str], bits: int) -> dict[str, torch.Tensor]:
+    """Per-channel symmetric `bits`-bit weights in the checkpoint's low-bit contract (zoo.compress.formats):
+    the weight exactly q * scale, `X.weight_scale` (float32 [out]) and `X.weight_bits` beside; the step
+    is GAUSSIAN_STEP times the RMS of the channel's non-zero weights, codes clamped to the signed range."""
+    out = dict(sd)
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    for key in names:
+        rows = sd[key].reshape(sd[key].shape[0], -1).float()
+        nonzero = (rows != 0).sum(dim=1).clamp(min=1)
+        rms = ((rows ** 2).sum(dim=1) / nonzero).sqrt()
+        scale = torch.where(rms > 0, rms * GAUSSIAN_STEP[bits], torch.ones_like(rms))
+        q = torch.clamp(torch.round(rows / scale[:, None]), low, high)
+        out[key] = (q.to(torch.int8).float() * scale[:, None]).reshape(sd[key].shape)  # code 0: +0.0
+        out[key + "_scale"] = scale
+        out[key + "_bits"] = torch.tensor(bits, dtype=torch.int8)
     return out
 
 
@@ -163,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nm-keep-dense", default="conv1",
                         help="comma-separated module-name patterns left dense by N:M pruning (the stem)")
     parser.add_argument("--nm-only", action="store_true", help="print only the N:M table")
+    parser.add_argument("--lowbit-only", action="store_true",
+                        help="measure only dense fp32 and the low-bit variants (int4, int2, sparse + int4)")
     args = parser.parse_args(argv)
     patterns = [tuple(int(v) for v in p.split(":")) for p in args.nm.split(",") if p]
     if any(len(p) != 2 for p in patterns):
@@ -177,8 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     variants = {"dense fp32": dense}
     if not args.nm_only:
         sparse = sparse_state_dict(model, args.sparsity)
-        variants.update({"sparse fp32": sparse, "int8": int8_grid(dense, names),
-                         "sparse + int8": int8_grid(sparse, names)})
+        if not args.lowbit_only:
+            variants.update({"sparse fp32": sparse, "int8": int8_grid(dense, names),
+                             "sparse + int8": int8_grid(sparse, names)})
+        variants.update({"int4": lowbit_grid(dense, names, 4), "int2": lowbit_grid(dense, names, 2),
+                         "sparse + int4": lowbit_grid(sparse, names, 4)})
     n_params = sum(p.numel() for p in model.parameters())
     dense_output = sum(t.numel() * t.element_size() for t in dense.values())
     config = {
@@ -198,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = "" if args.threads is None else f" --threads {args.threads}"
     cpu = current_machine().cpu
     nm_args = f" --nm {args.nm} --nm-keep-dense {args.nm_keep_dense}{' --nm-only' if args.nm_only else ''}"
+    nm_args += " --lowbit-only" if args.lowbit_only else ""
     print(f"Command: `python benchmarks/bench_checkpoint_size.py --arch {args.arch} --sparsity {args.sparsity}"
           f" --repeats {args.repeats}{threads}{nm_args}`  ")
     print(f"Model: timm `{args.arch}` random init, {n_params / 1e6:.1f}M parameters; {len(names)} conv/linear "
@@ -207,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Dense fp32 (plain): {dense_bytes:,} bytes.\n")
     if not args.nm_only:
         variants_table(rows, dense_bytes, dense_output)
-        if args.levels:
+        if args.levels and not args.lowbit_only:
             level_sweep(variants, [int(x) for x in args.levels.split(",")], args.repeats)
     if patterns:
         keep_dense = tuple(p for p in args.nm_keep_dense.split(",") if p)

@@ -3,14 +3,14 @@
     folder/
       model.safetensors   the encoded tensors (see zoo.compress.formats); the per-tensor metas as JSON
                           under the header metadata key "zoo.tensor_metas"
-      config.json         {"format": "zoo-compressed", "format_version": 1, 2 or 3, "name", "base_model",
+      config.json         {"format": "zoo-compressed", "format_version": 1 to 4, "name", "base_model",
                           "arch", "model_kwargs", "recipe", <caller's extra keys>,
                           "files": {"model.safetensors": {"sha256", "bytes"}}}
 
 Version 2 added the entropy-coded (zstd) tensor encodings, version 3 the N:M ones (and the "nm" key of
-their tensor metas); a checkpoint records the lowest version that holds all its encodings, so one
-without them stays readable by the older readers, and every version-1 and version-2 checkpoint loads
-unchanged. A file that names an encoding newer than its recorded version is refused.
+their tensor metas), version 4 the packed low-bit ones (4- and 2-bit codes, `int4`, `uint2`, ...); a
+checkpoint records the lowest version that holds all its encodings, so one without them stays readable
+by the older readers, and every checkpoint of versions 1 to 3 loads unchanged. A file that names an encoding newer than its recorded version is refused.
 
 Saving is atomic: the folder is written beside the target and renamed into place, so an interrupted
 save leaves the previous checkpoint intact and never a partial one. Loading checks the format name and
@@ -44,14 +44,14 @@ from zoo.atomic import atomic_path, atomic_write_json, fsync_path
 from zoo.errors import CheckpointError, ChecksumError, InvalidArgumentError
 
 FORMAT_NAME = "zoo-compressed"
-FORMAT_VERSION = 3  # the newest this code writes; see the module docstring
-SUPPORTED_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # the newest this code writes; see the module docstring
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METAS_KEY = "zoo.tensor_metas"
 REQUIRED_CONFIG_KEYS = ("name", "base_model", "arch", "model_kwargs", "recipe")
 RESERVED_CONFIG_KEYS = ("format", "format_version", "files")
-QUANT_BUFFER_SUFFIXES = ("weight_scale", "input_scale", "input_zero_point")
+QUANT_BUFFER_SUFFIXES = ("weight_scale", "weight_zero_point", "weight_bits", "input_scale", "input_zero_point")
 _CHUNK = 1 << 20
 
 
