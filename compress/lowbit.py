@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 from zoo.compress.config import (
     CompressionConfig, check_choice, check_patterns, check_positive, register_config,
 )
+from zoo.compress.quantization import call_with
 from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.training import train
@@ -399,15 +400,6 @@ def qat_layers(model: nn.Module, keep_fp: tuple[str, ...] = ()) -> list[str]:
             if type(module) in _TWINS and not any(p.fullmatch(name) for p in patterns)]
 
 
-def _run(model: nn.Module, inputs: Any) -> None:
-    if isinstance(inputs, dict):
-        model(**inputs)
-    elif isinstance(inputs, tuple):
-        model(*inputs)
-    else:
-        model(inputs)
-
-
 @torch.no_grad()
 def _calibrate(model: nn.Module, layers: dict[str, _QATMixin], batches: Iterable[Any], percentile: float,
                progress: bool) -> None:
@@ -418,7 +410,7 @@ def _calibrate(model: nn.Module, layers: dict[str, _QATMixin], batches: Iterable
     model.eval()
     seen = 0
     for inputs in tqdm(batches, desc="calibrate QAT", disable=not progress, leave=False):
-        _run(model, inputs)
+        call_with(model, inputs)
         seen += 1
     if seen == 0:
         raise RecipeError("QAT with quantized activations needs at least one calibration batch")

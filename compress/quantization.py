@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -169,6 +170,16 @@ def quantized_layer_names(state_dict_keys: Iterable[str]) -> list[str]:
 
 
 @torch.no_grad()
+def call_with(model: nn.Module, inputs: Any) -> Any:
+    """`model` called on a batch of model inputs as calibration passes them: a mapping as keyword
+    arguments, a tuple as positional arguments, anything else as the one argument."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
 def apply_int8_ptq(
     model: nn.Module,
     calibration_batches: Iterable[torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]],
@@ -193,12 +204,7 @@ def apply_int8_ptq(
     model.eval()
     seen = 0
     for inputs in tqdm(calibration_batches, desc="calibrate int8", disable=not progress, leave=False):
-        if isinstance(inputs, dict):
-            model(**inputs)
-        elif isinstance(inputs, tuple):
-            model(*inputs)
-        else:
-            model(inputs)
+        call_with(model, inputs)
         seen += 1
     if seen == 0:
         raise RecipeError("int8 PTQ needs at least one calibration batch")

@@ -11,6 +11,7 @@ import timm
 import torch
 import zstandard
 from safetensors.torch import load_file, save_file
+from tiny_zoo import assert_bit_equal
 from zoo.compress import checkpoint as ckpt
 from zoo.compress import entropy, formats
 from zoo.compress.checkpoint import (
@@ -38,16 +39,6 @@ from zoo.errors import CheckpointError, ChecksumError, InvalidArgumentError, Unk
 CONFIG = {
     "name": "net-test", "base_model": "net", "arch": "test_resnet", "model_kwargs": {"num_classes": 10}, "recipe": None,
 }
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def assert_bit_equal(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    assert list(actual) == list(expected)
-    for name, want in expected.items():
-        got = actual[name]
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        bits = _BITS[want.element_size()]
-        assert torch.equal(got.contiguous().view(bits), want.contiguous().view(bits)), name
 
 
 def sparse(

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny_zoo import assert_bit_equal
 from zoo.compress import formats
 from zoo.compress.checkpoint import export_dense, load_checkpoint, read_config, save_checkpoint
 from zoo.compress.formats import (
@@ -26,16 +27,6 @@ from zoo.compress.nm import nm_mask
 from zoo.errors import CheckpointError
 
 CONFIG = {"name": "lowbit-test", "base_model": "net", "arch": "test_resnet", "model_kwargs": {}, "recipe": None}
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def assert_bit_equal(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    assert list(actual) == list(expected)
-    for name, want in expected.items():
-        got = actual[name]
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        bits = _BITS[want.element_size()]
-        assert torch.equal(got.contiguous().view(bits), want.contiguous().view(bits)), name
 
 
 def lowbit_layer(

@@ -11,6 +11,7 @@ import timm
 import torch
 from torch import nn
 
+from tiny_zoo import assert_bit_equal
 from zoo.compress.checkpoint import load_checkpoint, read_config, save_checkpoint
 from zoo.compress.formats import (
     NM_PREFERENCE,
@@ -42,18 +43,8 @@ from zoo.variants import VariantSpec
 
 CONFIG = {"name": "nm-test", "base_model": "net", "arch": "test_resnet", "model_kwargs": {"num_classes": 10},
           "recipe": None}
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 PATTERNS = [(2, 4), (1, 4), (2, 8)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-def assert_bit_equal(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    assert list(actual) == list(expected)
-    for name, want in expected.items():
-        got = actual[name]
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        bits = _BITS[want.element_size()]
-        assert torch.equal(got.contiguous().view(bits), want.contiguous().view(bits)), name
 
 
 def nm_tensor(shape: tuple[int, ...], n: int, m: int, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:

@@ -75,3 +75,16 @@ def store_env(store: Store) -> dict[str, str]:
     """What the CLI reads to find `store` (its --hub/--cache defaults, and its training options)."""
     return {"ZOO_HUB": str(store.hub.root), "ZOO_CACHE": str(store.cache_root),
             "ZOO_TRAIN_OPTIONS": store.options.to_text()}
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def assert_bit_equal(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """The same names in the same order, each tensor of the same dtype, shape and bits (-0.0 is not 0.0)."""
+    assert list(actual) == list(expected)
+    for name, want in expected.items():
+        got = actual[name]
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        bits = _BITS[want.element_size()]
+        assert torch.equal(got.contiguous().view(bits), want.contiguous().view(bits)), name
