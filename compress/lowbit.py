@@ -57,12 +57,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from zoo.compress.config import (
     CompressionConfig, check_choice, check_patterns, check_positive, register_config,
 )
-from zoo.compress.quantization import call_with
+from zoo.compress.quantization import calibration_pass
 from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.training import train
@@ -406,17 +405,9 @@ def _calibrate(model: nn.Module, layers: dict[str, _QATMixin], batches: Iterable
     """Sets each layer's `aq_alpha` / `aq_signed` from its inputs over `batches` (weights fake-quantized)."""
     for layer in layers.values():
         layer.calibrating = True
-    was_training = model.training
-    model.eval()
-    seen = 0
-    for inputs in tqdm(batches, desc="calibrate QAT", disable=not progress, leave=False):
-        call_with(model, inputs)
-        seen += 1
-    if seen == 0:
-        raise RecipeError("QAT with quantized activations needs at least one calibration batch")
+    calibration_pass(model, batches, desc="calibrate QAT", step="QAT with quantized activations", progress=progress)
     for name, layer in layers.items():
         layer.finish_calibration(percentile, name)
-    model.train(was_training)
 
 
 def apply_qat(

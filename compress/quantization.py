@@ -170,14 +170,24 @@ def quantized_layer_names(state_dict_keys: Iterable[str]) -> list[str]:
 
 
 @torch.no_grad()
-def call_with(model: nn.Module, inputs: Any) -> Any:
-    """`model` called on a batch of model inputs as calibration passes them: a mapping as keyword
-    arguments, a tuple as positional arguments, anything else as the one argument."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
+def calibration_pass(model: nn.Module, batches: Iterable[Any], *, desc: str, step: str, progress: bool) -> None:
+    """Runs `model` in eval mode once over every batch of model inputs (a mapping as keyword arguments, a
+    tuple as positional arguments, anything else as the one argument), then restores its training mode;
+    RecipeError naming `step` when there was no batch."""
+    was_training = model.training
+    model.eval()
+    seen = 0
+    for inputs in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        if isinstance(inputs, dict):
+            model(**inputs)
+        elif isinstance(inputs, tuple):
+            model(*inputs)
+        else:
+            model(inputs)
+        seen += 1
+    model.train(was_training)
+    if seen == 0:
+        raise RecipeError(f"{step} needs at least one calibration batch")
 
 
 def apply_int8_ptq(
@@ -200,17 +210,10 @@ def apply_int8_ptq(
     for layer in layers:
         layer.quantize_weight()
         layer.calibrating = True
-    was_training = model.training
-    model.eval()
-    seen = 0
-    for inputs in tqdm(calibration_batches, desc="calibrate int8", disable=not progress, leave=False):
-        call_with(model, inputs)
-        seen += 1
-    if seen == 0:
-        raise RecipeError("int8 PTQ needs at least one calibration batch")
+    calibration_pass(model, calibration_batches, desc="calibrate int8", step="int8 PTQ", progress=progress)
     for layer in layers:
         layer.finish_calibration(observer, percentile)
-    return model.train(was_training)
+    return model
 
 
 @register_config
