@@ -22,11 +22,10 @@ from zoo.compress.config import (
     CompressionConfig, check_block, check_choice, check_fraction, check_patterns, register_config,
 )
 from zoo.compress.pruning import (
-    SCOPES, Masks, apply_masks, check_gradual_schedule, cubic_sparsity, prunable_weights,
+    SCOPES, Masks, apply_masks, check_gradual_schedule, cubic_sparsity, prunable_weights, train_pruning_on_schedule,
 )
 from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
-from zoo.training import steps_per_epoch, train
 
 
 
@@ -114,22 +113,15 @@ def apply_gradual_block_pruning(
     context.require("train_batches", "loss_fn", step="gradual block pruning")
     weights = block_weights(model, layers=layers, keep_dense=keep_dense)
     block_masks(weights, final_sparsity, block, scope)  # refuses bad shapes before any training
-    total = steps_per_epoch(context.train_batches) * epochs
-    begin = int(begin_fraction * total)
-    end = max(begin + 1, int(end_fraction * total))
-    masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
 
-    def prune_on_schedule(step: int) -> None:
-        nonlocal masks
-        if (begin <= step <= end and (step - begin) % frequency == 0) or step == end:
-            target = cubic_sparsity(step, initial=initial_sparsity, final=final_sparsity, begin=begin, end=end,
-                                    exponent=exponent)
-            masks = block_masks(weights, target, block, scope)
-        apply_masks(weights, masks)
+    def masks_at(step: int, begin: int, end: int) -> Masks:
+        target = cubic_sparsity(step, initial=initial_sparsity, final=final_sparsity, begin=begin, end=end,
+                                exponent=exponent)
+        return block_masks(weights, target, block, scope)
 
-    train(model, context.train_batches, context.loss_fn, epochs=epochs, lr=lr, weight_decay=weight_decay,
-          optimizer=optimizer, after_step=prune_on_schedule, progress=context.progress,
-          desc=f"block pruning {block[0]}x{block[1]} to {final_sparsity:.0%}")
+    train_pruning_on_schedule(model, context, weights, masks_at, epochs=epochs, lr=lr, begin_fraction=begin_fraction,
+                              end_fraction=end_fraction, frequency=frequency, weight_decay=weight_decay,
+                              optimizer=optimizer, desc=f"block pruning {block[0]}x{block[1]} to {final_sparsity:.0%}")
     masks = block_masks(weights, final_sparsity, block, scope)
     apply_masks(weights, masks)
     return masks

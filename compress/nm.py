@@ -41,10 +41,11 @@ from zoo.compress.config import (
     CompressionConfig, check_choice, check_patterns, register_config,
 )
 from zoo.compress.formats import nm_groups, nm_ungroup
-from zoo.compress.pruning import _NUMPY_FLOATS, Masks, apply_masks, check_finetune_schedule, prunable_weights
+from zoo.compress.pruning import (
+    _NUMPY_FLOATS, Masks, apply_masks, check_finetune_schedule, prunable_weights, train_pruning_on_schedule,
+)
 from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
-from zoo.training import steps_per_epoch, train
 
 
 def check_nm(n: int, m: int, *, allow_dense: bool = False) -> tuple[int, int]:
@@ -189,19 +190,13 @@ def apply_gradual_nm_pruning(
     context.require("train_batches", "loss_fn", step="gradual N:M pruning")
     check_nm(n, m)
     weights = groupable_weights(prunable_weights(model, keep_dense), n, m, ungroupable)  # before any training
-    total = steps_per_epoch(context.train_batches) * epochs
-    begin = int(begin_fraction * total)
-    end = max(begin + 1, int(end_fraction * total))
-    masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
 
-    def prune_on_schedule(step: int) -> None:
-        nonlocal masks
-        if (begin <= step <= end and (step - begin) % frequency == 0) or step == end:
-            masks = nm_masks(weights, nm_schedule(step, n=n, m=m, begin=begin, end=end, exponent=exponent), m)
-        apply_masks(weights, masks)
+    def masks_at(step: int, begin: int, end: int) -> Masks:
+        return nm_masks(weights, nm_schedule(step, n=n, m=m, begin=begin, end=end, exponent=exponent), m)
 
-    train(model, context.train_batches, context.loss_fn, epochs=epochs, lr=lr, weight_decay=weight_decay,
-          optimizer=optimizer, after_step=prune_on_schedule, progress=context.progress, desc=f"{n}:{m} pruning")
+    train_pruning_on_schedule(model, context, weights, masks_at, epochs=epochs, lr=lr, begin_fraction=begin_fraction,
+                              end_fraction=end_fraction, frequency=frequency, weight_decay=weight_decay,
+                              optimizer=optimizer, desc=f"{n}:{m} pruning")
     masks = nm_masks(weights, n, m)
     apply_masks(weights, masks)
     return masks

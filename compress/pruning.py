@@ -7,6 +7,7 @@ A pruned model stays a plain `nn.Module`: pruned weights are exact zeros, nothin
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 import math
 import re
 
@@ -145,6 +146,30 @@ def cubic_sparsity(step: int, *, initial: float, final: float, begin: int, end: 
     return final + (initial - final) * (1.0 - (step - begin) / (end - begin)) ** exponent
 
 
+def train_pruning_on_schedule(
+    model: nn.Module, context: RecipeContext, weights: dict[str, nn.Parameter],
+    masks_at: Callable[[int, int, int], Masks], *, epochs: int, lr: float, begin_fraction: float,
+    end_fraction: float, frequency: int, weight_decay: float, optimizer: str, desc: str,
+) -> None:
+    """The fine-tuning loop of the gradual pruning methods: trains `model` for `epochs`, computing the
+    masks as `masks_at(step, begin, end)` every `frequency` steps from step `begin` (`begin_fraction` of
+    training) to `end` (`end_fraction`, at least one step later) and at `end`, and re-applying the current
+    masks to `weights` after every step (dense until the first point)."""
+    total = steps_per_epoch(context.train_batches) * epochs
+    begin = int(begin_fraction * total)
+    end = max(begin + 1, int(end_fraction * total))
+    masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
+
+    def prune_on_schedule(step: int) -> None:
+        nonlocal masks
+        if (begin <= step <= end and (step - begin) % frequency == 0) or step == end:
+            masks = masks_at(step, begin, end)
+        apply_masks(weights, masks)
+
+    train(model, context.train_batches, context.loss_fn, epochs=epochs, lr=lr, weight_decay=weight_decay,
+          optimizer=optimizer, after_step=prune_on_schedule, progress=context.progress, desc=desc)
+
+
 def apply_gradual_magnitude_pruning(
     model: nn.Module,
     context: RecipeContext,
@@ -167,21 +192,15 @@ def apply_gradual_magnitude_pruning(
     the last part of training recovers at the final sparsity. Returns the final keep-masks."""
     context.require("train_batches", "loss_fn", step="gradual magnitude pruning")
     weights = prunable_weights(model, keep_dense)
-    total = steps_per_epoch(context.train_batches) * epochs
-    begin, end = int(begin_fraction * total), max(int(begin_fraction * total) + 1, int(end_fraction * total))
-    masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
 
-    def prune_on_schedule(step: int) -> None:
-        nonlocal masks
-        at_schedule_point = begin <= step <= end and (step - begin) % frequency == 0
-        if at_schedule_point or step == end:
-            target = cubic_sparsity(step, initial=initial_sparsity, final=final_sparsity, begin=begin,
-                                    end=end, exponent=exponent)
-            masks = magnitude_masks(weights, target, scope)
-        apply_masks(weights, masks)
+    def masks_at(step: int, begin: int, end: int) -> Masks:
+        target = cubic_sparsity(step, initial=initial_sparsity, final=final_sparsity, begin=begin, end=end,
+                                exponent=exponent)
+        return magnitude_masks(weights, target, scope)
 
-    train(model, context.train_batches, context.loss_fn, epochs=epochs, lr=lr, weight_decay=weight_decay,
-          optimizer=optimizer, after_step=prune_on_schedule, progress=context.progress, desc=f"GMP to {final_sparsity:.0%}")
+    train_pruning_on_schedule(model, context, weights, masks_at, epochs=epochs, lr=lr, begin_fraction=begin_fraction,
+                              end_fraction=end_fraction, frequency=frequency, weight_decay=weight_decay,
+                              optimizer=optimizer, desc=f"GMP to {final_sparsity:.0%}")
     masks = magnitude_masks(weights, final_sparsity, scope)
     apply_masks(weights, masks)
     return masks
