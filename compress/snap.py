@@ -28,7 +28,7 @@ from zoo.compress.config import CompressionConfig, check_choice, check_positive,
 from zoo.compress.recipe import RecipeContext, handles
 from zoo.errors import InvalidArgumentError, RecipeError
 from zoo.online import GATES, SnApTracker
-from zoo.registry import Registry
+from zoo.registry import Registry, lookup_by_class, register_for_class
 
 SNAP_ORDERS = (1, 2)  # SnAp-1 (O(p) per step, BPTT's cost) and SnAp-2 (sparse nets only)
 OPTIMIZERS = ("sgd", "adam")
@@ -54,20 +54,16 @@ class OnlineGRUHooks:
 ONLINE_GRU_HOOKS: Registry[OnlineGRUHooks] = Registry("online GRU hooks")
 
 
-def _type_key(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def register_online_gru(model_type: type[nn.Module], hooks: OnlineGRUHooks) -> OnlineGRUHooks:
     """Registers `hooks` for `model_type` and its subclasses (a family calls this in its folder)."""
-    return ONLINE_GRU_HOOKS.register(_type_key(model_type), hooks)
+    return register_for_class(ONLINE_GRU_HOOKS, model_type, hooks)
 
 
 def online_gru_hooks(model: nn.Module) -> OnlineGRUHooks:
     """The hooks registered for `model`'s class or its nearest registered base class."""
-    for cls in type(model).__mro__:
-        if _type_key(cls) in ONLINE_GRU_HOOKS:
-            return ONLINE_GRU_HOOKS.get(_type_key(cls))
+    hooks = lookup_by_class(ONLINE_GRU_HOOKS, model)
+    if hooks is not None:
+        return hooks
     raise InvalidArgumentError(f"no online GRU training is registered for {type(model).__name__} (its family "
                                "registers OnlineGRUHooks when its model module is imported)")
 

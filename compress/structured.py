@@ -45,7 +45,7 @@ from zoo.compress.config import (
 from zoo.compress.recipe import Recipe, RecipeContext, handles
 from zoo.entry import OPTIMIZERS
 from zoo.errors import InvalidArgumentError, RecipeError
-from zoo.registry import Registry
+from zoo.registry import Registry, lookup_by_class, register_for_class
 from zoo.training import train
 
 PRUNE_PHASE_FRACTION = 0.5  # the pruning steps happen in the first half of fine-tuning
@@ -88,21 +88,17 @@ def narrow_linear(linear: nn.Linear, keep: torch.Tensor | int, dim: int) -> nn.L
     return new
 
 
-def _type_key(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def register_structured(model_type: type[nn.Module], hooks: StructuredHooks) -> StructuredHooks:
     """Registers `hooks` for `model_type` and its subclasses (a family calls this in its folder)."""
-    return STRUCTURED_HOOKS.register(_type_key(model_type), hooks)
+    return register_for_class(STRUCTURED_HOOKS, model_type, hooks)
 
 
 def structured_hooks(model: nn.Module) -> StructuredHooks:
     """The hooks registered for `model`'s class or its nearest registered base class."""
-    for cls in type(model).__mro__:
-        if _type_key(cls) in STRUCTURED_HOOKS:
-            return STRUCTURED_HOOKS.get(_type_key(cls))
-    raise InvalidArgumentError(f"no structured pruning is registered for {type(model).__name__}")
+    hooks = lookup_by_class(STRUCTURED_HOOKS, model)
+    if hooks is None:
+        raise InvalidArgumentError(f"no structured pruning is registered for {type(model).__name__}")
+    return hooks
 
 
 def kept_width(width: int, fraction: float, round_to: int = 8) -> int:

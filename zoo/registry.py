@@ -43,3 +43,21 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._items.items())
+
+
+def class_key(cls: type) -> str:
+    """The name a class is registered under in a per-class registry: its module and qualified name."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_for_class(registry: Registry[T], cls: type, item: T) -> T:
+    """Registers `item` for `cls` and, through `lookup_by_class`, its subclasses."""
+    return registry.register(class_key(cls), item)
+
+
+def lookup_by_class(registry: Registry[T], obj: object) -> T | None:
+    """The item registered for `obj`'s class or its nearest registered base class, None when none is."""
+    for cls in type(obj).__mro__:
+        if class_key(cls) in registry:
+            return registry.get(class_key(cls))
+    return None
