@@ -2,25 +2,19 @@
 equal-parameter arithmetic its tables rest on matches hand computations."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sparse_training.py"
+from tiny_zoo import benchmark_module
+
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_sparse_training", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("bench_sparse_training") as module:
+        yield module
 
 
 def test_model_sizes_and_equal_parameter_sparsities(bench):

@@ -9,7 +9,9 @@ the zoo changes. Not a test module: pytest does not collect it.
 """
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,3 +90,17 @@ def assert_bit_equal(actual: dict[str, torch.Tensor], expected: dict[str, torch.
         assert got.dtype == want.dtype and got.shape == want.shape, name
         bits = _BITS[want.element_size()]
         assert torch.equal(got.contiguous().view(bits), want.contiguous().view(bits)), name
+
+
+@contextmanager
+def benchmark_module(name: str) -> Iterator[object]:
+    """`benchmarks/<name>.py` imported as module `name` (registered in sys.modules while in use: dataclasses
+    look their module up by name), so tests can run a benchmark's own functions."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
