@@ -525,6 +525,8 @@ def test_nm_sparse_training_variant_names() -> None:
     assert step.distribution == "uniform" and step.sparsity == 0.75
     with pytest.raises(InvalidArgumentError, match="no distribution or budget"):
         VariantSpec(resolve(base).base, method="rigl", nm=(2, 4), distribution="er")
+    with pytest.raises(InvalidArgumentError, match="apply to sparse training"):  # not a silent no-op on gmp
+        VariantSpec(resolve(base).base, method="gmp", nm=(2, 4), distribution="uniform")
 
 
 def test_ungroupable_layers_are_refused_or_left_dense_by_name() -> None:

@@ -98,7 +98,7 @@ class VariantSpec:
             raise InvalidArgumentError(f"unknown distribution {self.distribution!r}; supported: {', '.join(DISTRIBUTIONS)}")
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
             raise InvalidArgumentError(f"budget must be a positive integer, got {self.budget!r}")
-        if ((self.distribution != DEFAULT_DISTRIBUTION and self.nm is None or self.budget != 1)
+        if ((self.distribution != DEFAULT_DISTRIBUTION or self.budget != 1)
                 and (self.method not in SPARSE_TRAINING_METHODS or self.sparsity == 0)):
             raise InvalidArgumentError("distribution and budget apply to sparse training (rigl, set, static) only")
         if self.snap is not None and (isinstance(self.snap, bool) or self.snap not in SNAP_ORDERS):
