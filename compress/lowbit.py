@@ -32,19 +32,19 @@ quantizer's range [lo, hi] (lo = 0 or -alpha, hi = alpha): "identity" passes the
 it where x > lo, "clipped_relu" where lo < x < hi. On the unsigned range these are the paper's proxies.
 
 The layers left by `apply_qat` (`QATLinear`, `QATConv1d`, `QATConv2d`) hold their final weights on the
-grid (dequantized floats: `weight == dequantize_weight(codes, wq_scale, wq_zero_point)`) and these buffers:
+grid (dequantized floats: `weight == dequantize_weight(codes, weight_scale, weight_zero_point)`) and the
+buffers of the checkpoint format's low-bit contract (`zoo.compress.formats`), so that saving one stores its
+codes packed and loading it rebuilds the layer (`swap_to_qat_modules`):
 
-- `wq_scale` float32: shape [] (tensor), [out] (channel) or [out, in / group_size] (group); the
+- `weight_scale` float32: shape [] (tensor), [out] (channel) or [out, in / group_size] (group); the
   granularity and group size are read back from this shape.
-- `wq_zero_point` int32, the shape of `wq_scale`: zeros on a symmetric, binary or ternary grid.
-- `wq_bits` int32 []: bits per stored code (1 binary, 2 for 2-bit and ternary, 4, 8).
-- `wq_qmin`, `wq_qmax` int32 []: the code range (-1, 1 for binary, ternary and 2-bit symmetric;
-  -qmax, qmax symmetric; 0, 2^b - 1 affine).
-- `aq_bits` int32 [] (32: input not quantized), `aq_alpha` float32 [] and `aq_signed` bool []: the
-  input quantizer.
-
-Their names avoid the `weight_scale` / `input_scale` suffixes by which the int8 checkpoint format and
-`zoo.api` recognize int8 layers.
+- `weight_zero_point` int32, the shape of `weight_scale`: on affine grids only.
+- `weight_bits` int32 []: bits per stored code, 4 or 2 (binary and ternary codes are stored as 2-bit
+  ones); absent at 8 bits, whose weights are the format's int8 ones (per tensor or per channel,
+  symmetric: `STORED_8BIT` says why the other 8-bit grids cannot be stored).
+- `act_bits` int32 [] (32: input not quantized), `act_alpha` float32 [] and `act_signed` bool []: the
+  input quantizer. `act_bits` marks a layer as a QAT layer in a state dict (int8 PTQ layers carry
+  `input_scale` instead).
 """
 from __future__ import annotations
 
@@ -187,11 +187,10 @@ def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torc
 
 
 def code_range(bits: WeightBits, symmetric: bool) -> tuple[int, int, int]:
-    """(bits per stored code, smallest code, largest code) of a grid."""
+    """(bits per stored code, smallest code, largest code) of a grid: binary and ternary codes are stored
+    in the checkpoint format's 2-bit fields (its narrowest)."""
     check_weight_bits(bits)
-    if bits == 1:
-        return 1, -1, 1
-    if bits == "ternary":
+    if bits in (1, "ternary"):
         return 2, -1, 1
     return (bits, -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (bits, 0, 2 ** bits - 1)
 
@@ -295,26 +294,39 @@ def bcgd_step(float_weights: Iterable[torch.Tensor], grads_at_quantized: Iterabl
 
 # Fake-quant layers -------------------------------------------------------------------------------
 
+def check_storable(grid: WeightGrid, *, error: type[Exception] = InvalidArgumentError) -> None:
+    """Raises `error` for a grid the checkpoint format cannot store packed (see `STORED_8BIT`)."""
+    if grid.bits == 8 and (grid.granularity == "group" or not grid.symmetric):
+        raise error(f"8-bit weights are stored per tensor or per channel, symmetric ({STORED_8BIT}); "
+                    f"got granularity {grid.granularity!r}, symmetric={grid.symmetric}")
+
+
+STORED_8BIT = ("the checkpoint format's int8 encoding and the int8 kernels of the runtimes take one scale per "
+               "output channel and zero point 0; per-group and affine grids are stored packed at 4 and 2 bits")
+
+
 class _QATMixin:
     """Weight fake-quant (identity STE) and input quantization (`ActivationQuantSTE`) around a layer's
     own computation; buffers as in the module docstring. `finalize()` puts the weight on its grid and
-    stops re-quantizing it in the forward pass."""
+    stops re-quantizing it in the forward pass. A layer rebuilt from a checkpoint (`frozen`) has no grid:
+    its weight stays as loaded."""
 
     weight: nn.Parameter
 
-    def _setup(self, grid: WeightGrid, act_bits: int, proxy: str) -> None:
+    def _setup(self, grid: WeightGrid | None, act_bits: int, proxy: str, *, scale_shape: tuple[int, ...],
+               stored_bits: int, affine: bool) -> None:
         device = self.weight.device
-        _, scale_shape = _units(self.weight, grid.granularity, grid.group_size)
-        stored, qmin, qmax = code_range(grid.bits, grid.symmetric)
         self.grid, self.proxy = grid, proxy
-        self.register_buffer("wq_scale", torch.ones(scale_shape, device=device))
-        self.register_buffer("wq_zero_point", torch.zeros(scale_shape, dtype=torch.int32, device=device))
-        for name, value in (("wq_bits", stored), ("wq_qmin", qmin), ("wq_qmax", qmax), ("aq_bits", act_bits)):
-            self.register_buffer(name, torch.tensor(value, dtype=torch.int32, device=device))
-        self.register_buffer("aq_alpha", torch.ones((), device=device))
-        self.register_buffer("aq_signed", torch.zeros((), dtype=torch.bool, device=device))
+        self.register_buffer("weight_scale", torch.ones(scale_shape, device=device))
+        if affine:
+            self.register_buffer("weight_zero_point", torch.zeros(scale_shape, dtype=torch.int32, device=device))
+        if stored_bits < 8:
+            self.register_buffer("weight_bits", torch.tensor(stored_bits, dtype=torch.int32, device=device))
+        self.register_buffer("act_bits", torch.tensor(act_bits, dtype=torch.int32, device=device))
+        self.register_buffer("act_alpha", torch.ones((), device=device))
+        self.register_buffer("act_signed", torch.zeros((), dtype=torch.bool, device=device))
         self.calibrating = False
-        self.finalized = False
+        self.finalized = grid is None
         self._observed: list[torch.Tensor] = []
         self._saw_negative = False
 
@@ -322,14 +334,14 @@ class _QATMixin:
         return self.weight if self.finalized else WeightFakeQuant.apply(self.weight, self.grid)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        if int(self.aq_bits) == NO_ACT_QUANT:
+        if int(self.act_bits) == NO_ACT_QUANT:
             return x
         if self.calibrating:
             self._observed.append(x.detach().abs().reshape(-1))
             self._saw_negative = self._saw_negative or bool((x < 0).any())
             return x
-        return ActivationQuantSTE.apply(x, self.aq_alpha.to(x.dtype), int(self.aq_bits), self.proxy,
-                                        bool(self.aq_signed))
+        return ActivationQuantSTE.apply(x, self.act_alpha.to(x.dtype), int(self.act_bits), self.proxy,
+                                        bool(self.act_signed))
 
     def finish_calibration(self, percentile: float, name: str) -> None:
         if not self._observed:
@@ -338,17 +350,24 @@ class _QATMixin:
         self._observed = []
         sample = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000].to(values.device)]
         alpha = torch.quantile(sample.float(), percentile / 100.0)
-        self.aq_alpha.copy_(torch.clamp(alpha, min=1e-8))
-        self.aq_signed.fill_(self._saw_negative)
+        self.act_alpha.copy_(torch.clamp(alpha, min=1e-8))
+        self.act_signed.fill_(self._saw_negative)
         self.calibrating = False
 
     @torch.no_grad()
-    def finalize(self) -> None:
-        q = self.grid.quantize(self.weight)
+    def finalize(self, quantized: QuantizedWeight | None = None) -> None:
+        """Puts the weight on its grid (`quantized`, e.g. chosen by GPTQ, or the nearest grid point) and
+        fills the weight buffers; the layer stops re-quantizing its weight."""
+        if self.grid is None:
+            raise RecipeError("a QAT layer loaded from a checkpoint is frozen on its grid")
+        q = self.grid.quantize(self.weight) if quantized is None else quantized
+        if q.scale.shape != self.weight_scale.shape:
+            raise InvalidArgumentError(f"a quantized weight with scales of shape {list(q.scale.shape)} for a layer "
+                                       f"whose grid has {list(self.weight_scale.shape)}")
         self.weight.copy_(q.dequantize().to(self.weight.dtype))
-        self.wq_scale.copy_(q.scale)
+        self.weight_scale.copy_(q.scale)
         if q.zero_point is not None:
-            self.wq_zero_point.copy_(q.zero_point)
+            self.weight_zero_point.copy_(q.zero_point)
         self.finalized = True
 
 
@@ -377,8 +396,10 @@ _TWINS: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: QATLinear, nn.Conv1
 QAT_LAYERS = (QATLinear, QATConv1d, QATConv2d)
 
 
-def _qat_twin(module: nn.Module, grid: WeightGrid, act_bits: int, proxy: str) -> nn.Module:
-    """A QAT* module sharing the parameters of a plain conv / linear module (built on meta, no init)."""
+def _qat_twin(module: nn.Module, grid: WeightGrid | None, act_bits: int, proxy: str, *,
+              scale_shape: tuple[int, ...] | None = None, stored_bits: int = 0, affine: bool = False) -> nn.Module:
+    """A QAT* module sharing the parameters of a plain conv / linear module (built on meta, no init), on
+    `grid`, or frozen (`grid` None) with the weight buffers' shape and kind given."""
     with torch.device("meta"):
         if isinstance(module, nn.Linear):
             twin: nn.Module = QATLinear(module.in_features, module.out_features, module.bias is not None)
@@ -388,8 +409,40 @@ def _qat_twin(module: nn.Module, grid: WeightGrid, act_bits: int, proxy: str) ->
                 module.dilation, module.groups, module.bias is not None, module.padding_mode,
             )
     twin.weight, twin.bias = module.weight, module.bias
-    twin._setup(grid, act_bits, proxy)
+    if grid is not None:
+        _, scale_shape = _units(module.weight, grid.granularity, grid.group_size)
+        stored_bits, affine = code_range(grid.bits, grid.symmetric)[0], not grid.symmetric
+    twin._setup(grid, act_bits, proxy, scale_shape=scale_shape, stored_bits=stored_bits, affine=affine)
     return twin.train(module.training)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
+
+
+def qat_layer_names(state_dict_keys: Iterable[str]) -> list[str]:
+    """Module names that a state dict marks as QAT layers (they carry an `act_bits`)."""
+    suffix = ".act_bits"
+    return [key[: -len(suffix)] for key in state_dict_keys if key.endswith(suffix)]
+
+
+def swap_to_qat_modules(model: nn.Module, state_dict: dict[str, torch.Tensor], names: Iterable[str]) -> nn.Module:
+    """Replaces the named plain conv / linear modules by frozen QAT twins whose buffers have the shapes
+    `state_dict` gives them (loading a checkpoint; the proxy of their activation STE is clipped ReLU)."""
+    for name in names:
+        module = model.get_submodule(name)
+        if type(module) not in _TWINS:
+            raise RecipeError(f"the state dict has a QAT layer {name!r}, the model a {type(module).__name__} there")
+        bits = state_dict.get(f"{name}.weight_bits")
+        scale = state_dict.get(f"{name}.weight_scale")
+        act_bits = state_dict.get(f"{name}.act_bits")
+        if scale is None or act_bits is None or act_bits.numel() != 1:
+            raise RecipeError(f"QAT layer {name!r}: the state dict lacks its weight_scale or a one-element act_bits")
+        _replace(model, name, _qat_twin(module, None, int(act_bits.reshape(())), "clipped_relu",
+                                        scale_shape=tuple(scale.shape), stored_bits=8 if bits is None else int(bits),
+                                        affine=f"{name}.weight_zero_point" in state_dict))
+    return model
 
 
 def qat_layers(model: nn.Module, keep_fp: tuple[str, ...] = ()) -> list[str]:
@@ -399,13 +452,33 @@ def qat_layers(model: nn.Module, keep_fp: tuple[str, ...] = ()) -> list[str]:
             if type(module) in _TWINS and not any(p.fullmatch(name) for p in patterns)]
 
 
+def to_qat_layers(model: nn.Module, grid: WeightGrid, bits_a: int, proxy: str, keep_fp: tuple[str, ...] = (),
+                  *, step: str) -> dict[str, _QATMixin]:
+    """Swaps every plain conv / linear layer not matched by `keep_fp` for its QAT twin on `grid` (inputs
+    at `bits_a` bits, STE `proxy`), in place; returns the twins by name. RecipeError naming `step` when
+    there is no such layer or one whose weight does not split into the grid's groups."""
+    names = qat_layers(model, keep_fp)
+    if not names:
+        raise RecipeError(f"{step} found no nn.Linear / nn.Conv1d / nn.Conv2d layer to quantize")
+    for name in names:
+        try:
+            _units(model.get_submodule(name).weight, grid.granularity, grid.group_size)
+        except InvalidArgumentError as err:
+            raise RecipeError(f"{step} cannot quantize layer {name!r}: {err} (keep it in float with keep_fp)") from None
+    for name in names:
+        _replace(model, name, _qat_twin(model.get_submodule(name), grid, bits_a, proxy))
+    return {name: model.get_submodule(name) for name in names}
+
+
 @torch.no_grad()
-def _calibrate(model: nn.Module, layers: dict[str, _QATMixin], batches: Iterable[Any], percentile: float,
-               progress: bool) -> None:
-    """Sets each layer's `aq_alpha` / `aq_signed` from its inputs over `batches` (weights fake-quantized)."""
+def calibrate_inputs(model: nn.Module, layers: dict[str, _QATMixin], batches: Iterable[Any], percentile: float,
+                     progress: bool) -> None:
+    """Sets each layer's `act_alpha` / `act_signed` from its inputs over `batches` (weights as the
+    layers compute them now: fake-quantized, or final once finalized)."""
     for layer in layers.values():
         layer.calibrating = True
-    calibration_pass(model, batches, desc="calibrate QAT", step="QAT with quantized activations", progress=progress)
+    calibration_pass(model, batches, desc="calibrate low-bit inputs", step="quantizing activations",
+                     progress=progress)
     for name, layer in layers.items():
         layer.finish_calibration(percentile, name)
 
@@ -448,7 +521,7 @@ def apply_qat(
 
     Finally each layer's weight is put on its grid and the buffers are filled (module docstring).
     """
-    check_grid(bits_w, granularity, group_size, symmetric)
+    check_storable(WeightGrid(bits_w, granularity, group_size, symmetric))
     _check_qat(bits_a=bits_a, ste=ste, weight_update=weight_update, rho=rho, epochs=epochs, lr=lr,
                weight_decay=weight_decay, momentum=momentum, calibration_batches=calibration_batches,
                act_percentile=act_percentile, keep_fp=keep_fp, error=InvalidArgumentError)
@@ -456,22 +529,10 @@ def apply_qat(
     if bits_a != NO_ACT_QUANT:
         context.require("calibration_batches", step="quantization-aware training with quantized activations")
     grid = WeightGrid(bits_w, granularity, group_size, symmetric)
-    names = qat_layers(model, keep_fp)
-    if not names:
-        raise RecipeError("QAT found no nn.Linear / nn.Conv1d / nn.Conv2d layer to quantize")
-    for name in names:
-        try:
-            _units(model.get_submodule(name).weight, granularity, group_size)
-        except InvalidArgumentError as err:
-            raise RecipeError(f"QAT cannot quantize layer {name!r}: {err} (keep it in float with keep_fp)") from None
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, _qat_twin(getattr(parent, child), grid, bits_a, ste))
-    layers: dict[str, _QATMixin] = {name: model.get_submodule(name) for name in names}
+    layers = to_qat_layers(model, grid, bits_a, ste, keep_fp, step="QAT")
     if bits_a != NO_ACT_QUANT:
-        _calibrate(model, layers, itertools.islice(context.calibration_batches(), calibration_batches),
-                   act_percentile, context.progress)
+        calibrate_inputs(model, layers, itertools.islice(context.calibration_batches(), calibration_batches),
+                         act_percentile, context.progress)
 
     before_step = None
     if weight_update == "bcgd":
@@ -546,6 +607,7 @@ class QATConfig(CompressionConfig):
 
     def __post_init__(self) -> None:
         check_grid(self.bits_w, self.granularity, self.group_size, self.symmetric, error=RecipeError)
+        check_storable(WeightGrid(self.bits_w, self.granularity, self.group_size, self.symmetric), error=RecipeError)
         _check_qat(bits_a=self.bits_a, ste=self.ste, weight_update=self.weight_update, rho=self.rho,
                    epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, momentum=self.momentum,
                    calibration_batches=self.calibration_batches, act_percentile=self.act_percentile,

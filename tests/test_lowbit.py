@@ -204,15 +204,16 @@ def test_qat_w4a4_lowers_the_loss_and_leaves_weights_on_the_grid() -> None:
     assert after < 0.6 * before, (before, after)
     first, last = model[0], model[2]
     assert isinstance(first, QATLinear) and isinstance(last, QATLinear)
-    assert bool(first.aq_signed) and not bool(last.aq_signed), "the MLP's input is signed, the ReLU's output not"
+    assert bool(first.act_signed) and not bool(last.act_signed), "the MLP's input is signed, the ReLU's output not"
     for layer, groups in ((first, 2), (last, 8)):
-        assert layer.wq_scale.shape == (layer.out_features, groups)
-        assert (int(layer.wq_bits), int(layer.wq_qmin), int(layer.wq_qmax), int(layer.aq_bits)) == (4, -7, 7, 4)
-        codes = torch.round(layer.weight.reshape(-1, 4) / layer.wq_scale.reshape(-1, 1))
+        assert layer.weight_scale.shape == (layer.out_features, groups)
+        assert (int(layer.weight_bits), int(layer.act_bits)) == (4, 4)
+        assert not hasattr(layer, "weight_zero_point"), "a symmetric grid stores no zero point"
+        codes = torch.round(layer.weight.reshape(-1, 4) / layer.weight_scale.reshape(-1, 1))
         assert codes.abs().max() <= 7
-        assert torch.equal(dequantize_weight(codes.to(torch.int8).reshape(layer.weight.shape), layer.wq_scale),
+        assert torch.equal(dequantize_weight(codes.to(torch.int8).reshape(layer.weight.shape), layer.weight_scale),
                            layer.weight.detach())
-        assert float(layer.aq_alpha) > 0
+        assert float(layer.act_alpha) > 0
 
 
 @pytest.mark.parametrize("rho", [0.0, 1e-5])
@@ -242,7 +243,7 @@ def test_bcgd_through_train_hooks_is_the_hand_update() -> None:
                             loss_fn=lambda m, b: F.mse_loss(m(b[0]), b[1]), progress=False)
     apply_qat(model, context, bits_w=1, bits_a=32, weight_update="bcgd", rho=rho, epochs=1, lr=lr)
     assert torch.allclose(model[0].weight.detach(), grid.project(expected), atol=1e-6)
-    assert int(model[0].wq_bits) == 1 and model[0].wq_scale.shape == (2,)
+    assert int(model[0].weight_bits) == 2 and model[0].weight_scale.shape == (2,)  # binary codes stored at 2 bits
 
 
 def test_qat_refuses_layers_its_groups_do_not_fit_and_missing_data() -> None:
@@ -253,3 +254,42 @@ def test_qat_refuses_layers_its_groups_do_not_fit_and_missing_data() -> None:
         apply_qat(model, RecipeContext(train_batches=context.train_batches, loss_fn=context.loss_fn), bits_a=8)
     with pytest.raises(RecipeError, match="no nn.Linear"):
         apply_qat(model, context, keep_fp=(".*",))
+
+
+# Storage: a QAT model saved in the checkpoint format and rebuilt --------------------------------------
+
+@pytest.mark.parametrize(("bits_w", "bits_a", "granularity", "group_size", "symmetric", "encoding"), [
+    (4, 8, "group", 4, True, "int4"),
+    (2, 2, "channel", 0, False, "uint2"),
+    (1, 32, "channel", 0, True, "int2"),
+    ("ternary", 4, "tensor", 0, True, "int2"),
+    (8, 8, "channel", 0, True, "int8"),
+])
+def test_a_qat_model_round_trips_through_the_checkpoint_format(tmp_path, bits_w, bits_a, granularity, group_size,
+                                                               symmetric, encoding) -> None:
+    from zoo.compress.checkpoint import WEIGHTS_FILE, _read_weights, load_checkpoint, save_checkpoint
+    from zoo.compress.lowbit import qat_layer_names, swap_to_qat_modules
+
+    model, context, x, _ = _task()
+    apply_qat(model, context, bits_w=bits_w, bits_a=bits_a, granularity=granularity, group_size=group_size,
+              symmetric=symmetric, epochs=1, lr=0.05)
+    model.eval()
+    save_checkpoint(tmp_path, model.state_dict(), config={"name": "tiny", "base_model": "tiny", "arch": "mlp", "model_kwargs": {}, "recipe": None})
+    state, config = load_checkpoint(tmp_path)
+    assert sorted(qat_layer_names(state)) == ["0", "2"]
+    _, metas = _read_weights(tmp_path / WEIGHTS_FILE, config["format_version"])
+    assert metas["0.weight"].encoding.value.removesuffix("-zstd").endswith(encoding)
+    assert config["format_version"] == (1 if encoding == "int8" else 4)
+    rebuilt = swap_to_qat_modules(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)), state, ["0", "2"])
+    rebuilt.load_state_dict(state, strict=True)
+    rebuilt.eval()
+    assert isinstance(rebuilt[0], QATLinear) and rebuilt[0].finalized
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x)), "the rebuilt model computes exactly what the trained one did"
+
+
+def test_8bit_weights_are_stored_per_channel_symmetric_only() -> None:
+    with pytest.raises(RecipeError, match="per tensor or per channel"):
+        QATConfig(bits_w=8, granularity="group", group_size=4)
+    with pytest.raises(RecipeError, match="per tensor or per channel"):
+        QATConfig(bits_w=8, symmetric=False)

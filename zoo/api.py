@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from zoo.compress.checkpoint import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from zoo.compress.lowbit import qat_layer_names, swap_to_qat_modules
 from zoo.compress.quantization import quantized_layer_names, swap_to_quant_modules
 from zoo.compress import Recipe, RecipeContext
 from zoo.compress.structured import rebuild_architecture, structured_architecture
@@ -271,12 +272,14 @@ def instantiate(entry: ModelEntry, state_dict: dict[str, torch.Tensor],
                 architecture: dict[str, Any] | None = None) -> nn.Module:
     """The entry's architecture holding exactly `state_dict`: built on the meta device (no random
     init to throw away), narrowed to a structurally pruned `architecture` (as its checkpoint config
-    saved it) by its family's hook, int8 layers restored where the state dict has scales, weights
-    assigned."""
+    saved it) by its family's hook, low-bit (QAT / PTQ) layers restored where the state dict has an
+    `act_bits`, int8 PTQ layers where it has scales without one, weights assigned."""
     model = build_empty_model(entry)
     if architecture is not None:
         model = rebuild_architecture(model, architecture)
-    swap_to_quant_modules(model, quantized_layer_names(state_dict))
+    qat = qat_layer_names(state_dict)
+    swap_to_qat_modules(model, state_dict, qat)
+    swap_to_quant_modules(model, [n for n in quantized_layer_names(state_dict) if n not in set(qat)])
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as err:
