@@ -503,6 +503,7 @@ def apply_qat(
     calibration_batches: int = 8,
     act_percentile: float = 99.99,
     keep_fp: tuple[str, ...] = (),
+    keep_zeros: bool = True,
 ) -> nn.Module:
     """Quantization-aware training of `model` in place; returns it.
 
@@ -519,6 +520,9 @@ def apply_qat(
       (which steps biases and every other parameter) leaves them alone: plain BCGD, no momentum or weight
       decay on those weights; rho = 0 is BinaryConnect.
 
+    With `keep_zeros` (the default) the weights that are exactly zero when QAT starts (a pruned model's)
+    stay zero: they are zeroed again after every optimizer step and quantize to an exact zero, so a sparse
+    variant stays as sparse at low bits (a binary grid has no zero: refused for a model with zeros).
     Finally each layer's weight is put on its grid and the buffers are filled (module docstring).
     """
     check_storable(WeightGrid(bits_w, granularity, group_size, symmetric))
@@ -545,12 +549,32 @@ def apply_qat(
                 bcgd_step([w], [w.grad], lrs[id(w)], rho, grid.project)
                 w.grad = None
 
+    after_step = _zero_keeper(layers, bits_w) if keep_zeros else None
     label = f"QAT w{bits_w}a{bits_a}" + (f" BCGD rho={rho:g}" if weight_update == "bcgd" else "")
     train(model, context.train_batches, context.loss_fn, epochs=epochs, lr=lr, weight_decay=weight_decay,
-          momentum=momentum, optimizer=optimizer, before_step=before_step, progress=context.progress, desc=label)
+          momentum=momentum, optimizer=optimizer, before_step=before_step, after_step=after_step,
+          progress=context.progress, desc=label)
     for layer in layers.values():
         layer.finalize()
     return model
+
+
+def _zero_keeper(layers: dict[str, _QATMixin], bits_w: WeightBits) -> Callable[[int], None] | None:
+    """An `after_step` hook re-zeroing the weights that are zero now (None when no layer has any)."""
+    masks = {name: layer.weight.detach() != 0 for name, layer in layers.items()}
+    masks = {name: mask for name, mask in masks.items() if not bool(mask.all())}
+    if not masks:
+        return None
+    if bits_w == 1:
+        raise RecipeError(f"a binary grid has no zero, and layers {sorted(masks)[:3]} have pruned (zero) weights: "
+                          "quantize a sparse model to ternary or 2-bit weights, or pass keep_zeros=False")
+
+    @torch.no_grad()
+    def after_step(step: int) -> None:
+        for name, mask in masks.items():
+            layers[name].weight.mul_(mask)
+
+    return after_step
 
 
 def _check_qat(*, bits_a: Any, ste: Any, weight_update: Any, rho: Any, epochs: Any, lr: Any, weight_decay: Any,
@@ -604,8 +628,11 @@ class QATConfig(CompressionConfig):
     calibration_batches: int = 8
     act_percentile: float = 99.99
     keep_fp: tuple[str, ...] = ()
+    keep_zeros: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.keep_zeros, bool):
+            raise RecipeError(f"keep_zeros must be True or False, got {self.keep_zeros!r}")
         check_grid(self.bits_w, self.granularity, self.group_size, self.symmetric, error=RecipeError)
         check_storable(WeightGrid(self.bits_w, self.granularity, self.group_size, self.symmetric), error=RecipeError)
         _check_qat(bits_a=self.bits_a, ste=self.ste, weight_update=self.weight_update, rho=self.rho,

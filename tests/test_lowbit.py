@@ -293,3 +293,22 @@ def test_8bit_weights_are_stored_per_channel_symmetric_only() -> None:
         QATConfig(bits_w=8, granularity="group", group_size=4)
     with pytest.raises(RecipeError, match="per tensor or per channel"):
         QATConfig(bits_w=8, symmetric=False)
+
+
+def _pruned_task() -> tuple[nn.Module, RecipeContext, torch.Tensor]:
+    model, context, _, _ = _task()
+    with torch.no_grad():
+        model[0].weight[:, ::2] = 0.0
+    return model, context, model[0].weight == 0
+
+
+def test_qat_keeps_a_pruned_models_zeros() -> None:
+    model, context, zeros = _pruned_task()
+    apply_qat(model, context, bits_w=8, bits_a=8, epochs=2, lr=0.1)
+    assert bool((model[0].weight[zeros] == 0).all())
+    moved, context, zeros = _pruned_task()
+    apply_qat(moved, context, bits_w=8, bits_a=8, epochs=2, lr=0.1, keep_zeros=False)
+    assert bool((moved[0].weight[zeros] != 0).any()), "without keep_zeros the pruned weights move"
+    binary, context, _ = _pruned_task()
+    with pytest.raises(RecipeError, match="binary grid has no zero"):
+        apply_qat(binary, context, bits_w=1, bits_a=32, epochs=1)
