@@ -184,6 +184,12 @@ def _bytes(size: int) -> str:
     return f"{size} B"
 
 
+def _bits_per_param(report: VariantReport) -> str:
+    """The checkpoint's bits per parameter (all of it, scales and metadata included, over every
+    parameter): 32 for a dense fp32 model less its overhead, ~4 for a 4-bit one."""
+    return f"{8 * report.bytes_on_disk / report.params_total:.2f}" if report.params_total else "n/a"
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.2f} %"
 
@@ -232,6 +238,7 @@ def _metric_rows(report: VariantReport) -> list[tuple[str, str]]:
         ("parameters, total", f"{report.params_total:,}"),
         ("parameters, non-zero", f"{report.params_nonzero:,} ({_percent(nonzero)})"),
         ("size on disk", f"{_bytes(report.bytes_on_disk)} ({report.bytes_on_disk:,} bytes)"),
+        ("bits on disk per parameter", _bits_per_param(report)),
         *_latency_rows(report),
     ]
 
@@ -286,7 +293,7 @@ def _family_table(family: Sequence[VariantReport], current: str | None, base: Va
     FLOPs are also given relative to `base`'s dense FLOPs."""
     keys = _metric_keys(family)
     header = ["variant", "kind", *(metric_spec(k).name for k in keys), "non-zero FLOPs",
-              "vs dense base", "non-zero params", "size", "torch eager (ms)", "fastest runtime (ms)"]
+              "vs dense base", "non-zero params", "size", "bits/param", "torch eager (ms)", "fastest runtime (ms)"]
     rows = []
     for report in family:
         name = f"`{report.name}`"
@@ -294,7 +301,8 @@ def _family_table(family: Sequence[VariantReport], current: str | None, base: Va
         cells += [metric_spec(k).format(report.metrics[k]) if k in report.metrics else "n/a" for k in keys]
         ratio = report.flops_sparse / base.flops_dense if base and base.flops_dense else None
         cells += [_mflops(report.flops_sparse), f"{ratio:.2f}x" if ratio is not None else "n/a",
-                  f"{report.params_nonzero:,}", _bytes(report.bytes_on_disk), f"{report.latency_ms:.2f}",
+                  f"{report.params_nonzero:,}", _bytes(report.bytes_on_disk), _bits_per_param(report),
+                  f"{report.latency_ms:.2f}",
                   "{1:.2f} ({0})".format(*report.best_runtime)]
         rows.append(cells)
     return {"header": header, "rows": rows}

@@ -153,11 +153,15 @@ def test_each_family_provides_what_its_entries_module_declares(family: str) -> N
     assert data <= set(declared.DATASETS)
 
 
-def test_variants_quant_schemes_match_the_quantizer() -> None:
-    from zoo.compress.quantization import QUANT_SCHEMES as implemented
-    from zoo.variants import QUANT_SCHEMES
+def test_quant_scheme_names_match_the_quantizers() -> None:
+    from zoo.compress import lowbit
+    from zoo.compress.quantization import QUANT_SCHEMES as int8_schemes
+    from zoo import quant_schemes
 
-    assert tuple(QUANT_SCHEMES) == tuple(implemented)
+    assert int8_schemes == (quant_schemes.INT8,)
+    assert set(quant_schemes.WEIGHT_BITS_CODES.values()) == set(lowbit.WEIGHT_BITS)
+    assert set(quant_schemes.ACT_BITS) | {lowbit.NO_ACT_QUANT} == set(lowbit.ACT_BITS)
+    assert set(quant_schemes.PROXY_CODES) == set(lowbit.STE_PROXIES)
 
 
 def test_train_options_parse_their_text_form_and_refuse_bad_values() -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from zoo.entry import ModelEntry
 from zoo.errors import InvalidArgumentError, UnknownNameError
 from zoo.models import list_entries
+from zoo.quant_schemes import canonical_quant
 from zoo.store import Store
 from zoo.variants import VariantSpec, is_custom_recipe_name, resolve
 
@@ -60,7 +61,10 @@ def _spec_or_none(name: str) -> VariantSpec | None:
 
 def catalog(store: Store, *, family: str | None = None, task: str | None = None, source: str | None = None,
             sparsity: float | None = None, quant: str | None = None) -> list[CatalogRow]:
-    """Rows for every entry and known variant, filtered; `quant="none"` keeps unquantized ones."""
+    """Rows for every entry and known variant, filtered; `quant="none"` keeps unquantized ones, another
+    scheme the variants quantized by it (in any spelling `zoo.quant_schemes` reads)."""
+    if quant is not None and quant != "none":
+        quant = canonical_quant(quant)
     rows = [CatalogRow(e.name, e.family, e.task, e.source, 0.0, None, "registry") for e in list_entries()]
     for name, where in _variant_names(store).items():
         spec = _spec_or_none(name)

@@ -45,7 +45,12 @@ store_options = [
 ]
 variant_options = [
     click.option("--sparsity", type=float, default=0.0, show_default=True, help="Fraction of weights (channels, heads: of structures) pruned, in [0, 1)."),
-    click.option("--quant", type=click.Choice(["int8"]), default=None, help="Quantization scheme."),
+    click.option("--quant", default=None, metavar="SCHEME",
+                 help="Quantization: int8 (post-training), or low-bit w<bits>[a<bits>][g<group>][_asym][_ptq]"
+                      "[_relu|_id][_bcgd], e.g. w8a8, w4, w4a8, w2a2_id, w4g32_ptq, wb_bcgd (b binary, t ternary "
+                      "weights; QAT where the zoo can fine-tune, else post-training)."),
+    click.option("--distill", is_flag=True, default=False,
+                 help="Fine-tuning steps distill from the dense base (logits KL at temperature 4)."),
     click.option("--method", type=click.Choice(METHODS), default=None,
                  help="Pruning method: gmp, oneshot, structured (channels: CNN filters; heads: attention "
                       "heads and FFN neurons), ES masks (es), or sparse training from scratch (rigl, set, "
@@ -89,7 +94,8 @@ def _load(name, variant: dict, hub_root, cache_root, progress=True):
     spec = zoo.resolve(name, sparsity=variant.get("sparsity") or 0.0, quant=variant.get("quant"),
                        method=variant.get("method"), recipe=_read_recipe(variant.get("recipe_file")))
     shape = {"nm": _nm(variant["nm"]) if variant.get("nm") else None, "distribution": variant.get("distribution"),
-             "budget": variant.get("budget"), "snap": int(variant["snap"]) if variant.get("snap") else None}
+             "budget": variant.get("budget"), "snap": int(variant["snap"]) if variant.get("snap") else None,
+             "distill": True if variant.get("distill") else None}
     shape = {key: value for key, value in shape.items() if value is not None}
     if shape:
         spec = dataclasses.replace(spec, **shape)  # validated again: a bad combination is refused by name
@@ -126,7 +132,8 @@ def main(ctx: click.Context) -> None:
 @click.option("--task", default=None, help="image-classification...")
 @click.option("--source", type=click.Choice(["upstream", "zoo"]), default=None)
 @click.option("--sparsity", type=float, default=None, help="Only variants at this sparsity.")
-@click.option("--quant", type=click.Choice(["int8", "none"]), default=None, help="Only variants with/without quantization.")
+@click.option("--quant", default=None, metavar="SCHEME",
+              help="Only variants quantized by SCHEME (int8, w4a8, ...), or 'none' for the unquantized.")
 @_apply(store_options)
 @_one_line_errors
 def list_cmd(family, task, source, sparsity, quant, hub_root, cache_root):
@@ -135,10 +142,10 @@ def list_cmd(family, task, source, sparsity, quant, hub_root, cache_root):
 
     rows = catalog(_store(hub_root, cache_root), family=family, task=task, source=source, sparsity=sparsity,
                    quant=quant)
-    click.echo(f"{'name':<44} {'family':<13} {'source':<9} {'sparsity':>8} {'quant':<6} where")
+    click.echo(f"{'name':<44} {'family':<13} {'source':<9} {'sparsity':>8} {'quant':<8} where")
     for row in rows:
         click.echo(f"{row.name:<44} {row.family:<13} {row.source:<9} {row.sparsity:>8.2f} "
-                   f"{row.quant or '-':<6} {row.where}")
+                   f"{row.quant or '-':<8} {row.where}")
 
 
 @main.command()
@@ -435,28 +442,35 @@ def _export_graph(model, fmt: str, out: Path, hub_root, cache_root) -> None:
 @click.option("--int8-sparsity", "int8_sparsities", type=float, multiple=True,
               help="Sparsities also quantized to int8 [default: 0.9].")
 @click.option("--no-int8", is_flag=True, help="Skip the int8 variants.")
+@click.option("--low-bit", "low_bit", multiple=True, metavar="SCHEME",
+              help="Low-bit schemes of the dense base, repeatable [default: w8a8 w4 w2: QAT where the base trains, "
+                   "else post-training].")
+@click.option("--no-low-bit", is_flag=True, help="Skip the low-bit variants.")
 @click.option("--cards", "cards_dir", type=click.Path(file_okay=False), default=None,
               help="Also write the cards here (the README's main job: out/model_cards, not tracked; "
                    "model_cards/ holds the committed reference cards).")
 @click.option("--no-publish", is_flag=True, help="Do not push to the local hub.")
 @_apply(store_options)
 @_one_line_errors
-def sweep(base, sparsities, oneshot, no_oneshot, structured, no_structured, int8_sparsities, no_int8, cards_dir,
-          no_publish, hub_root, cache_root):
+def sweep(base, sparsities, oneshot, no_oneshot, structured, no_structured, int8_sparsities, no_int8, low_bit,
+          no_low_bit, cards_dir, no_publish, hub_root, cache_root):
     """The main job: derive the 50/80/90/95/98% sparse, the structured (50 % of the channels or heads) and
-    the int8 variants of BASE, measure them, write their cards with the accuracy-vs-FLOPs and
+    the int8 and low-bit (w8a8, w4, w2) variants of BASE, measure them, write their cards with the accuracy-vs-FLOPs and
     accuracy-vs-latency plots and publish them to the local hub."""
     from zoo.publish import report_table
-    from zoo.sweep import DEFAULT_SPARSITIES, DEFAULT_STRUCTURED, SweepPlan, run_sweep
+    from zoo.sweep import DEFAULT_LOW_BIT, DEFAULT_SPARSITIES, DEFAULT_STRUCTURED, SweepPlan, run_sweep
 
-    for flag, values, name in ((no_oneshot, oneshot, "oneshot"), (no_structured, structured, "structured"),
-                               (no_int8, int8_sparsities, "int8-sparsity")):
+    for flag, values, negated, name in ((no_oneshot, oneshot, "oneshot", "oneshot"),
+                                        (no_structured, structured, "structured", "structured"),
+                                        (no_int8, int8_sparsities, "int8", "int8-sparsity"),
+                                        (no_low_bit, low_bit, "low-bit", "low-bit")):
         if flag and values:
-            raise InvalidArgumentError(f"--no-{name.split('-')[0]} and --{name} contradict each other; give one")
+            raise InvalidArgumentError(f"--no-{negated} and --{name} contradict each other; give one")
     plan = SweepPlan(base=base, sparsities=tuple(sparsities) or DEFAULT_SPARSITIES,
                      oneshot=() if no_oneshot else tuple(oneshot) or (0.9,),
                      structured=() if no_structured else tuple(structured) or DEFAULT_STRUCTURED, int8=not no_int8,
-                     int8_sparsities=tuple(int8_sparsities) or (0.9,))
+                     int8_sparsities=tuple(int8_sparsities) or (0.9,),
+                     low_bit=() if no_low_bit else tuple(low_bit) or DEFAULT_LOW_BIT)
     store = _store(hub_root, cache_root)
     result = run_sweep(plan, store=store, cards_dir=Path(cards_dir) if cards_dir else None, publish=not no_publish)
     click.echo(report_table(result.family.reports, result.family.front))

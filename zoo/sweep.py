@@ -20,6 +20,7 @@ from zoo.variants import VariantSpec
 DEFAULT_BASE = "resnet18.zoo_digits"
 DEFAULT_SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98)  # up to 98 %: where the accuracy curves bend
 DEFAULT_STRUCTURED = (0.5,)
+DEFAULT_LOW_BIT = ("w8a8", "w4", "w2")  # QAT where the base trains, post-training (GPTQ) otherwise
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class SweepPlan:
     """Which variants of `base` to build: gradual pruning at each sparsity, one-shot pruning at the
     `oneshot` sparsities (to show what fine-tuning buys), structured pruning (the base's own kind:
     channels or heads, `ModelEntry.structured`) at the `structured` fractions where the base has one,
-    int8 alone and int8 on the `int8_sparsities`."""
+    int8 alone and int8 on the `int8_sparsities`, and each `low_bit` scheme (`zoo.quant_schemes`) of the
+    dense base."""
 
     base: str = DEFAULT_BASE
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
@@ -35,6 +37,7 @@ class SweepPlan:
     structured: tuple[float, ...] = DEFAULT_STRUCTURED
     int8: bool = True
     int8_sparsities: tuple[float, ...] = (0.9,)
+    low_bit: tuple[str, ...] = DEFAULT_LOW_BIT
     specs: list[VariantSpec] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -47,6 +50,7 @@ class SweepPlan:
         if self.int8:
             specs.append(resolve(self.base, quant="int8"))
             specs += [resolve(self.base, sparsity=s, quant="int8", method="gmp") for s in self.int8_sparsities]
+        specs += [resolve(self.base, quant=scheme) for scheme in self.low_bit]
         names = [spec.name for spec in specs]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:  # refused now, not after deriving every variant (the family table refuses them too)

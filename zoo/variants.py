@@ -14,7 +14,10 @@ N:M sparsity (`zoo.compress.nm`: n of every m consecutive input channels kept):
 `_staticnm24` (sparse training from scratch, every layer but the first 2:4 throughout); n and m single
 digits. Online training of a GRU's
 recurrent matrix by SnAp-n after pruning (`zoo.compress.snap`, families with an online GRU hook:
-WaveRNN): `..._gmp90_snap2`, `..._snap1`.
+WaveRNN): `..._gmp90_snap2`, `..._snap1`. Quantization: `..._int8`, or low-bit weights (and inputs)
+by QAT or post-training (`zoo.quant_schemes`): `..._w8a8`, `..._w4`, `..._gmp90_w4a8`, `..._w2a2_id`,
+`..._w4g32_ptq`, `..._wb_bcgd`. `..._kd` last: every fine-tuning step of the recipe distills from the
+dense base (`zoo.compress.distill`): `..._w2a2_kd`, `..._gmp90_kd`.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from zoo.entry import STRUCTURED_METHODS, ModelEntry
 from zoo.errors import InvalidArgumentError
 from zoo.models import MODELS, get_entry
 from zoo.options import TrainOptions
+from zoo.quant_schemes import PATTERN as QUANT_PATTERN
+from zoo.quant_schemes import BCGD_RHO, canonical_quant, default_quant, parse_quant
 
 if TYPE_CHECKING:  # the recipe modules import torch: loaded when a recipe is first built
     from zoo.compress.recipe import Recipe
@@ -44,11 +49,11 @@ _SUFFIX_RE = re.compile(
     r"(?P<base>[a-z0-9_]+\.[a-z0-9_]+?)"
     r"(?:_(?P<method>gmp|os|ch|hd|es|rigl|set|static)(?P<pct>\d+(?:p\d+)?)(?P<dist>uni|er)?(?:x(?P<budget>[2-9]|[1-9]\d+))?"
     r"|_(?P<nmmethod>os|rigl|set|static)?nm(?P<n>[1-9])(?P<m>[2-9]))?"
-    r"(?:_snap(?P<snap>[12]))?(?:_(?P<quant>int8))?(?:_r(?P<hash>[0-9a-f]{8}))?"
+    r"(?:_snap(?P<snap>[12]))?(?:_(?P<quant>" + QUANT_PATTERN + r"))?(?P<kd>_kd)?(?:_r(?P<hash>[0-9a-f]{8}))?"
 )
 GMP_FINETUNE_EPOCH_FRACTION = 0.5
 SNAP_ORDERS = (1, 2)  # zoo.compress.snap's (a test checks they agree)
-QUANT_SCHEMES = ("int8",)  # the schemes zoo.compress.quantization implements (a test checks they agree)
+QAT_LR_FACTOR = 0.1  # QAT fine-tunes a trained base at a tenth of its peak learning rate
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -58,9 +63,8 @@ def check_sparsity(sparsity: float) -> float:
 
 
 def check_quant(quant: str | None) -> str | None:
-    if quant is not None and quant not in QUANT_SCHEMES:
-        raise InvalidArgumentError(f"unknown quant scheme {quant!r}; supported: None, {', '.join(QUANT_SCHEMES)}")
-    return quant
+    """The canonical spelling of a quant scheme (`zoo.quant_schemes`); InvalidArgumentError for an unknown one."""
+    return canonical_quant(quant)
 
 
 def _percent(sparsity: float) -> str:
@@ -86,12 +90,14 @@ class VariantSpec:
     budget: int = 1
     snap: int | None = None
     nm: tuple[int, int] | None = None
+    distill: bool = False
 
     def __post_init__(self) -> None:
         if self.nm is not None:
             self._check_nm()
         check_sparsity(self.sparsity)
-        check_quant(self.quant)
+        object.__setattr__(self, "quant", check_quant(self.quant))
+        self._check_quant_and_distill()
         if self.method not in METHODS:
             raise InvalidArgumentError(f"unknown pruning method {self.method!r}; supported: {', '.join(METHODS)}")
         if self.distribution not in DISTRIBUTIONS:
@@ -115,6 +121,24 @@ class VariantSpec:
                 "use method='oneshot'"
             )
 
+    def _check_quant_and_distill(self) -> None:
+        scheme = parse_quant(self.quant) if self.quant else None
+        qat = scheme is not None and not scheme.ptq
+        if qat and self.base.train is None:
+            raise InvalidArgumentError(f"{self.base.name} has no training data here for quantization-aware training; "
+                                       f"use post-training quantization: quant={default_quant(self.quant, False)!r}")
+        if not isinstance(self.distill, bool):
+            raise InvalidArgumentError(f"distill must be True or False, got {self.distill!r}")
+        if self.distill:
+            if self.custom_recipe is not None:
+                raise InvalidArgumentError("distill shapes the default recipe; a custom recipe names its own "
+                                           "DistillationConfig step")
+            finetunes = (self.sparsity > 0 and (self.method in FINETUNED_METHODS or self.nm is not None
+                                                and self.method != "oneshot")) or qat or self.snap is not None
+            if not finetunes:
+                raise InvalidArgumentError("distillation trains the student: it needs a fine-tuning step (gradual or "
+                                           "structured pruning, sparse training, QAT or SnAp), and this variant has none")
+
     def _check_nm(self) -> None:
         nm = self.nm
         if (not isinstance(nm, tuple) or len(nm) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in nm)
@@ -136,7 +160,8 @@ class VariantSpec:
 
     @property
     def is_base(self) -> bool:
-        return self.sparsity == 0.0 and self.quant is None and self.snap is None and self.custom_recipe is None
+        return (self.sparsity == 0.0 and self.quant is None and self.snap is None and self.custom_recipe is None
+                and not self.distill)
 
     @property
     def name(self) -> str:
@@ -152,6 +177,8 @@ class VariantSpec:
             parts.append(f"snap{self.snap}")
         if self.quant:
             parts.append(self.quant)
+        if self.distill:
+            parts.append("kd")
         if self.custom_recipe is not None:
             parts.append("r" + hashlib.sha256(self.custom_recipe.to_json().encode()).hexdigest()[:8])
         return "_".join(parts)
@@ -160,8 +187,10 @@ class VariantSpec:
     def sparse_parent(self) -> VariantSpec | None:
         """For a default sparse + quantized variant, the sparse-only variant it is quantized from; the
         default recipe's steps are deterministic, so starting from the cached parent gives the same
-        weights as running the whole recipe, without pruning and fine-tuning a second time."""
-        if self.custom_recipe is None and (self.sparsity > 0 or self.snap) and self.quant is not None:
+        weights as running the whole recipe, without pruning and fine-tuning a second time. A distilled
+        variant has none: its distillation step shapes every later fine-tuning step, so it runs whole."""
+        if (self.custom_recipe is None and (self.sparsity > 0 or self.snap) and self.quant is not None
+                and not self.distill):
             return VariantSpec(self.base, sparsity=self.sparsity, method=self.method,
                                distribution=self.distribution, budget=self.budget, snap=self.snap, nm=self.nm)
         return None
@@ -176,25 +205,29 @@ class VariantSpec:
         if self.custom_recipe is not None:
             return self.custom_recipe
         return default_recipe(self.base, self.sparsity, self.quant, self.method, options,
-                              distribution=self.distribution, budget=self.budget, snap=self.snap, nm=self.nm)
+                              distribution=self.distribution, budget=self.budget, snap=self.snap, nm=self.nm,
+                              distill=self.distill)
 
 
 def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method: str,
                    options: TrainOptions | None = None, *, distribution: str = DEFAULT_DISTRIBUTION,
-                   budget: int = 1, snap: int | None = None, nm: tuple[int, int] | None = None) -> Recipe:
+                   budget: int = 1, snap: int | None = None, nm: tuple[int, int] | None = None,
+                   distill: bool = False) -> Recipe:
     """The zoo's default: gradual pruning (per layer, cubic schedule, `entry.keep_dense` modules left
     dense) fine-tuned for half the base's epochs (or `options.finetune_epochs`) at the base's peak
     learning rate, or one-shot global pruning; then int8 PTQ. Pruning removes single weights by
     magnitude, or whole blocks of `entry.prune_block` by mean magnitude (Sparse WaveRNN); methods
     "channels" and "heads" remove whole channels, or heads and FFN neurons (`_structured_step`);
-    "rigl", "set" and "static" train the base's architecture sparse from scratch (`_sparse_training_step`)."""
+    "rigl", "set" and "static" train the base's architecture sparse from scratch (`_sparse_training_step`).
+    A low-bit `quant` adds QAT or post-training quantization (`_low_bit_step`); `distill` puts a
+    distillation step from the dense base first (`_distill_step`)."""
     from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
     from zoo.compress.pruning import GradualMagnitudePruningConfig, MagnitudePruningConfig
     from zoo.compress.quantization import Int8PTQConfig
     from zoo.compress.recipe import Recipe
 
     check_sparsity(sparsity)
-    check_quant(quant)
+    quant = check_quant(quant)
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown pruning method {method!r}; supported: {', '.join(METHODS)}")
     finetune_epochs = (options or TrainOptions()).finetune_epochs
@@ -230,7 +263,46 @@ def default_recipe(entry: ModelEntry, sparsity: float, quant: str | None, method
         steps.append(_snap_step(entry, snap, options))
     if quant == "int8":
         steps.append(Int8PTQConfig(calibration_batches=8, keep_fp=()))
+    elif quant is not None:
+        steps.append(_low_bit_step(entry, quant, finetune_epochs))
+    if distill:
+        steps.insert(0, _distill_step(entry))
     return Recipe(tuple(steps))
+
+
+def _low_bit_step(entry: ModelEntry, quant: str, finetune_epochs: int | None):
+    """The default low-bit step of a scheme (`zoo.quant_schemes`): QAT fine-tuned for half the base's
+    epochs (or `finetune_epochs`) at a tenth of its peak learning rate (`QAT_LR_FACTOR`), with its
+    optimizer and weight decay; or post-training with GPTQ rounding on 8 calibration batches of the
+    training split. Both keep the entry's `keep_dense` layers (its first and last, for most) in float,
+    calibrate activation ranges at the 99.99th percentile, and keep a pruned model's zeros."""
+    from zoo.compress.lowbit import QATConfig
+
+    scheme = parse_quant(quant)
+    grid = dict(bits_w=scheme.weight_bits, bits_a=scheme.act_bits, granularity=scheme.granularity,
+                group_size=scheme.group_size, symmetric=scheme.symmetric, keep_fp=entry.keep_dense)
+    if scheme.ptq:
+        from zoo.compress.lowbit_ptq import LowBitPTQConfig
+
+        return LowBitPTQConfig(rounding="gptq", calibration_batches=8, **grid)
+    if entry.train is None:  # VariantSpec refuses it first; default_recipe is public
+        raise InvalidArgumentError(f"{entry.name} has no training data here for QAT: use {quant}_ptq")
+    if finetune_epochs is None:
+        finetune_epochs = max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION))
+    return QATConfig(ste=scheme.proxy, weight_update="bcgd" if scheme.bcgd else "ste",
+                     rho=BCGD_RHO if scheme.bcgd else 0.0, epochs=finetune_epochs, lr=entry.train.lr * QAT_LR_FACTOR,
+                     weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer, **grid)
+
+
+def _distill_step(entry: ModelEntry):
+    """Distillation from the dense base (the model the recipe starts from) for every later fine-tuning
+    step: half task loss, half the teacher's logits at temperature 4 (Hinton et al.'s usual settings), or
+    the MSE to its outputs for tasks whose outputs are not class scores."""
+    from zoo.compress.distill import DistillationConfig
+    from zoo.tasks import task_of
+
+    return DistillationConfig(teacher="base", temperature=4.0, alpha=0.5,
+                              logits_loss=task_of(entry).distill_logits_loss)
 
 
 def _structured_step(entry: ModelEntry, sparsity: float, method: str, finetune_epochs: int | None):
@@ -343,6 +415,8 @@ def parse_variant_name(name: str) -> tuple[str, dict]:
         kwargs["snap"] = int(match["snap"])
     if match["quant"]:
         kwargs["quant"] = match["quant"]
+    if match["kd"]:
+        kwargs["distill"] = True
     return match["base"], kwargs
 
 
@@ -363,8 +437,8 @@ def resolve(
         raise InvalidArgumentError(f"{name!r} already names a variant; pass its base name with arguments instead")
     if parsed:
         return VariantSpec(entry, **parsed)
-    return VariantSpec(entry, sparsity=sparsity, quant=quant, method=method or default_method(entry),
-                       custom_recipe=recipe)
+    return VariantSpec(entry, sparsity=sparsity, quant=default_quant(quant, entry.train is not None),
+                       method=method or default_method(entry), custom_recipe=recipe)
 
 
 def default_method(entry: ModelEntry) -> str:
