@@ -26,9 +26,9 @@ from zoo.store import Store
 from zoo.sweep import SweepPlan, SweepResult, run_sweep
 
 PLAN = SweepPlan(base=BASE, sparsities=(0.5, 0.9), oneshot=(0.9,), structured=(0.5,), int8=True,
-                 int8_sparsities=(0.9,))
+                 int8_sparsities=(0.9,), low_bit=("w4",))
 NAMES = [BASE, f"{BASE}_gmp50", f"{BASE}_gmp90", f"{BASE}_os90", f"{BASE}_ch50", f"{BASE}_int8",
-         f"{BASE}_gmp90_int8"]
+         f"{BASE}_gmp90_int8", f"{BASE}_w4"]
 REPO_FILES = {"config.json", "model.safetensors", "report.json", "README.md", "accuracy_vs_flops.png",
               "accuracy_vs_latency.png"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -147,7 +147,7 @@ def test_rerun_derives_nothing_and_makes_no_revision(swept: Swept, monkeypatch: 
 @pytest.mark.slow
 def test_cli_sweep_rerun_publishes_the_same_revisions(swept: Swept, monkeypatch: pytest.MonkeyPatch) -> None:
     refuse_derivation(monkeypatch)
-    args = ["sweep", BASE, "--sparsity", "0.5", "--sparsity", "0.9", "--oneshot", "0.9"]
+    args = ["sweep", BASE, "--sparsity", "0.5", "--sparsity", "0.9", "--oneshot", "0.9", "--low-bit", "w4"]
     result = CliRunner().invoke(main, args, env=store_env(swept.store))
     assert result.exit_code == 0, result.output
     for name, revision in swept.result.revisions.items():
@@ -173,7 +173,7 @@ def test_published_variant_loads_from_the_hub(swept: Swept, monkeypatch: pytest.
 def test_int8_on_sparse_is_quantized_from_the_cached_sparse_parent(swept: Swept) -> None:
     # one Recipe.apply per derived variant, in plan order: the int8-on-sparse one only quantizes
     gmp, oneshot, int8 = "GradualMagnitudePruningConfig", "MagnitudePruningConfig", "Int8PTQConfig"
-    assert swept.applied == [(gmp,), (gmp,), (oneshot,), ("ChannelPruningConfig",), (int8,), (int8,)]
+    assert swept.applied == [(gmp,), (gmp,), (oneshot,), ("ChannelPruningConfig",), (int8,), (int8,), ("QATConfig",)]
     reports = {r.name: r for r in swept.result.family.reports}
     parent, child = reports[f"{BASE}_gmp90"], reports[f"{BASE}_gmp90_int8"]
     assert [step["type"] for step in child.recipe] == [gmp, int8]  # its full recipe is still recorded
