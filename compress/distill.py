@@ -227,7 +227,8 @@ class _Call:
 
 def distilling(loss_fn: LossFn, model: nn.Module, teacher: nn.Module, config: DistillationConfig) -> LossFn:
     """`loss_fn` (the task loss, `loss_fn(model, batch)`) turned into the distilling loss of `config`
-    against `teacher` (module docstring). `model` is the student (its hidden modules are resolved here);
+    against `teacher` (module docstring), which is frozen in place (no gradient, eval mode). `model` is the
+    student (its hidden modules are resolved here, and again by name at each call);
     the returned loss may be called with it or with it wrapped in DistributedDataParallel."""
     if not isinstance(config, DistillationConfig):
         raise RecipeError(f"distilling needs a DistillationConfig, got {type(config).__name__}")
