@@ -14,6 +14,7 @@ if TYPE_CHECKING:
         BlockPruningConfig, GradualBlockPruningConfig, apply_block_pruning, apply_gradual_block_pruning,
     )
     from zoo.compress.config import CONFIG_TYPES, CompressionConfig, register_config
+    from zoo.compress.distill import DistillationConfig, distill_loss, distilling, frozen_copy, output_logits
     from zoo.compress.es_masks import ESMaskConfig, apply_es_masks
     from zoo.compress.lowbit import (
         QATConfig, QuantizedWeight, WeightGrid, apply_qat, bcgd_step, dequantize_weight, quantize_activation, quantize_weight,
@@ -41,6 +42,7 @@ _MODULES = {
     "zoo.compress.block": ("BlockPruningConfig", "GradualBlockPruningConfig", "apply_block_pruning",
                            "apply_gradual_block_pruning"),
     "zoo.compress.config": ("CONFIG_TYPES", "CompressionConfig", "register_config"),
+    "zoo.compress.distill": ("DistillationConfig", "distill_loss", "distilling", "frozen_copy", "output_logits"),
     "zoo.compress.lowbit": ("QATConfig", "QuantizedWeight", "WeightGrid", "apply_qat", "bcgd_step", "dequantize_weight",
                             "quantize_weight", "quantize_activation"),
     "zoo.compress.nm": ("GradualNMPruningConfig", "NMPruningConfig", "apply_gradual_nm_pruning", "apply_nm_pruning",

@@ -17,6 +17,7 @@ from zoo.compress import (
 )
 from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
 from zoo.compress.config import CompressionConfig
+from zoo.compress.distill import DistillationConfig
 from zoo.compress.es_masks import ESMaskConfig
 from zoo.compress.lowbit import QATConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
@@ -57,6 +58,8 @@ EXAMPLES: dict[str, CompressionConfig] = {
     "QATConfig": QATConfig(bits_w="ternary", bits_a=2, granularity="group", group_size=16, ste="relu",
                            weight_update="bcgd", rho=1e-5, epochs=2, lr=0.05, weight_decay=1e-4, momentum=0.0,
                            optimizer="adamw", calibration_batches=2, act_percentile=99.0, keep_fp=("fc",)),
+    "DistillationConfig": DistillationConfig(teacher="resnet18.zoo_digits", temperature=2.0, alpha=0.9,
+                                             logits_loss="mse", hidden=(r"layer\d",), hidden_weight=0.5),
 }
 
 

@@ -66,7 +66,10 @@ class Task:
     """Base class of tasks. Subclasses set `name`, `metrics`, `average` (+ `average_meaning`) and
     implement `loss`, `evaluate` and `example_input`; `batches` and `model_inputs` suit (x, y) data.
     `pipeline_tag` is the Hugging Face Hub's tag for the task (None where the Hub has none), and
-    `extra_plots` are the plots its cards show beside metric-vs-FLOPs."""
+    `extra_plots` are the plots its cards show beside metric-vs-FLOPs. `distill_logits_loss` is how
+    distillation (`zoo.compress.distill`) compares the student's and the teacher's outputs: "kl" for
+    class scores, "mse" for outputs that are not (images), None where the two models' outputs cannot be
+    compared at all (the task's forward draws from each model's own predictions)."""
 
     name: str
     metrics: tuple[MetricSpec, ...]
@@ -74,6 +77,7 @@ class Task:
     average_meaning: str
     pipeline_tag: str | None = None
     extra_plots: tuple[MetricPlot, ...] = ()
+    distill_logits_loss: str | None = "kl"
 
     @property
     def primary(self) -> MetricSpec:

@@ -98,6 +98,7 @@ class _ImageToImage(Task):
 
     average = PATCH_MEAN
     average_meaning = PATCH_MEAN_MEANING
+    distill_logits_loss = "mse"  # outputs are images and latents; distillation compares the first (LR image / latent)
     round_trip: str
 
     def example_input(self, entry: ModelEntry) -> torch.Tensor:

@@ -107,6 +107,9 @@ class MultiChoiceCloze(_TextTask):
                    "accuracy", unit="fraction"),
         MetricSpec("controller_accuracy", "meta controller masked-token accuracy", "accuracy", unit="fraction"),
     )
+    # The main model scores candidates sampled from each model's own controller: a student's and a
+    # teacher's scores are over different candidate sets, so the outputs are not distilled.
+    distill_logits_loss = None
 
     def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
         return model(batch[0]).loss
