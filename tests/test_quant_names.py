@@ -94,9 +94,18 @@ def test_cli_quant_and_distill_options(tmp_path) -> None:
 
     from zoo.cli import main
 
-    result = CliRunner().invoke(main, ["info", f"{TRAINS}_w4a8"])
+    result = CliRunner().invoke(main, ["info", f"{TRAINS}_w4a8_kd"])
     assert result.exit_code == 0, result.output
-    assert "QATConfig" in result.output
+    assert "QATConfig" in result.output and "DistillationConfig" in result.output
     bad = CliRunner().invoke(main, ["compress", TRAINS, "--quant", "w3", "--hub", str(tmp_path / "h"),
                                     "--cache", str(tmp_path / "c")])
     assert bad.exit_code != 0 and "unknown quant scheme 'w3'" in bad.output
+
+
+def test_distilled_recipes_put_the_teacher_step_first() -> None:
+    steps = resolve(f"{TRAINS}_gmp90_w2_kd").recipe().steps
+    assert [type(s).__name__ for s in steps] == ["DistillationConfig", "GradualMagnitudePruningConfig", "QATConfig"]
+    assert (steps[0].teacher, steps[0].logits_loss) == ("base", "kl")
+    assert resolve("test_irn.zoo_skimage_gmp50_kd").recipe().steps[0].logits_loss == "mse"
+    with pytest.raises(InvalidArgumentError, match="cannot be distilled"):
+        resolve("test_mcbert.zoo_pydoc_gmp50_kd").recipe()

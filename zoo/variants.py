@@ -301,8 +301,11 @@ def _distill_step(entry: ModelEntry):
     from zoo.compress.distill import DistillationConfig
     from zoo.tasks import task_of
 
-    return DistillationConfig(teacher="base", temperature=4.0, alpha=0.5,
-                              logits_loss=task_of(entry).distill_logits_loss)
+    logits_loss = task_of(entry).distill_logits_loss
+    if logits_loss is None:
+        raise InvalidArgumentError(f"{entry.name}'s task ({entry.task}) has no outputs a student can match to "
+                                   "its teacher's: it cannot be distilled")
+    return DistillationConfig(teacher="base", temperature=4.0, alpha=0.5, logits_loss=logits_loss)
 
 
 def _structured_step(entry: ModelEntry, sparsity: float, method: str, finetune_epochs: int | None):
