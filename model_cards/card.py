@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate.machine import isa_has_integer_dot_product
 from zoo.evaluate.report import VariantReport
+from zoo.quant_schemes import describe_quant
 from zoo.tasks import MetricSpec, average_meaning, task_named
 from zoo.tasks import metric_spec as _task_metric_spec
 
@@ -205,7 +206,7 @@ def _describe(report: VariantReport) -> str:
     elif report.sparsity > 0:
         parts.append(f"pruned to {100 * report.sparsity:.4g} % sparsity")
     if report.quant is not None:
-        parts.append(f"quantized ({report.quant})")
+        parts.append(f"quantized ({report.quant}: {describe_quant(report.quant)})")
     how = " and ".join(parts) if parts else "compressed"
     return f"a variant of `{report.base_model}`, {how}"
 

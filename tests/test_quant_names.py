@@ -109,3 +109,13 @@ def test_distilled_recipes_put_the_teacher_step_first() -> None:
     assert resolve("test_irn.zoo_skimage_gmp50_kd").recipe().steps[0].logits_loss == "mse"
     with pytest.raises(InvalidArgumentError, match="cannot be distilled"):
         resolve("test_mcbert.zoo_pydoc_gmp50_kd").recipe()
+
+
+def test_schemes_in_words() -> None:
+    from zoo.quant_schemes import describe_quant
+
+    assert describe_quant("w4a8g32") == ("4-bit weights (per group of 32, symmetric), 8-bit inputs, "
+                                         "quantization-aware training (STE weights, clipped relu STE for inputs)")
+    assert describe_quant("wb_bcgd") == "binary weights (per channel, symmetric), float inputs, quantization-aware training (BCGD weights)"
+    assert describe_quant("w2_asym_ptq").endswith("affine), float inputs, post-training (GPTQ rounding)")
+    assert describe_quant("int8").startswith("int8 post-training")

@@ -67,6 +67,20 @@ class QuantScheme:
     def granularity(self) -> str:
         return "group" if self.group_size else "channel"
 
+    def describe(self) -> str:
+        """In words, e.g. "4-bit weights (per channel, symmetric), 8-bit inputs, quantization-aware training
+        (clipped-ReLU STE)"."""
+        weights = {1: "binary", "ternary": "ternary"}.get(self.weight_bits, f"{self.weight_bits}-bit")
+        grid = f"per group of {self.group_size}" if self.group_size else "per channel"
+        inputs = "float inputs" if self.act_bits == 32 else f"{self.act_bits}-bit inputs"
+        if self.ptq:
+            how = "post-training (GPTQ rounding)"
+        else:
+            update = "BCGD" if self.bcgd else "STE"
+            proxy = f", {self.proxy.replace('_', ' ')} STE for inputs" if self.act_bits != 32 else ""
+            how = f"quantization-aware training ({update} weights{proxy})"
+        return f"{weights} weights ({grid}, {'symmetric' if self.symmetric else 'affine'}), {inputs}, {how}"
+
     @property
     def name(self) -> str:
         code = {v: k for k, v in WEIGHT_BITS_CODES.items()}[self.weight_bits]
@@ -95,6 +109,12 @@ def parse_quant(text: str) -> QuantScheme | None:
     proxy = {v: k for k, v in PROXY_CODES.items()}[match["proxy"] or "clip"]
     return QuantScheme(WEIGHT_BITS_CODES[match["w"]], int(match["a"] or 32), int(match["g"] or 0),
                        symmetric=not match["asym"], ptq=bool(match["ptq"]), proxy=proxy, bcgd=bool(match["bcgd"]))
+
+
+def describe_quant(text: str) -> str:
+    """A quant scheme in words."""
+    scheme = parse_quant(text)
+    return "int8 post-training: per-channel int8 weights, calibrated uint8 inputs" if scheme is None else scheme.describe()
 
 
 def canonical_quant(text: str | None) -> str | None:
