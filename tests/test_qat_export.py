@@ -133,7 +133,8 @@ def test_low_bit_qat_exports_dequantized_and_agrees_under_the_fp32_rule(settings
         text = int8_path(runtime, integer, total, integer_dot_product(), low_bit_layers(model),
                          qdq=has_int8_layers(model))
         assert (integer, total) == (0, 2)
-        assert text.startswith(f"{runtime} (") and "QDQ" not in text and f"0/2 layers on integer kernels; 2 layers: {why}" in text
+        assert text.startswith(f"{runtime} (") and "QDQ" not in text
+        assert f"0/2 layers on integer kernels; 2 layers: {why}" in text
     graph = _onnx_graph(tmp_path).graph
     ops = [node.op_type for node in graph.node]
     assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
@@ -144,8 +145,9 @@ def test_low_bit_qat_exports_dequantized_and_agrees_under_the_fp32_rule(settings
 def test_measure_runtimes_times_a_low_bit_variant_and_names_its_path(tmp_path):
     model, x = _qat("cnn", bits_w=4, bits_a=4)
     with one_torch_thread():
-        result = measure_runtimes(model, SIGNATURE, x[:1], torch_ms=1e9, export_root=tmp_path, weights_identity="w4a4",
-                                  quant="w4a4", latency_seconds=0.01, threads=1, data_inputs=[(x[:2],)])
+        result = measure_runtimes(model, SIGNATURE, x[:1], torch_ms=1e9, export_root=tmp_path,
+                                  weights_identity="w4a4", quant="w4a4", latency_seconds=0.01, threads=1,
+                                  data_inputs=[(x[:2],)])
     assert result.errors == {} and set(result.latency_ms) == {"torch", *GRAPH_RUNTIMES}
     fastest = min(result.latency_ms, key=result.latency_ms.get)  # torch was given 1e9 ms: a runtime is fastest
     assert result.int8_path.startswith(f"{fastest} (")
@@ -215,4 +217,5 @@ def test_the_card_says_how_the_dense_export_differs():
     same = VariantReport.from_dict({**report.to_dict(), "dense_export": {"max_abs": 0.0, "relative_rms": 0.0,
                                                                         "inputs": "3 inputs"}})
     assert "the same outputs as this model on 3 inputs" in _dense_export_rows(same)[0][1]
-    assert _dense_export_rows(VariantReport.from_dict({**report.to_dict(), "dense_export": None}))[0][1] == "not recorded"
+    unrecorded = VariantReport.from_dict({**report.to_dict(), "dense_export": None})
+    assert _dense_export_rows(unrecorded)[0][1] == "not recorded"

@@ -57,10 +57,10 @@ def int8_path(runtime: str, integer: int, total: int, instructions: str | None,
               low_bit: Mapping[str, int] | None = None, *, qdq: bool = True) -> str:
     """What produced a quantized variant's numbers, in words, e.g. "openvino QDQ (VNNI): 21/21 layers on
     integer kernels", "onnxruntime QDQ (no VNNI/AMX): 0/21 layers on integer kernels (dequantized to
-    fp32)" or, for torch, `FAKE_QUANT`. `qdq`: the graph has int8 (QDQ) layers. `low_bit` counts the layers exported with dequantized fp32 weights
-    by why (`zoo.runtimes.qdq.low_bit_layers`); they are named after the count, e.g. "onnxruntime (no
-    VNNI/AMX): 0/3 layers on integer kernels; 3 layers: 4-bit weights (per group) dequantized to fp32 (no
-    4-bit kernel in this runtime)"."""
+    fp32)" or, for torch, `FAKE_QUANT`. `qdq`: the graph has int8 (QDQ) layers. `low_bit` counts the
+    layers exported with dequantized fp32 weights by why (`zoo.runtimes.qdq.low_bit_layers`), named after
+    the count, e.g. "onnxruntime (VNNI): 0/3 layers on integer kernels; 3 layers: 4-bit weights
+    dequantized to fp32, 8-bit inputs rounded in fp32 (no 4-bit kernel in this runtime)"."""
     if runtime == "torch":
         return FAKE_QUANT
     low_bit = {why: n for why, n in (low_bit or {}).items() if n}

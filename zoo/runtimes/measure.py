@@ -44,8 +44,10 @@ def measure_runtimes(model: nn.Module, signature: GraphSignature | None, example
     """Times `model` (already timed in torch: `torch_ms`) in each of `runtimes`, exported under
     `export_root`. `signature` None means the family does not export, for the reason `unsupported`.
     A runtime is timed only when its graph agrees with `model` (zoo.runtimes.agreement: the int8 rule
-    for a model that quantizes some layer's input, at any bit width, else the fp32 rule) on seeded random inputs shaped as `example` and on
-    `data_inputs` (real batches, as the model is called with them), if any."""
+    for a model that rounds some layer's input, at any bit width, else the fp32 rule) on seeded random
+    inputs shaped as `example` and on `data_inputs` (real batches, as the model is called with them), if
+    any. For a quantized variant (`quant` not None) `int8_path` says what its fastest runtime ran: the
+    integer layers counted in that runtime's graph, and the low-bit layers it ran in fp32."""
     latency, errors = {"torch": torch_ms}, {}
     paths: dict[str, str] = {}
     if signature is None:

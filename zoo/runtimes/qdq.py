@@ -157,9 +157,6 @@ class ExportLayer(nn.Module):
         return self.conv(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-QDQLayer = ExportLayer  # the name under which the int8 twin was introduced
-
-
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The int8 PTQ and QAT layers of `model`, by name."""
     return {name: module for name, module in model.named_modules() if isinstance(module, _QUANT_TYPES)}
