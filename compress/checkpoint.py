@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from zoo.compress.dense import QUANT_BUFFERS, dense_state_dict
 from zoo.compress.formats import (
     TensorMeta,
     compress_state_dict,
@@ -51,7 +52,7 @@ CONFIG_FILE = "config.json"
 METAS_KEY = "zoo.tensor_metas"
 REQUIRED_CONFIG_KEYS = ("name", "base_model", "arch", "model_kwargs", "recipe")
 RESERVED_CONFIG_KEYS = ("format", "format_version", "files")
-QUANT_BUFFER_SUFFIXES = ("weight_scale", "weight_zero_point", "weight_bits", "input_scale", "input_zero_point")
+QUANT_BUFFER_SUFFIXES = QUANT_BUFFERS  # the quantized layers' buffers a dense export leaves out
 _CHUNK = 1 << 20
 
 
@@ -163,8 +164,11 @@ def export_dense(
     *,
     drop_suffixes: tuple[str, ...] = QUANT_BUFFER_SUFFIXES,
 ) -> Path:
-    """Writes a plain dense safetensors state dict (quant buffers dropped, weights dequantized) that
-    timm and `torch.nn.Module.load_state_dict` read unchanged; the write is atomic."""
+    """Writes a plain dense safetensors state dict that timm and `torch.nn.Module.load_state_dict` read
+    unchanged, atomically: the weights dequantized, the quantized layers' buffers (`drop_suffixes`: scales,
+    zero points, bits, input quantizers) left out (`zoo.compress.dense.dense_state_dict`), so that its keys
+    are the plain model's. The input quantization goes with them: the evaluator records how the dense
+    model's outputs differ from the quantized model's (`VariantReport.dense_export`)."""
     if isinstance(folder_or_state_dict, (str, os.PathLike)):
         state_dict, _ = load_checkpoint(folder_or_state_dict)
     elif isinstance(folder_or_state_dict, Mapping):
@@ -173,11 +177,8 @@ def export_dense(
         raise InvalidArgumentError(
             f"export_dense takes a checkpoint folder or a state dict, got {type(folder_or_state_dict).__name__}"
         )
-    dense = {
-        name: tensor.detach().cpu().contiguous()
-        for name, tensor in state_dict.items()
-        if name.rsplit(".", 1)[-1] not in drop_suffixes
-    }
+    dense = {name: tensor.detach().cpu().contiguous()
+             for name, tensor in dense_state_dict(state_dict, drop_suffixes).items()}
     out = Path(out_file)
     with atomic_path(out) as tmp:
         save_file(unshared(dense), str(tmp), metadata={"format": "pt"})

@@ -13,8 +13,9 @@ from zoo.evaluate.machine import MachineInfo
 # again (2: per-layer FLOPs credited to the outermost module that counted them; 3: attention counted on
 # every SDPA kernel, the ops left out of the FLOPs named, the machine recorded; 4: latency per runtime,
 # torch eager, ONNX Runtime and OpenVINO, and the int8 path; 5: each runtime's graph checked on seeded
-# random inputs and evaluation examples by an fp32 or an int8 rule, OpenVINO compiled per input shape).
-EVALUATOR_VERSION = 5
+# random inputs and evaluation examples by an fp32 or an int8 rule, OpenVINO compiled per input shape; 6: QAT
+# layers exported as int8 QDQ or dequantized fp32, a quantized variant's difference from its dense export).
+EVALUATOR_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,19 @@ class LayerFlops:
     op: str
     dense: int
     sparse: int
+
+
+@dataclass(frozen=True)
+class DenseExportDifference:
+    """How the outputs of a quantized variant's dense export (`zoo export`: dequantized weights in the plain
+    architecture, input quantization dropped) differ from the quantized model's on `inputs` (in words, e.g.
+    "64 evaluation examples"): the largest absolute difference and the relative RMS difference
+    ||dense - quantized||_2 / ||quantized||_2 (the largest over the outputs). Both are 0 when no layer
+    quantizes its input."""
+
+    max_abs: float
+    relative_rms: float
+    inputs: str
 
 
 @dataclass
@@ -38,7 +52,9 @@ class VariantReport:
     `latency_ms` is torch eager's; `latency_by_runtime` the median ms in each runtime that ran it (torch,
     onnxruntime, openvino: see zoo.runtimes.measure), `runtime_errors` why a runtime has no number, and
     `int8_path` what produced an int8 variant's fastest number (e.g. "openvino QDQ (VNNI): 21/21 layers
-    on integer kernels", or "fake-quant (no integer kernel used)"; None for fp32 variants)."""
+    on integer kernels", or "fake-quant (no integer kernel used)"; None for fp32 variants), `dense_export`
+    how a quantized variant's dense export computes differently (None for unquantized variants and
+    reports that predate it)."""
 
     name: str
     base_model: str
@@ -63,6 +79,7 @@ class VariantReport:
     latency_by_runtime: dict[str, float] = field(default_factory=dict)
     runtime_errors: dict[str, str] = field(default_factory=dict)
     int8_path: str | None = None
+    dense_export: DenseExportDifference | None = None
     evaluator_version: int = EVALUATOR_VERSION
 
     @property
@@ -86,6 +103,8 @@ class VariantReport:
         data["layers"] = [LayerFlops(**layer) for layer in data.get("layers", [])]
         machine = data.get("machine")
         data["machine"] = MachineInfo.from_dict(machine) if machine is not None else None
+        dense = data.get("dense_export")
+        data["dense_export"] = DenseExportDifference(**dense) if dense is not None else None
         data.setdefault("evaluator_version", 1)
         return cls(**data)
 

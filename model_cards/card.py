@@ -241,12 +241,30 @@ def _metric_rows(report: VariantReport) -> list[tuple[str, str]]:
         ("size on disk", f"{_bytes(report.bytes_on_disk)} ({report.bytes_on_disk:,} bytes)"),
         ("bits on disk per parameter", _bits_per_param(report)),
         *_latency_rows(report),
+        *_dense_export_rows(report),
     ]
+
+
+def _dense_export_rows(report: VariantReport) -> list[tuple[str, str]]:
+    """For a quantized variant: how the dense file `zoo export` writes computes differently from it."""
+    if report.quant is None:
+        return []
+    diff = report.dense_export
+    if diff is None:
+        return [(DENSE_EXPORT_ROW, "not recorded")]
+    if diff.max_abs == 0:
+        return [(DENSE_EXPORT_ROW, f"the same outputs as this model on {diff.inputs} (no layer quantizes its input)")]
+    return [(DENSE_EXPORT_ROW, f"outputs differ from this model's by up to {diff.max_abs:.3g} (relative RMS "
+                               f"{100 * diff.relative_rms:.3g} %) on {diff.inputs}: the dense file keeps the "
+                               "dequantized weights and drops the input quantization")]
+
+
+DENSE_EXPORT_ROW = "dense export (`zoo export`)"
 
 
 def _latency_rows(report: VariantReport) -> list[tuple[str, str]]:
     """Latency at batch 1 in torch eager and in every other runtime measured (or why not), fastest marked;
-    for an int8 variant, which path produced its numbers."""
+    for a quantized variant, which path produced its numbers."""
     best, _ = report.best_runtime
     rows = [(f"latency, batch 1, {LATENCY_NAMES.get(runtime, runtime)}",
              f"{ms:.2f} ms" + (" (fastest)" if runtime == best and len(report.latency_by_runtime) > 1 else ""))
@@ -254,7 +272,7 @@ def _latency_rows(report: VariantReport) -> list[tuple[str, str]]:
     rows += [(f"latency, batch 1, {LATENCY_NAMES.get(runtime, runtime)}", f"not measured: {why}")
              for runtime, why in report.runtime_errors.items()]
     if report.quant is not None:
-        rows.append(("int8 arithmetic", report.int8_path or "not recorded"))
+        rows.append(("quantized arithmetic", report.int8_path or "not recorded"))
     return rows
 
 
@@ -262,14 +280,14 @@ LATENCY_NAMES = {"torch": "torch eager", "onnxruntime": "ONNX Runtime", "openvin
 
 
 def int8_line(report: VariantReport) -> str | None:
-    """For an int8 variant on a CPU without integer dot-product instructions (VNNI, AMX): the card says
-    that int8 saves bytes there, not time."""
+    """For a quantized variant on a CPU without integer dot-product instructions (VNNI, AMX): the card says
+    that its quantization (e.g. int8) saves bytes there, not time."""
     if report.quant is None or report.machine is None:
         return None
     if isa_has_integer_dot_product(report.machine.isa):
         return None
     return (f"This CPU ({report.machine.cpu}, {report.machine.isa}) has no integer dot-product instructions "
-            "(VNNI, AMX): on it int8 saves bytes, not time.")
+            f"(VNNI, AMX): on it {report.quant} saves bytes, not time.")
 
 
 def machine_line(report: VariantReport) -> str:

@@ -159,6 +159,9 @@ def test_int8_quantization_is_derived_then_cached(trained: Zoo) -> None:
     assert "fc" in quantized and len(quantized) == sum(
         isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
     assert model.zoo.report.quant == "int8" and "top1" in model.zoo.report.metrics
+    dense = model.zoo.report.dense_export  # the dense export drops the inputs' uint8 rounding: it differs
+    assert dense.max_abs > 0 and dense.relative_rms > 0 and dense.inputs.endswith("evaluation examples")
+    assert trained.base.zoo.report.dense_export is None
     base_top1 = trained.base.zoo.report.metrics["top1"]
     assert abs(model.zoo.report.metrics["top1"] - base_top1) < 0.1, "int8 keeps the base's accuracy"
     again = zoo.load(f"{BASE}_int8", store=trained.store, progress=False)

@@ -392,7 +392,7 @@ def test_cards_give_latency_per_runtime_the_fastest_and_the_int8_path(reports):
     assert "| latency, batch 1, torch eager | 1.37 ms |" in body
     assert "| latency, batch 1, ONNX Runtime | 2.50 ms |" in body
     assert "| latency, batch 1, OpenVINO | 0.40 ms (fastest) |" in body
-    assert "| int8 arithmetic | openvino QDQ: 21/21 layers on integer kernels |" in body
+    assert "| quantized arithmetic | openvino QDQ: 21/21 layers on integer kernels |" in body
     assert "has no integer dot-product instructions (VNNI, AMX): on it int8 saves bytes, not time." in body
     assert "| 1.37 | 0.40 (openvino) |" in body and "| 1.37 | 1.37 (torch) |" in body  # family table
     assert "](accuracy_vs_latency.png)" in body

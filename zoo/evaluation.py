@@ -15,6 +15,7 @@ from zoo.compress.recipe import Recipe
 from zoo.entry import ModelEntry
 from zoo.errors import NoEvaluationDataError
 from zoo.evaluate import VariantReport, count_flops, count_parameters, current_machine, measure_latency
+from zoo.evaluate.report import DenseExportDifference
 from zoo.options import DEFAULT_LATENCY_SECONDS
 from zoo.runtimes.names import GRAPH_RUNTIMES
 from zoo.tasks import task_of
@@ -47,10 +48,13 @@ def measure_variant(
     to; the exports are cached under `export_root` (default: a temporary folder, removed after). Each
     graph's output is first checked against the model's on seeded random inputs and on the first
     `AGREEMENT_ROWS` evaluation examples, one at a time (a disagreeing runtime is not timed).
+
+    A quantized model is also compared with its dense export (`dense_export_difference`) on the first
+    `DENSE_EXPORT_ROWS` evaluation examples (seeded random inputs where the data is not here).
     """
     task = task_of(entry)
     example = task.example_input(entry)
-    missing, data_inputs = None, []
+    missing, data_inputs, first_batch = None, [], None
     try:
         batches = task.batches(entry, entry.eval_data, batch_size=EVAL_BATCH_SIZE, shuffle=False)
     except NoEvaluationDataError as err:
@@ -59,7 +63,9 @@ def measure_variant(
     else:
         result = task.evaluate(model, batches, entry, progress=progress)
         metrics, average = result.metrics, result.average
-        data_inputs = _rows(task.model_inputs(next(iter(batches.epoch(0)))), AGREEMENT_ROWS)
+        first_batch = task.model_inputs(next(iter(batches.epoch(0))))
+        data_inputs = _rows(first_batch, AGREEMENT_ROWS)
+    dense_export = dense_export_difference(model, first_batch, example)
     flops = count_flops(model, example)
     params = count_parameters(model)
     threads = torch.get_num_threads()
@@ -75,7 +81,40 @@ def measure_variant(
         recipe=recipe.to_list() if recipe is not None and recipe.steps else None, layers=flops.layers,
         flops_uncounted=flops.uncounted, machine=current_machine(threads), eval_data_missing=missing,
         latency_by_runtime=runtimes.latency_ms, runtime_errors=runtimes.errors, int8_path=runtimes.int8_path,
+        dense_export=dense_export,
     )
+
+
+# Dense export (zoo export) -------------------------------------------------------------------------
+
+DENSE_EXPORT_ROWS = 64  # evaluation examples a quantized model is compared with its dense export on
+
+
+def dense_export_difference(model: nn.Module, batch: torch.Tensor | tuple[torch.Tensor, ...] | None,
+                            example: torch.Tensor | tuple[torch.Tensor, ...]) -> DenseExportDifference | None:
+    """How the dense export of `model` (`zoo.compress.dense.dense_model`: what `zoo export`'s file loads
+    into) computes differently from `model`, on the first `DENSE_EXPORT_ROWS` rows of `batch` (model
+    inputs of evaluation examples) or, without one, on seeded random inputs shaped as `example`
+    (zoo.runtimes.agreement.check_inputs). None for a model without quantized layers (identical)."""
+    from zoo.compress.dense import dense_model, has_quantized_layers
+    from zoo.runtimes.agreement import check_inputs, relative_rms_error, seeded_call
+
+    if not has_quantized_layers(model):
+        return None
+    if batch is not None:
+        batch = batch if isinstance(batch, tuple) else (batch,)
+        rows = min(DENSE_EXPORT_ROWS, len(batch[0]))
+        inputs, words = [tuple(x[:rows] for x in batch)], f"{rows} evaluation example{'s' if rows != 1 else ''}"
+    else:
+        inputs = check_inputs(example)
+        words = f"{len(inputs)} seeded random inputs shaped as the example input"
+    dense = dense_model(model)
+    max_abs = rms = 0.0
+    for x in inputs:
+        want, got = seeded_call(model, x), seeded_call(dense, x)
+        max_abs = max([max_abs, *(float((g.float() - w.float()).abs().max()) for g, w in zip(got, want) if w.numel())])
+        rms = max(rms, relative_rms_error(got, want))
+    return DenseExportDifference(max_abs, rms, words)
 
 
 # Latency per runtime (zoo.runtimes) ----------------------------------------------------------------

@@ -21,7 +21,11 @@ Rule, per kind of graph (worst over the inputs; `disagreement` says why a graph 
   of percent (OpenVINO's dynamic-batch QDQ bug, zoo.runtimes.session: ~100 %). The bound tells a wrong
   graph from rounding, not an int8 graph from an fp32 one: a random model's fake-quant output is only
   1.7-8 % (RMS) from its own fp32 output. That a quantized variant exports as integer QDQ is the
-  exporter's (zoo.runtimes.qdq) and its tests' business.
+  exporter's (zoo.runtimes.qdq) and its tests' business. The rule holds every graph of a model that rounds
+  some layer's input (`zoo.runtimes.qdq.quantizes_inputs`): int8 QDQ layers, and QAT layers whose 4- or
+  2-bit inputs are rounded by plain ops in fp32, where the runtime's float noise flips roundings just the
+  same. A QAT model with weight-only quantization (dequantized fp32 weights, inputs as they are) computes
+  what an fp32 graph does: the fp32 rule.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Export of a zoo model to ONNX (torch's torch.export-based exporter, `dynamo=True`: the TorchScript one is
 deprecated in torch 2.9+ and warns that it will be removed) and to OpenVINO IR (`openvino.convert_model`
-of the ONNX file, saved in fp32: no fp16 compression). Int8 variants export as QDQ graphs (`zoo.runtimes.qdq`).
+of the ONNX file, saved in fp32: no fp16 compression). Quantized variants export
+as QDQ graphs where their arithmetic fits int8, with dequantized fp32 weights where it does not
+(`zoo.runtimes.qdq`).
 
 Files are written atomically (a reader never sees half a file), and `export_key` names them by what
 they depend on: the weights' SHA-256, the exporter's and the runtime's versions, and this module's
@@ -21,11 +23,12 @@ from torch import nn
 
 from zoo.atomic import atomic_path, fsync_path
 from zoo.errors import InvalidArgumentError
-from zoo.runtimes.qdq import has_int8_layers, to_qdq
+from zoo.runtimes.qdq import has_quantized_layers, to_qdq
 from zoo.runtimes.signature import GraphSignature, UnsupportedExportError
 
-# Bumped when an export changes for the same weights and library versions (1: first).
-EXPORT_VERSION = 1
+# Bumped when an export changes for the same weights and library versions (1: first; 2: QAT layers as QDQ or
+# dequantized fp32 weights, not traced through their fake-quant).
+EXPORT_VERSION = 2
 FORMATS = ("onnx", "openvino")
 ONNX_OPSET = 18
 ONNX_FILE = "model.onnx"
@@ -61,8 +64,9 @@ def _batched(tensor: torch.Tensor, axes: dict[int, str]) -> torch.Tensor:
 
 def export_onnx(model: nn.Module, signature: GraphSignature, example: torch.Tensor | tuple[torch.Tensor, ...],
                 path: str | os.PathLike[str]) -> Path:
-    """Writes `model` (in eval mode; int8 layers as QDQ) as one ONNX file at `path`, atomically."""
-    graph = signature.graph_module(to_qdq(model) if has_int8_layers(model) else model).eval()
+    """Writes `model` (in eval mode; quantized layers as `zoo.runtimes.qdq.to_qdq` makes them) as one ONNX
+    file at `path`, atomically."""
+    graph = signature.graph_module(to_qdq(model) if has_quantized_layers(model) else model).eval()
     inputs = signature.example_inputs(example)
     if len(inputs) != len(signature.input_names):
         raise InvalidArgumentError(f"the signature names {len(signature.input_names)} inputs, the example has "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from zoo.evaluate.machine import integer_dot_product  # noqa: F401  (re-exported: the flags live there)
@@ -52,12 +53,20 @@ def _ort_integer_layers(path: Path, threads: int) -> tuple[int, int]:
     return integer, integer + sum(n for op, n in ops.items() if op in _ORT_FLOAT)
 
 
-def int8_path(runtime: str, integer: int, total: int, instructions: str | None) -> str:
-    """What produced an int8 variant's numbers, in words, e.g. "openvino QDQ (VNNI): 21/21 layers on
+def int8_path(runtime: str, integer: int, total: int, instructions: str | None,
+              low_bit: Mapping[str, int] | None = None, *, qdq: bool = True) -> str:
+    """What produced a quantized variant's numbers, in words, e.g. "openvino QDQ (VNNI): 21/21 layers on
     integer kernels", "onnxruntime QDQ (no VNNI/AMX): 0/21 layers on integer kernels (dequantized to
-    fp32)" or, for torch, `FAKE_QUANT`."""
+    fp32)" or, for torch, `FAKE_QUANT`. `qdq`: the graph has int8 (QDQ) layers. `low_bit` counts the
+    layers exported with dequantized fp32 weights by why (`zoo.runtimes.qdq.low_bit_layers`), named after
+    the count, e.g. "onnxruntime (VNNI): 0/3 layers on integer kernels; 3 layers: 4-bit weights
+    dequantized to fp32, 8-bit inputs rounded in fp32 (no 4-bit kernel in this runtime)"."""
     if runtime == "torch":
         return FAKE_QUANT
+    low_bit = {why: n for why, n in (low_bit or {}).items() if n}
     isa = instructions or "no VNNI/AMX"
-    tail = "" if integer else " (dequantized to fp32)"
-    return f"{runtime} QDQ ({isa}): {integer}/{total} layers on integer kernels{tail}"
+    tail = " (dequantized to fp32)" if qdq and not integer else ""
+    text = f"{runtime}{' QDQ' if qdq else ''} ({isa}): {integer}/{total} layers on integer kernels{tail}"
+    for why, n in sorted(low_bit.items()):
+        text += f"; {n} layer{'' if n == 1 else 's'}: {why}"
+    return text

@@ -21,14 +21,15 @@ from zoo.runtimes.agreement import Inputs, check_inputs, disagreement
 from zoo.runtimes.agreement import relative_error, seeded_call, tensors_of  # noqa: F401  (re-exported)
 from zoo.runtimes.export import cached_export
 from zoo.runtimes.int8 import FAKE_QUANT, int8_path, integer_dot_product, integer_layers
-from zoo.runtimes.qdq import has_int8_layers
+from zoo.runtimes.qdq import has_int8_layers, low_bit_layers, quantizes_inputs
 from zoo.runtimes.session import GRAPH_RUNTIMES, RuntimeModel, runtime_format
 from zoo.runtimes.signature import GraphSignature
 
 @dataclass(frozen=True)
 class RuntimeLatencies:
     """`latency_ms`: median ms per runtime (torch included); `errors`: runtime -> why it was not timed;
-    `int8_path`: for an int8 variant, what produced the fastest int8 number (None for fp32 variants)."""
+    `int8_path`: for a quantized variant, what produced its fastest number (`zoo.runtimes.int8.int8_path`;
+    None for unquantized variants)."""
 
     latency_ms: dict[str, float]
     errors: dict[str, str] = field(default_factory=dict)
@@ -43,15 +44,17 @@ def measure_runtimes(model: nn.Module, signature: GraphSignature | None, example
     """Times `model` (already timed in torch: `torch_ms`) in each of `runtimes`, exported under
     `export_root`. `signature` None means the family does not export, for the reason `unsupported`.
     A runtime is timed only when its graph agrees with `model` (zoo.runtimes.agreement: the int8 rule
-    for a model with int8 layers, else the fp32 rule) on seeded random inputs shaped as `example` and on
-    `data_inputs` (real batches, as the model is called with them), if any."""
+    for a model that rounds some layer's input, at any bit width, else the fp32 rule) on seeded random
+    inputs shaped as `example` and on `data_inputs` (real batches, as the model is called with them), if
+    any. For a quantized variant (`quant` not None) `int8_path` says what its fastest runtime ran: the
+    integer layers counted in that runtime's graph, and the low-bit layers it ran in fp32."""
     latency, errors = {"torch": torch_ms}, {}
     paths: dict[str, str] = {}
     if signature is None:
         errors = {runtime: unsupported or "does not export" for runtime in runtimes}
     else:
         checked = [*check_inputs(example), *data_inputs]
-        int8 = has_int8_layers(model)
+        int8 = quantizes_inputs(model)
         for runtime in runtimes:
             try:
                 path = cached_export(model, signature, example, export_root, runtime_format(runtime), weights_identity)
@@ -73,5 +76,6 @@ def measure_runtimes(model: nn.Module, signature: GraphSignature | None, example
             path_text = FAKE_QUANT
         else:
             session = RuntimeModel(fastest, paths[fastest], signature, threads=threads)
-            path_text = int8_path(fastest, *integer_layers(session), integer_dot_product())
+            path_text = int8_path(fastest, *integer_layers(session), integer_dot_product(), low_bit_layers(model),
+                                  qdq=has_int8_layers(model))
     return RuntimeLatencies(latency, errors, path_text)
