@@ -34,7 +34,7 @@ from zoo.errors import InvalidArgumentError
 from zoo.models import get_entry
 from zoo.runtimes import RUNTIMES
 from zoo.runtimes.agreement import check_inputs, disagreement
-from zoo.runtimes.qdq import has_int8_layers
+from zoo.runtimes.qdq import quantizes_inputs
 from zoo.tasks import MetricSpec, task_of
 
 VISION_VARIANTS = ("base", "gmp90", "int8", "ch25", "ch50", "ch75", "ch25_int8", "ch50_int8")
@@ -104,7 +104,7 @@ def load_cells(names: list[str],
         for runtime in RUNTIMES[1:]:
             session = zoo.load(name, runtime=runtime, progress=False)
             cells[name, runtime] = Cell(session, disagreement(session, model, check_inputs(inputs),
-                                                              int8=has_int8_layers(model)))
+                                                              int8=quantizes_inputs(model)))
     return models, cells
 
 

@@ -232,6 +232,22 @@ def test_export_writes_weights_timm_loads_unchanged(store: Store, tmp_path: Path
         assert torch.equal(loaded(x), model(x))
 
 
+def test_export_of_a_low_bit_variant_is_dequantized_and_says_how_it_differs(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "w4a8.safetensors"
+    printed = ok(["export", BASE, "--quant", "w4a8", "--out", str(out)], store_env(store))
+    first, second = printed.splitlines()
+    assert re.fullmatch(r"the dense file holds the dequantized weights without input quantization: its outputs "
+                        r"differ from the quantized model's by at most \S+ \(\S+ % relative RMS\) on .+", first), first
+    assert second.startswith(f"wrote {out}; load it with timm.create_model('test_resnet'")
+    loaded = timm.create_model("test_resnet", pretrained=True, num_classes=10, in_chans=1,
+                               pretrained_cfg_overlay=dict(file=str(out), num_classes=10)).eval()
+    model = zoo.load(f"{BASE}_w4a8", store=store, progress=False)
+    quantized = {k: v for k, v in model.state_dict().items() if k in loaded.state_dict()}
+    assert quantized.keys() == loaded.state_dict().keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in quantized.items())
+    assert model.zoo.report.dense_export.relative_rms > 0  # its 8-bit inputs are rounded, the dense file's not
+
+
 def test_pull_a_published_variant_then_load_it_offline(store: Store, olah_hub: OlahServer, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     repo_id = f"zoo/{OS50}"

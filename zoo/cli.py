@@ -402,6 +402,11 @@ def export(name, out_file, fmt, hub_root, cache_root, **variant):
         _export_graph(model, fmt, Path(out_file), hub_root, cache_root)
         return
     path = export_dense(model.zoo.path, out_file)
+    difference = model.zoo.report.dense_export if model.zoo.report is not None else None
+    if difference is not None:
+        click.echo(f"the dense file holds the dequantized weights without input quantization: its outputs differ "
+                   f"from the quantized model's by at most {difference.max_abs:.3g} ({100 * difference.relative_rms:.3g} % "
+                   f"relative RMS) on {difference.inputs}")
     entry = _entry(model.zoo.base_model)
     architecture = read_config(model.zoo.path).get("architecture")
     if architecture is None:
