@@ -73,6 +73,10 @@ GRANULARITIES = ("tensor", "channel", "group")
 STE_PROXIES = ("identity", "relu", "clipped_relu")
 WEIGHT_UPDATES = ("ste", "bcgd")
 TERNARY_THRESHOLD = 0.7
+WEIGHT_RANGES = ("absmax", "mse")
+# "mse" ranges: each unit's range (absmax, or [min, max] widened to 0) times the ratio of these that gives
+# the least squared rounding error; at 2 bits the full range rounds most weights of a unit to zero.
+MSE_CLIP_RATIOS = tuple(k / 20 for k in range(2, 21))  # 0.10, 0.15, ..., 1.00
 NO_ACT_QUANT = 32
 
 
@@ -97,10 +101,14 @@ def check_weight_bits(bits: Any, *, error: type[Exception] = InvalidArgumentErro
         raise error(f"weight bits must be one of {', '.join(map(repr, WEIGHT_BITS))} (1: binary); got {bits!r}")
 
 
-def check_grid(bits: WeightBits, granularity: str, group_size: int, symmetric: bool,
+def check_grid(bits: WeightBits, granularity: str, group_size: int, symmetric: bool, weight_range: str = "absmax",
                *, error: type[Exception] = InvalidArgumentError) -> None:
     """Validates a grid's settings (raises `error`): group_size >= 1 with granularity 'group', 0 else."""
     check_weight_bits(bits, error=error)
+    if weight_range not in WEIGHT_RANGES:
+        raise error(f"weight_range must be one of {', '.join(map(repr, WEIGHT_RANGES))}; got {weight_range!r}")
+    if weight_range != "absmax" and bits in (1, "ternary"):
+        raise error(f"binary and ternary grids have their own scale rule: weight_range {weight_range!r} does not apply")
     if granularity not in GRANULARITIES:
         raise error(f"granularity must be one of {', '.join(map(repr, GRANULARITIES))}; got {granularity!r}")
     if not isinstance(symmetric, bool):
@@ -135,35 +143,83 @@ def _units(weight: torch.Tensor, granularity: str, group_size: int) -> tuple[tor
 
 
 def quantize_weight(weight: torch.Tensor, bits: WeightBits, *, granularity: str = "channel", group_size: int = 0,
-             symmetric: bool = True) -> QuantizedWeight:
-    """Projects `weight` onto a grid (see the module docstring); returns its codes, scales and zero points."""
-    check_grid(bits, granularity, group_size, symmetric)
+                    symmetric: bool = True, weight_range: str = "absmax", scale: torch.Tensor | None = None,
+                    zero_point: torch.Tensor | None = None) -> QuantizedWeight:
+    """Projects `weight` onto a grid (see the module docstring); returns its codes, scales and zero points.
+    `weight_range` "mse" clips each unit's range (see `MSE_CLIP_RATIOS`) where that lowers the unit's
+    squared rounding error; a given `scale` (and, affine, `zero_point`) is used as it is instead."""
+    check_grid(bits, granularity, group_size, symmetric, weight_range)
     units, scale_shape = _units(weight, granularity, group_size)
-    zero_point = None
+    if scale is not None:
+        if tuple(scale.shape) != scale_shape or (zero_point is None) != symmetric or bits in (1, "ternary"):
+            raise InvalidArgumentError(f"a given scale must have shape {list(scale_shape)}, with a zero point exactly "
+                                       "on affine grids, and binary / ternary grids take none")
+        scale_u = scale.detach().float().reshape(-1).to(units.device)
+        zero_u = None if zero_point is None else zero_point.reshape(-1).to(units.device).float()
+        codes = _round_to_grid(units, bits, symmetric, scale_u, zero_u)
+        return _quantized(codes, scale_u, zero_u, weight.shape, scale_shape, symmetric)
     if bits == 1:
-        scale = units.abs().mean(dim=1)
+        scale_u = units.abs().mean(dim=1)
         codes = torch.where(units >= 0, 1, -1)
-    elif bits == "ternary":
+        return _quantized(codes, scale_u, None, weight.shape, scale_shape, symmetric)
+    if bits == "ternary":
         absw = units.abs()
         above = absw > TERNARY_THRESHOLD * absw.mean(dim=1, keepdim=True)
         count = above.sum(dim=1)
-        scale = torch.where(count > 0, (absw * above).sum(dim=1) / count.clamp(min=1), torch.ones_like(count, dtype=units.dtype))
-        codes = torch.sign(units) * above
-    elif symmetric:
+        scale_u = torch.where(count > 0, (absw * above).sum(dim=1) / count.clamp(min=1),
+                              torch.ones_like(count, dtype=units.dtype))
+        return _quantized(torch.sign(units) * above, scale_u, None, weight.shape, scale_shape, symmetric)
+    ratios = MSE_CLIP_RATIOS if weight_range == "mse" else (1.0,)
+    best_error = best_scale = best_zero = None
+    for ratio in ratios:
+        scale_u, zero_u = _range_scale(units, bits, symmetric, ratio)
+        codes = _round_to_grid(units, bits, symmetric, scale_u, zero_u)
+        if len(ratios) == 1:
+            return _quantized(codes, scale_u, zero_u, weight.shape, scale_shape, symmetric)
+        error = ((_dequantize_units(codes, scale_u, zero_u) - units) ** 2).sum(dim=1)
+        if best_error is None:
+            best_error, best_scale, best_zero = error, scale_u, zero_u
+            continue
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_scale = torch.where(better, scale_u, best_scale)
+        best_zero = None if zero_u is None else torch.where(better, zero_u, best_zero)
+    codes = _round_to_grid(units, bits, symmetric, best_scale, best_zero)
+    return _quantized(codes, best_scale, best_zero, weight.shape, scale_shape, symmetric)
+
+
+def _range_scale(units: torch.Tensor, bits: int, symmetric: bool, ratio: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each unit's scale (and, affine, zero point as a float) for its range shrunk by `ratio`."""
+    if symmetric:
         qmax = 2 ** (bits - 1) - 1
-        absmax = units.abs().amax(dim=1)
-        scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
-        codes = torch.clamp(torch.round(units / scale[:, None]), -qmax, qmax)
-    else:
-        qmax = 2 ** bits - 1
-        low = units.amin(dim=1).clamp(max=0.0)
-        high = units.amax(dim=1).clamp(min=0.0)
-        scale = torch.where(high > low, (high - low) / qmax, torch.ones_like(high))
-        zero = torch.clamp(torch.round(-low / scale), 0, qmax)
-        codes = torch.clamp(torch.round(units / scale[:, None]) + zero[:, None], 0, qmax)
-        zero_point = zero.to(torch.int32).reshape(scale_shape)
+        absmax = units.abs().amax(dim=1) * ratio
+        return torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax)), None
+    qmax = 2 ** bits - 1
+    low = units.amin(dim=1).clamp(max=0.0) * ratio
+    high = units.amax(dim=1).clamp(min=0.0) * ratio
+    scale = torch.where(high > low, (high - low) / qmax, torch.ones_like(high))
+    return scale, torch.clamp(torch.round(-low / scale), 0, qmax)
+
+
+def _round_to_grid(units: torch.Tensor, bits: WeightBits, symmetric: bool, scale: torch.Tensor,
+                   zero: torch.Tensor | None) -> torch.Tensor:
+    """Codes of `units` [U, E] on a b-bit grid of per-unit `scale` (and `zero`), rounded to nearest, clamped."""
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+    if symmetric:
+        qmax = 1 if bits in (1, "ternary") else 2 ** (bits - 1) - 1
+        return torch.clamp(torch.round(units / safe), -qmax, qmax)
+    return torch.clamp(torch.round(units / safe) + zero[:, None], 0, 2 ** bits - 1)
+
+
+def _dequantize_units(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None) -> torch.Tensor:
+    return ((codes if zero is None else codes - zero[:, None]) * scale[:, None])
+
+
+def _quantized(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, shape: torch.Size,
+               scale_shape: tuple[int, ...], symmetric: bool) -> QuantizedWeight:
     dtype = torch.int8 if symmetric else torch.uint8
-    return QuantizedWeight(codes.to(dtype).reshape(weight.shape), scale.float().reshape(scale_shape), zero_point)
+    zero_point = None if zero is None else zero.to(torch.int32).reshape(scale_shape)
+    return QuantizedWeight(codes.to(dtype).reshape(shape), scale.float().reshape(scale_shape), zero_point)
 
 
 def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
@@ -203,13 +259,16 @@ class WeightGrid:
     granularity: str = "channel"
     group_size: int = 0
     symmetric: bool = True
+    weight_range: str = "absmax"
 
     def __post_init__(self) -> None:
-        check_grid(self.bits, self.granularity, self.group_size, self.symmetric)
+        check_grid(self.bits, self.granularity, self.group_size, self.symmetric, self.weight_range)
 
-    def quantize(self, weight: torch.Tensor) -> QuantizedWeight:
+    def quantize(self, weight: torch.Tensor, scale: torch.Tensor | None = None,
+                 zero_point: torch.Tensor | None = None) -> QuantizedWeight:
         return quantize_weight(weight, self.bits, granularity=self.granularity, group_size=self.group_size,
-                        symmetric=self.symmetric)
+                               symmetric=self.symmetric, weight_range=self.weight_range, scale=scale,
+                               zero_point=zero_point)
 
     def project(self, weight: torch.Tensor) -> torch.Tensor:
         return self.quantize(weight).dequantize().to(weight.dtype)
@@ -218,12 +277,13 @@ class WeightGrid:
 # Straight-through estimators ---------------------------------------------------------------------
 
 class WeightFakeQuant(torch.autograd.Function):
-    """Forward: the weight projected on `grid`; backward: the identity (straight-through), so the
-    gradient of the float weight is the coarse gradient taken at the quantized weight."""
+    """Forward: the weight projected by `project` (a `WeightGrid.project`, or a QAT layer's own with its
+    calibrated range); backward: the identity (straight-through), so the gradient of the float weight is
+    the coarse gradient taken at the quantized weight."""
 
     @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, grid: WeightGrid) -> torch.Tensor:
-        return grid.project(weight)
+    def forward(ctx: Any, weight: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return project(weight)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -329,9 +389,25 @@ class _QATMixin:
         self.finalized = grid is None
         self._observed: list[torch.Tensor] = []
         self._saw_negative = False
+        self.fixed_range = grid is not None and grid.weight_range != "absmax"
+        if self.fixed_range:  # ranges calibrated once, on the weights QAT starts from
+            q = grid.quantize(self.weight)
+            with torch.no_grad():
+                self.weight_scale.copy_(q.scale)
+                if q.zero_point is not None:
+                    self.weight_zero_point.copy_(q.zero_point)
+
+    def quantize_current(self, weight: torch.Tensor) -> QuantizedWeight:
+        """`weight` on this layer's grid: with its own range, or the one calibrated at the start."""
+        if self.fixed_range:
+            return self.grid.quantize(weight, self.weight_scale, getattr(self, "weight_zero_point", None))
+        return self.grid.quantize(weight)
+
+    def project(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.quantize_current(weight).dequantize().to(weight.dtype)
 
     def quantized_weight(self) -> torch.Tensor:
-        return self.weight if self.finalized else WeightFakeQuant.apply(self.weight, self.grid)
+        return self.weight if self.finalized else WeightFakeQuant.apply(self.weight, self.project)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if int(self.act_bits) == NO_ACT_QUANT:
@@ -360,7 +436,7 @@ class _QATMixin:
         fills the weight buffers; the layer stops re-quantizing its weight."""
         if self.grid is None:
             raise RecipeError("a QAT layer loaded from a checkpoint is frozen on its grid")
-        q = self.grid.quantize(self.weight) if quantized is None else quantized
+        q = self.quantize_current(self.weight) if quantized is None else quantized
         if q.scale.shape != self.weight_scale.shape:
             raise InvalidArgumentError(f"a quantized weight with scales of shape {list(q.scale.shape)} for a layer "
                                        f"whose grid has {list(self.weight_scale.shape)}")
@@ -492,6 +568,7 @@ def apply_qat(
     granularity: str = "channel",
     group_size: int = 0,
     symmetric: bool = True,
+    weight_range: str = "absmax",
     ste: str = "clipped_relu",
     weight_update: str = "ste",
     rho: float = 0.0,
@@ -509,7 +586,8 @@ def apply_qat(
 
     Every nn.Linear / nn.Conv1d / nn.Conv2d not matched by `keep_fp` becomes a QAT* layer: its weight is
     projected on the grid (`bits_w`, `granularity`, `group_size`, `symmetric`) in the forward pass, with
-    an identity STE; with `bits_a` < 32 its input is quantized by `ActivationQuantSTE` (proxy `ste`) with
+    an identity STE: with `weight_range` "absmax" each step's own range, with "mse" the least-error
+    clipped range calibrated once on the weights QAT starts from, then fixed; with `bits_a` < 32 its input is quantized by `ActivationQuantSTE` (proxy `ste`) with
     alpha calibrated on the first `calibration_batches` of `context.calibration_batches()` (float
     activations, fake-quantized weights). Then `zoo.training.train` fine-tunes the float weights:
 
@@ -525,14 +603,14 @@ def apply_qat(
     variant stays as sparse at low bits (a binary grid has no zero: refused for a model with zeros).
     Finally each layer's weight is put on its grid and the buffers are filled (module docstring).
     """
-    check_storable(WeightGrid(bits_w, granularity, group_size, symmetric))
+    check_storable(WeightGrid(bits_w, granularity, group_size, symmetric, weight_range))
     _check_qat(bits_a=bits_a, ste=ste, weight_update=weight_update, rho=rho, epochs=epochs, lr=lr,
                weight_decay=weight_decay, momentum=momentum, calibration_batches=calibration_batches,
                act_percentile=act_percentile, keep_fp=keep_fp, error=InvalidArgumentError)
     context.require("train_batches", "loss_fn", step="quantization-aware training")
     if bits_a != NO_ACT_QUANT:
         context.require("calibration_batches", step="quantization-aware training with quantized activations")
-    grid = WeightGrid(bits_w, granularity, group_size, symmetric)
+    grid = WeightGrid(bits_w, granularity, group_size, symmetric, weight_range)
     layers = to_qat_layers(model, grid, bits_a, ste, keep_fp, step="QAT")
     if bits_a != NO_ACT_QUANT:
         calibrate_inputs(model, layers, itertools.islice(context.calibration_batches(), calibration_batches),
@@ -540,14 +618,13 @@ def apply_qat(
 
     before_step = None
     if weight_update == "bcgd":
-        weights = [layer.weight for layer in layers.values()]
-
         def before_step(step: int, opt: torch.optim.Optimizer) -> None:
             lrs = {id(p): group["lr"] for group in opt.param_groups for p in group["params"]}
-            with_grad = [w for w in weights if w.grad is not None]
-            for w in with_grad:
-                bcgd_step([w], [w.grad], lrs[id(w)], rho, grid.project)
-                w.grad = None
+            for layer in layers.values():
+                w = layer.weight
+                if w.grad is not None:
+                    bcgd_step([w], [w.grad], lrs[id(w)], rho, layer.project)
+                    w.grad = None
 
     after_step = _zero_keeper(layers, bits_w) if keep_zeros else None
     label = f"QAT w{bits_w}a{bits_a}" + (f" BCGD rho={rho:g}" if weight_update == "bcgd" else "")
@@ -617,6 +694,7 @@ class QATConfig(CompressionConfig):
     granularity: str = "channel"
     group_size: int = 0
     symmetric: bool = True
+    weight_range: str = "absmax"
     ste: str = "clipped_relu"
     weight_update: str = "ste"
     rho: float = 0.0
@@ -633,8 +711,10 @@ class QATConfig(CompressionConfig):
     def __post_init__(self) -> None:
         if not isinstance(self.keep_zeros, bool):
             raise RecipeError(f"keep_zeros must be True or False, got {self.keep_zeros!r}")
-        check_grid(self.bits_w, self.granularity, self.group_size, self.symmetric, error=RecipeError)
-        check_storable(WeightGrid(self.bits_w, self.granularity, self.group_size, self.symmetric), error=RecipeError)
+        check_grid(self.bits_w, self.granularity, self.group_size, self.symmetric, self.weight_range,
+                   error=RecipeError)
+        check_storable(WeightGrid(self.bits_w, self.granularity, self.group_size, self.symmetric, self.weight_range),
+                       error=RecipeError)
         _check_qat(bits_a=self.bits_a, ste=self.ste, weight_update=self.weight_update, rho=self.rho,
                    epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, momentum=self.momentum,
                    calibration_batches=self.calibration_batches, act_percentile=self.act_percentile,

@@ -122,7 +122,7 @@ def test_signed_activation_ste_gradients(proxy: str, expected: list[float]) -> N
 def test_weight_fake_quant_passes_the_gradient_straight_through() -> None:
     grid = WeightGrid(2, "tensor")
     w = torch.tensor([[0.3, -1.0], [0.6, 0.1]], requires_grad=True)
-    y = WeightFakeQuant.apply(w, grid)
+    y = WeightFakeQuant.apply(w, grid.project)
     assert y.tolist() == [[0.0, -1.0], [1.0, 0.0]]
     (y * torch.tensor([[1.0, 2.0], [3.0, 4.0]])).sum().backward()
     assert w.grad.tolist() == [[1.0, 2.0], [3.0, 4.0]]
@@ -312,3 +312,35 @@ def test_qat_keeps_a_pruned_models_zeros() -> None:
     binary, context, _ = _pruned_task()
     with pytest.raises(RecipeError, match="binary grid has no zero"):
         apply_qat(binary, context, bits_w=1, bits_a=32, epochs=1)
+
+
+def test_mse_range_by_hand_and_never_worse_than_absmax() -> None:
+    # 2 bits, levels {-s, 0, s}: absmax s = 1.2 leaves error 4 * 0.2^2 = 0.16; clipped to 0.85 (s = 1.02)
+    # 4 * 0.02^2 + 0.18^2 = 0.034, the least over the ratios 0.10 ... 1.00 (0.9: 0.04, 0.8: 0.064)
+    w = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.2]])
+    assert float(quantize_weight(w, 2).scale) == pytest.approx(1.2)
+    clipped = quantize_weight(w, 2, weight_range="mse")
+    assert float(clipped.scale) == pytest.approx(1.02) and clipped.codes.tolist() == [[1, 1, 1, 1, 1]]
+    assert float((clipped.dequantize() - w).pow(2).sum()) == pytest.approx(0.034, abs=1e-6)
+    generator = torch.Generator().manual_seed(0)
+    for bits, symmetric in ((2, True), (4, True), (4, False), (2, False)):
+        weights = torch.randn(8, 64, generator=generator) * torch.rand(8, 1, generator=generator)
+        plain = quantize_weight(weights, bits, symmetric=symmetric).dequantize()
+        mse = quantize_weight(weights, bits, symmetric=symmetric, weight_range="mse").dequantize()
+        assert ((mse - weights) ** 2).sum(1).le(((plain - weights) ** 2).sum(1) + 1e-6).all()
+    gaussian = torch.randn(16, 256, generator=generator)
+    plain = quantize_weight(gaussian, 2).dequantize()
+    mse = quantize_weight(gaussian, 2, weight_range="mse").dequantize()
+    assert ((mse - gaussian) ** 2).sum() < 0.5 * ((plain - gaussian) ** 2).sum(), "at 2 bits absmax zeroes most weights"
+
+
+def test_qat_with_mse_ranges_calibrates_them_once_and_ends_on_them() -> None:
+    model, context, x, y = _task()
+    start = model[0].weight.detach().clone()
+    apply_qat(model, context, bits_w=2, bits_a=32, weight_range="mse", epochs=2, lr=0.05)
+    expected = quantize_weight(start, 2, weight_range="mse").scale
+    assert torch.equal(model[0].weight_scale, expected), "the range is the one calibrated on the starting weights"
+    assert torch.equal(quantize_weight(model[0].weight, 2, scale=model[0].weight_scale).dequantize(),
+                       model[0].weight.detach())
+    with pytest.raises(RecipeError, match="own scale rule"):
+        QATConfig(bits_w=1, weight_range="mse")

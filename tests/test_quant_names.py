@@ -72,6 +72,7 @@ def test_qat_recipe_of_a_trained_base() -> None:
     entry = spec.base
     assert (qat.bits_w, qat.bits_a, qat.ste, qat.weight_update, qat.rho) == (2, 2, "identity", "ste", 0.0)
     assert qat.lr == pytest.approx(entry.train.lr / 10) and qat.keep_fp == entry.keep_dense and qat.keep_zeros
+    assert qat.weight_range == "mse" and resolve(f"{TRAINS}_w8a8").recipe().steps[0].weight_range == "absmax"
     assert qat.epochs == max(1, round(entry.train.epochs * 0.5))
     assert spec.sparse_parent is not None and spec.sparse_parent.name == f"{TRAINS}_gmp90"
     bcgd = resolve(f"{TRAINS}_wb_bcgd").recipe().steps[0]

@@ -275,7 +275,8 @@ def _low_bit_step(entry: ModelEntry, quant: str, finetune_epochs: int | None):
     epochs (or `finetune_epochs`) at a tenth of its peak learning rate (`QAT_LR_FACTOR`), with its
     optimizer and weight decay; or post-training with GPTQ rounding on 8 calibration batches of the
     training split. Both keep the entry's `keep_dense` layers (its first and last, for most) in float,
-    calibrate activation ranges at the 99.99th percentile, and keep a pruned model's zeros."""
+    calibrate activation ranges at the 99.99th percentile, keep a pruned model's zeros, and clip 4- and
+    2-bit weight ranges to the least rounding error (`_weight_range`)."""
     from zoo.compress.lowbit import QATConfig
 
     scheme = parse_quant(quant)
@@ -289,9 +290,15 @@ def _low_bit_step(entry: ModelEntry, quant: str, finetune_epochs: int | None):
         raise InvalidArgumentError(f"{entry.name} has no training data here for QAT: use {quant}_ptq")
     if finetune_epochs is None:
         finetune_epochs = max(1, round(entry.train.epochs * GMP_FINETUNE_EPOCH_FRACTION))
-    return QATConfig(ste=scheme.proxy, weight_update="bcgd" if scheme.bcgd else "ste",
+    return QATConfig(weight_range=_weight_range(scheme.weight_bits), ste=scheme.proxy, weight_update="bcgd" if scheme.bcgd else "ste",
                      rho=BCGD_RHO if scheme.bcgd else 0.0, epochs=finetune_epochs, lr=entry.train.lr * QAT_LR_FACTOR,
                      weight_decay=entry.train.weight_decay, optimizer=entry.train.optimizer, **grid)
+
+
+def _weight_range(bits: int | str) -> str:
+    """4- and 2-bit grids take the least-error clipped range ("mse"): at 2 bits the full range rounds most
+    weights to zero; 8-bit ones keep the int8 convention (absmax), binary and ternary their own rules."""
+    return "mse" if bits in (4, 2) else "absmax"
 
 
 def _distill_step(entry: ModelEntry):
