@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from zoo.compress.lowbit import (
         QATConfig, QuantizedWeight, WeightGrid, apply_qat, bcgd_step, dequantize_weight, quantize_activation, quantize_weight,
     )
+    from zoo.compress.lowbit_ptq import LowBitPTQConfig, apply_lowbit_ptq, gptq_quantize
     from zoo.compress.nm import (
         GradualNMPruningConfig, NMPruningConfig, apply_gradual_nm_pruning, apply_nm_pruning, is_nm, nm_mask,
         nm_masks,
@@ -43,6 +44,7 @@ _MODULES = {
     "zoo.compress.config": ("CONFIG_TYPES", "CompressionConfig", "register_config"),
     "zoo.compress.lowbit": ("QATConfig", "QuantizedWeight", "WeightGrid", "apply_qat", "bcgd_step", "dequantize_weight",
                             "quantize_weight", "quantize_activation"),
+    "zoo.compress.lowbit_ptq": ("LowBitPTQConfig", "apply_lowbit_ptq", "gptq_quantize"),
     "zoo.compress.nm": ("GradualNMPruningConfig", "NMPruningConfig", "apply_gradual_nm_pruning", "apply_nm_pruning",
                         "is_nm", "nm_mask", "nm_masks"),
     "zoo.compress.es_masks": ("ESMaskConfig", "apply_es_masks"),

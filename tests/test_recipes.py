@@ -19,6 +19,7 @@ from zoo.compress.block import BlockPruningConfig, GradualBlockPruningConfig
 from zoo.compress.config import CompressionConfig
 from zoo.compress.es_masks import ESMaskConfig
 from zoo.compress.lowbit import QATConfig
+from zoo.compress.lowbit_ptq import LowBitPTQConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
 from zoo.compress.nm import GradualNMPruningConfig, NMPruningConfig
 from zoo.compress.sparse_training import SparseTrainingConfig
@@ -57,6 +58,9 @@ EXAMPLES: dict[str, CompressionConfig] = {
     "QATConfig": QATConfig(bits_w="ternary", bits_a=2, granularity="group", group_size=16, ste="relu",
                            weight_update="bcgd", rho=1e-5, epochs=2, lr=0.05, weight_decay=1e-4, momentum=0.0,
                            optimizer="adamw", calibration_batches=2, act_percentile=99.0, keep_fp=("fc",)),
+    "LowBitPTQConfig": LowBitPTQConfig(bits_w=2, bits_a=8, granularity="channel", group_size=0, symmetric=False,
+                                       rounding="nearest", damp=0.1, calibration_batches=4, act_percentile=99.0,
+                                       keep_fp=("fc",)),
 }
 
 
