@@ -81,6 +81,20 @@ def test_the_error_of_the_first_column_is_propagated_to_the_second_by_hand(h12: 
     assert WeightGrid(4, "tensor").quantize(w).codes.tolist() == [[3, 4], [7, -7]]
 
 
+@pytest.mark.parametrize("grid", [WeightGrid(4, "channel"), WeightGrid(2, "group", 10, False)])
+def test_lazy_batch_updates_give_the_column_by_column_result(grid: WeightGrid) -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 300, generator=g)
+    x = torch.randn(300, 40, generator=g)
+    x = torch.cat([x, x @ torch.randn(40, 260, generator=g) / 6.0], dim=1).t()  # [300 features, 300 samples]
+    h = 2 * x @ x.t() / 300
+    one, blocked = (gptq_quantize(w, h, grid, block_size=b) for b in (1, 128))
+    assert torch.equal(one.codes, blocked.codes)
+    assert torch.allclose(one.scale, blocked.scale, rtol=1e-5)
+    with pytest.raises(InvalidArgumentError, match="block_size"):
+        gptq_quantize(w, h, grid, block_size=0)
+
+
 def test_dead_inputs_get_zero_weights_and_binary_grids_are_refused_for_gptq() -> None:
     w = torch.tensor([[0.5, 0.9, -0.3], [0.2, -0.4, 0.8]])
     x = torch.tensor([[1.0, 0.0, 2.0], [-1.0, 0.0, 0.5], [0.3, 0.0, -1.0]])  # input 1 is always zero
