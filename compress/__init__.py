@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from zoo.compress.lowbit import (
         QATConfig, QuantizedWeight, WeightGrid, apply_qat, bcgd_step, dequantize_weight, quantize_activation, quantize_weight,
     )
+    from zoo.compress.lowbit_ptq import LowBitPTQConfig, apply_lowbit_ptq, gptq_quantize
     from zoo.compress.nm import (
         GradualNMPruningConfig, NMPruningConfig, apply_gradual_nm_pruning, apply_nm_pruning, is_nm, nm_mask,
         nm_masks,
@@ -45,6 +46,7 @@ _MODULES = {
     "zoo.compress.distill": ("DistillationConfig", "distill_loss", "distilling", "frozen_copy", "output_logits"),
     "zoo.compress.lowbit": ("QATConfig", "QuantizedWeight", "WeightGrid", "apply_qat", "bcgd_step", "dequantize_weight",
                             "quantize_weight", "quantize_activation"),
+    "zoo.compress.lowbit_ptq": ("LowBitPTQConfig", "apply_lowbit_ptq", "gptq_quantize"),
     "zoo.compress.nm": ("GradualNMPruningConfig", "NMPruningConfig", "apply_gradual_nm_pruning", "apply_nm_pruning",
                         "is_nm", "nm_mask", "nm_masks"),
     "zoo.compress.es_masks": ("ESMaskConfig", "apply_es_masks"),

@@ -20,6 +20,7 @@ from zoo.compress.config import CompressionConfig
 from zoo.compress.distill import DistillationConfig
 from zoo.compress.es_masks import ESMaskConfig
 from zoo.compress.lowbit import QATConfig
+from zoo.compress.lowbit_ptq import LowBitPTQConfig
 from zoo.compress.recipe import RECIPE_FORMAT_VERSION
 from zoo.compress.nm import GradualNMPruningConfig, NMPruningConfig
 from zoo.compress.sparse_training import SparseTrainingConfig
@@ -60,6 +61,9 @@ EXAMPLES: dict[str, CompressionConfig] = {
                            optimizer="adamw", calibration_batches=2, act_percentile=99.0, keep_fp=("fc",)),
     "DistillationConfig": DistillationConfig(teacher="resnet18.zoo_digits", temperature=2.0, alpha=0.9,
                                              logits_loss="mse", hidden=(r"layer\d",), hidden_weight=0.5),
+    "LowBitPTQConfig": LowBitPTQConfig(bits_w=2, bits_a=8, granularity="channel", group_size=0, symmetric=False,
+                                       rounding="nearest", damp=0.1, calibration_batches=4, act_percentile=99.0,
+                                       keep_fp=("fc",)),
 }
 
 
