@@ -134,7 +134,8 @@ class HessianAccumulator:
 
 def _unit_params(block: torch.Tensor, grid: WeightGrid) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scale (and zero point) of each row of a 2-D block by the grid's own rule; float32, [rows]."""
-    q = quantize_weight(block, grid.bits, granularity="channel", symmetric=grid.symmetric)
+    q = quantize_weight(block, grid.bits, granularity="channel", symmetric=grid.symmetric,
+                        weight_range=grid.weight_range)
     return q.scale, None if q.zero_point is None else q.zero_point.float()
 
 
@@ -267,6 +268,7 @@ def apply_lowbit_ptq(
     granularity: str = "group",
     group_size: int = 32,
     symmetric: bool = True,
+    weight_range: str = "absmax",
     rounding: str = "gptq",
     damp: float = 0.01,
     act_percentile: float = 99.99,
@@ -276,15 +278,17 @@ def apply_lowbit_ptq(
     """Post-training quantization of `model`'s weights in place (module docstring); returns it.
 
     Every nn.Linear / nn.Conv1d / nn.Conv2d not matched by `keep_fp` becomes a QAT layer on the grid
-    (`bits_w`, `granularity`, `group_size`, `symmetric`) whose weight is rounded by `rounding`: "gptq"
+    (`bits_w`, `granularity`, `group_size`, `symmetric`; scales by `weight_range`: "absmax", or "mse" the
+    least-error clipped range of each unit's original weights) whose weight is rounded by `rounding`: "gptq"
     (sequential GPTQ on the calibration batches, with dampening `damp`) or "nearest" (the grid's
     round-to-nearest; the batches are then only used for activations). With `bits_a` < 32 the layers'
     inputs are calibrated afterwards. `calibration_batches` is iterated into memory once (a batch is a
     model input: a tensor, a tuple of positional or a mapping of keyword arguments).
     """
     _check(bits_w=bits_w, bits_a=bits_a, granularity=granularity, group_size=group_size, symmetric=symmetric,
-           rounding=rounding, damp=damp, act_percentile=act_percentile, keep_fp=keep_fp, error=InvalidArgumentError)
-    grid = WeightGrid(bits_w, granularity, group_size, symmetric)
+           weight_range=weight_range, rounding=rounding, damp=damp, act_percentile=act_percentile, keep_fp=keep_fp,
+           error=InvalidArgumentError)
+    grid = WeightGrid(bits_w, granularity, group_size, symmetric, weight_range)
     batches = list(calibration_batches)
     if not batches and (rounding == "gptq" or bits_a != NO_ACT_QUANT):
         raise RecipeError(f"{_STEP} needs at least one calibration batch")
@@ -309,10 +313,10 @@ def apply_lowbit_ptq(
     return model
 
 
-def _check(*, bits_w: Any, bits_a: Any, granularity: Any, group_size: Any, symmetric: Any, rounding: Any, damp: Any,
-           act_percentile: Any, keep_fp: Any, error: type[Exception]) -> None:
-    check_grid(bits_w, granularity, group_size, symmetric, error=error)
-    grid = WeightGrid(bits_w, granularity, group_size, symmetric)
+def _check(*, bits_w: Any, bits_a: Any, granularity: Any, group_size: Any, symmetric: Any, weight_range: Any,
+           rounding: Any, damp: Any, act_percentile: Any, keep_fp: Any, error: type[Exception]) -> None:
+    check_grid(bits_w, granularity, group_size, symmetric, weight_range, error=error)
+    grid = WeightGrid(bits_w, granularity, group_size, symmetric, weight_range)
     check_storable(grid, error=error)
     try:
         if isinstance(bits_a, bool) or bits_a not in ACT_BITS:
@@ -345,6 +349,7 @@ class LowBitPTQConfig(CompressionConfig):
     granularity: str = "group"
     group_size: int = 32
     symmetric: bool = True
+    weight_range: str = "absmax"
     rounding: str = "gptq"
     damp: float = 0.01
     calibration_batches: int = 16
@@ -353,8 +358,8 @@ class LowBitPTQConfig(CompressionConfig):
 
     def __post_init__(self) -> None:
         _check(bits_w=self.bits_w, bits_a=self.bits_a, granularity=self.granularity, group_size=self.group_size,
-               symmetric=self.symmetric, rounding=self.rounding, damp=self.damp, act_percentile=self.act_percentile,
-               keep_fp=self.keep_fp, error=RecipeError)
+               symmetric=self.symmetric, weight_range=self.weight_range, rounding=self.rounding, damp=self.damp,
+               act_percentile=self.act_percentile, keep_fp=self.keep_fp, error=RecipeError)
         check_positive("calibration_batches", self.calibration_batches, integer=True)
 
 

@@ -282,3 +282,20 @@ def test_nearest_rounding_takes_binary_and_ternary_grids_and_functional_errors_a
         apply_lowbit_ptq(_linear(), [])
     with pytest.raises(RecipeError, match="keep_fp"):
         apply_lowbit_ptq(_linear(), [torch.randn(2, 16)], group_size=32)  # 32 does not divide 16 inputs
+
+
+def test_mse_ranges_lower_the_output_error_at_2_bits() -> None:
+    """The per-group scales GPTQ sets as it reaches each group follow the grid's range rule: the
+    least-error clipped range at 2 bits beats absmax (which rounds most weights of a group to zero)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 64, generator=generator)
+    errors = {}
+    for weight_range in ("absmax", "mse"):
+        layer = nn.Linear(64, 16)
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(16, 64, generator=torch.Generator().manual_seed(1)))
+        reference = layer(x).detach()
+        model = nn.Sequential(layer)
+        apply_lowbit_ptq(model, [x[:256], x[256:]], bits_w=2, group_size=16, weight_range=weight_range)
+        errors[weight_range] = float((model(x) - reference).pow(2).mean() / reference.pow(2).mean())
+    assert errors["mse"] < 0.7 * errors["absmax"], errors

@@ -285,7 +285,8 @@ def _low_bit_step(entry: ModelEntry, quant: str, finetune_epochs: int | None):
     if scheme.ptq:
         from zoo.compress.lowbit_ptq import LowBitPTQConfig
 
-        return LowBitPTQConfig(rounding="gptq", calibration_batches=8, **grid)
+        return LowBitPTQConfig(rounding="gptq", weight_range=_weight_range(scheme.weight_bits), calibration_batches=8,
+                               **grid)
     if entry.train is None:  # VariantSpec refuses it first; default_recipe is public
         raise InvalidArgumentError(f"{entry.name} has no training data here for QAT: use {quant}_ptq")
     if finetune_epochs is None:
