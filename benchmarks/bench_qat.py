@@ -2,27 +2,39 @@
 STE proxies at 2-bit activations (Yin et al., ICLR 2019) and BCGD against BinaryConnect for binary and
 ternary weights (Yin et al. 2018), all through the zoo's own `zoo.compress.lowbit.apply_qat`.
 
-    python benchmarks/bench_qat.py --plot benchmarks/results/bench_qat.png   # ~10 min, 2 shared cores
+    python benchmarks/bench_qat.py --plot benchmarks/results/bench_qat.png   # 42 runs, ~8 min on 2 idle cores
+    python benchmarks/bench_qat.py --study ste --start scratch                # study 1 from random weights
     python benchmarks/bench_qat.py --quick --plot /tmp/quick.png             # smoke run, a few seconds
 
 The model: `resnet18.zoo_digits` (timm's ResNet-18 the zoo trains on scikit-learn's digits), its trained
 dense base loaded with `zoo.load` (the local hub or the variant cache of the default `Store`, which
 `$ZOO_HUB` / `$ZOO_CACHE` move; a base found nowhere is trained there first, as `zoo.load` always does).
-Every run starts from a copy of those weights (`--start scratch` / `both`: study 1 from the entry's random
-initialization, seeded by the run's seed, instead / as well), fine-tunes with `apply_qat` on the entry's training split
-(its batch size and loss: cross-entropy with its label smoothing), the batches shuffled with the run's
-seed, and keeps the entry's `keep_dense` layers (ResNet: the stem conv and the classifier) in float, as
-BCGD's 65.46 % ImageNet result did. Same epochs, learning rate and schedule (zoo.training: warm-up + cosine)
-for every arm of a study.
+Every run starts from a copy of those weights (`--start scratch` / `both`: study 1 from the entry's
+random initialization, seeded by the run's seed, instead / as well), fine-tunes with `apply_qat` on the
+entry's training split (its batch size and loss: cross-entropy with its label smoothing), the batches
+shuffled with the run's seed, and keeps the entry's `keep_dense` layers (ResNet: the stem conv and the
+classifier) in float, as BCGD's 65.46 % ImageNet result did. Same epochs, learning rate and schedule
+(zoo.training: warm-up + cosine) for every arm of a study.
 
 Study 1, STE proxies: weights 4 bits per channel (symmetric), layer inputs 2 bits calibrated on 8 batches
 (`act_percentile` 99.99), `ste` identity, relu, clipped_relu; plus a w4a32 row (float activations) that
-shows what the 4-bit weights alone cost. Weights stepped by plain STE (SGD with momentum).
-Study 2, weights: binary (bits_w=1: sign times mean |w|) and ternary (the 2-bit grid with TWN scaling),
-per tensor as in the BCGD paper, float activations; `weight_update` "ste" (SGD with momentum on the float
-weights), "bcgd" with rho = 0 (BinaryConnect: no momentum on the quantized layers' weights) and with each
-rho of `rhos`. BCGD arms get `bcgd_lr` (plain gradient steps; a momentum-0.9 SGD step is about ten times
-its learning rate, so `bcgd_lr` defaults to ten times `lr`).
+shows what the 4-bit weights alone cost. Weights stepped by plain STE (SGD with momentum). 4-bit and not
+2-bit weights: the paper quantizes activations only and `apply_qat` has no float-weight setting; 4 bits
+per channel cost little on their own (the w4a32 row), so the rows differ by the activation STE.
+`apply_qat` quantizes each layer's *input* and leaves the network's own ReLUs in place, so inside the
+ResNet every quantized input is a ReLU output (>= 0; calibration makes the range unsigned): the identity
+and ReLU proxies then pass the same gradients (the ReLU before already zeroes x < 0) and only clipped ReLU
+differs (no gradient above alpha). In the paper the quantizer replaces the ReLU.
+
+Study 2, weights: binary (bits_w=1: sign times mean |w|) and ternary (TWN scaling; stored in 2 bits),
+per tensor as in the BCGD paper, float activations. Ternary rather than `bits_w=2`: the zoo's 2-bit
+symmetric grid has the same three levels with scale absmax, which rounds almost every weight of a tensor
+to 0; the paper's ternary / 2-bit grids use an optimal scale, as TWN does. `weight_update` "ste" (SGD
+with momentum on the float weights), "bcgd" with rho = 0 (BinaryConnect: no momentum on the quantized
+layers' weights) and with each rho of `rhos`. BCGD arms get `bcgd_lr` (plain gradient steps; a
+momentum-0.9 SGD step is about ten times its learning rate, so `bcgd_lr` defaults to ten times `lr`).
+The paper's rho ~ 1e-5 relaxes w toward Q(w) by about rho x steps in all; with 3 epochs of 23 steps that
+is 7e-4, hence the larger rhos too.
 
 Measured per run: the training loss of every step (the model in training mode, weights and inputs
 fake-quantized: the loss that was differentiated), its mean over the last epoch; after `apply_qat` has put
@@ -131,14 +143,14 @@ def arms(setting: Setting) -> list[Arm]:
     for start in setting.starts if "ste" in setting.studies else ():
         w = setting.act_weight_bits
         out.append(Arm("ste", f"w{w}a32 (reference)", start, dict(bits_w=w, bits_a=32)))
-        out += [Arm("ste", f"w{w}a{setting.act_bits} {proxy}", start, dict(bits_w=w, bits_a=setting.act_bits, ste=proxy))
-                for proxy in PROXIES]
+        a = setting.act_bits
+        out += [Arm("ste", f"w{w}a{a} {proxy}", start, dict(bits_w=w, bits_a=a, ste=proxy)) for proxy in PROXIES]
     for bits in setting.weight_bits if "weights" in setting.studies else ():
         name = "binary" if bits == 1 else str(bits)
         grid = dict(bits_w=bits, bits_a=32, granularity="tensor")
         out.append(Arm("weights", f"{name} STE (momentum)", setting.weights_start, dict(grid, weight_update="ste")))
-        out += [Arm("weights", f"{name} BCGD rho={rho:g}" + (" (BinaryConnect)" if rho == 0 else ""), setting.weights_start,
-                    dict(grid, weight_update="bcgd", rho=rho)) for rho in (0.0, *setting.rhos)]
+        out += [Arm("weights", f"{name} BCGD rho={rho:g}" + (" (BinaryConnect)" if rho == 0 else ""),
+                    setting.weights_start, dict(grid, weight_update="bcgd", rho=rho)) for rho in (0.0, *setting.rhos)]
     return out
 
 
