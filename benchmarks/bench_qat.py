@@ -2,7 +2,7 @@
 STE proxies at 2-bit activations (Yin et al., ICLR 2019) and BCGD against BinaryConnect for binary and
 ternary weights (Yin et al. 2018), all through the zoo's own `zoo.compress.lowbit.apply_qat`.
 
-    python benchmarks/bench_qat.py --plot benchmarks/results/bench_qat.png   # 42 runs, ~8 min on 2 idle cores
+    python benchmarks/bench_qat.py --plot benchmarks/results/bench_qat.png   # 42 runs: 22 min (1 thread, shared)
     python benchmarks/bench_qat.py --study ste --start scratch                # study 1 from random weights
     python benchmarks/bench_qat.py --quick --plot /tmp/quick.png             # smoke run, a few seconds
 
