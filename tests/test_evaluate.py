@@ -534,7 +534,7 @@ def test_a_report_of_the_previous_evaluator_loads_without_a_machine_and_is_not_c
     old["evaluator_version"] = 2
     loaded = VariantReport.from_dict(old)
     assert loaded.machine is None and loaded.flops_uncounted == {}
-    assert not loaded.is_current and EVALUATOR_VERSION == 5
+    assert not loaded.is_current and EVALUATOR_VERSION == 6
 
 
 def test_measure_variant_records_the_machine_and_the_uncounted_ops(tmp_path):
