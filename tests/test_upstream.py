@@ -71,6 +71,25 @@ def test_upstream_checkpoint_loads_bit_for_bit_then_compresses(
     assert zoo.load(NAME, store=store, endpoint=offline, progress=False).zoo.source == "upstream"
 
 
+def test_an_upstream_base_gets_post_training_low_bit_weights(
+    upstream: dict[str, torch.Tensor], imagefolder: Path, olah_hub: OlahServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No training data for an upstream base: `quant="w4"` is GPTQ on calibration images of its train split."""
+    monkeypatch.setenv("ZOO_IMAGEFOLDER_TRAIN", str(imagefolder))
+    store = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache")
+    low_bit = zoo.load(NAME, quant="w4", store=store, endpoint=olah_hub.endpoint, progress=False)
+    assert low_bit.zoo.name == f"{NAME}_w4_ptq" and low_bit.zoo.source == "derived"
+    (step,) = low_bit.zoo.recipe.steps
+    assert type(step).__name__ == "LowBitPTQConfig" and (step.bits_w, step.rounding) == (4, "gptq")
+    assert set(low_bit.zoo.report.metrics) == {"top1", "top5"}
+    from zoo.compress.checkpoint import WEIGHTS_FILE, _read_weights, read_config
+
+    _, metas = _read_weights(low_bit.zoo.path / WEIGHTS_FILE, read_config(low_bit.zoo.path)["format_version"])
+    packed = [name for name, meta in metas.items() if "int4" in meta.encoding.value]
+    assert packed and "classifier.weight" not in packed, "convs packed at 4 bits, the classifier (keep_dense) float"
+
+
 def test_upstream_without_evaluation_data_warns_and_measures_the_rest(
     upstream: dict[str, torch.Tensor], olah_hub: OlahServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
