@@ -15,14 +15,13 @@ encodings and with entropy coding (zstd, the default), and prints one markdown t
 the bytes are those of real variants. `--levels` adds a table of the zstd level's effect (bytes, encode
 time, decode time of the sparse variants' entropy-coded parts), which chose `entropy.ZSTD_LEVEL`.
 
-Three low-bit variants follow (format version 4, packed codes): every conv/linear weight on a
-per-output-channel symmetric 4-bit (`int4`) or 2-bit (`int2`) grid, and the 90 %-sparse weights on the
-4-bit grid (`sparse + int4`), `X.weight_scale` (float32, one per output channel) and `X.weight_bits`
-beside each weight. The scale is the step of the MSE-optimal uniform quantizer of a Gaussian (Max 1960:
-0.3352 sigma at 16 levels, 0.9957 sigma at 4; sigma the RMS of the channel's non-zero weights), codes
-clamped to [-8, 7] / [-2, 1], so the codes spread as a real low-bit layer's do (an absmax scale would
-round nearly every 2-bit code of a Gaussian to 0 and flatter zstd). `--lowbit-only` measures only those
-beside dense fp32.
+Three low-bit variants follow (format version 4, packed codes), made by the zoo's own post-training
+quantizer (`zoo.compress.lowbit_ptq.apply_lowbit_ptq`, round-to-nearest): every conv/linear weight on a
+per-output-channel symmetric 4-bit (`int4`) or 2-bit (`int2`) grid with the least-error clipped range
+(`weight_range="mse"`, as the default `_w4` / `_w2` recipes), and the 90 %-sparse weights on the 4-bit
+grid (`sparse + int4`; the zeros stay zeros), `X.weight_scale` (float32, one per output channel),
+`X.weight_bits` and the layer's input-quantizer buffers beside each weight. `--lowbit-only` measures
+only those beside dense fp32.
 
 `--nm` adds a table of N:M sparsity: every conv/linear weight but the `--nm-keep-dense` ones (the stem)
 pruned to each pattern by `apply_nm_pruning`, in fp32 and on the int8 grid, each saved with the N:M
@@ -44,10 +43,20 @@ import timm
 import torch
 from safetensors import safe_open
 from torch import nn
-
 from zoo.compress import entropy
-from zoo.compress.checkpoint import METAS_KEY, WEIGHTS_FILE, checkpoint_bytes, load_checkpoint, save_checkpoint
-from zoo.compress.formats import compress_state_dict, decompress_state_dict, metas_from_json
+from zoo.compress.checkpoint import (
+    METAS_KEY,
+    WEIGHTS_FILE,
+    checkpoint_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
+from zoo.compress.formats import (
+    compress_state_dict,
+    decompress_state_dict,
+    metas_from_json,
+)
+from zoo.compress.lowbit_ptq import apply_lowbit_ptq
 from zoo.compress.nm import apply_nm_pruning
 from zoo.compress.pruning import apply_magnitude_pruning, prunable_weights
 from zoo.compress.quantization import dequantize_per_channel, quantize_per_channel
@@ -55,15 +64,18 @@ from zoo.evaluate.machine import current_machine
 
 TARGETS = {"dense fp32": None, "sparse fp32": 0.105, "int8": 0.27, "sparse + int8": 0.04,
            "int4": 0.14, "int2": 0.075, "sparse + int4": 0.05}
-GAUSSIAN_STEP = {4: 0.3352, 2: 0.9957}  # MSE-optimal uniform quantizer step of N(0, 1) at 2**bits levels
 MIN_DECODE_GBPS = 1.0  # dense output per second, entropy-coded variants
 
 
-def sparse_state_dict(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+def sparse_model(model: nn.Module, sparsity: float) -> nn.Module:
     """The zoo's one-shot global magnitude pruning, on a copy of `model`."""
     pruned = copy.deepcopy(model)
     apply_magnitude_pruning(pruned, sparsity, scope="global")
-    return {k: v.detach().clone() for k, v in pruned.state_dict().items()}
+    return pruned
+
+
+def sparse_state_dict(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in sparse_model(model, sparsity).state_dict().items()}
 
 
 def int8_grid(sd: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
@@ -76,22 +88,15 @@ def int8_grid(sd: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.
     return out
 
 
-def lowbit_grid(sd: dict[str, torch.Tensor], names: list[str], bits: int) -> dict[str, torch.Tensor]:
-    """Per-channel symmetric `bits`-bit weights in the checkpoint's low-bit contract (zoo.compress.formats):
-    the weight exactly q * scale, `X.weight_scale` (float32 [out]) and `X.weight_bits` beside; the step
-    is GAUSSIAN_STEP times the RMS of the channel's non-zero weights, codes clamped to the signed range."""
-    out = dict(sd)
-    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    for key in names:
-        rows = sd[key].reshape(sd[key].shape[0], -1).float()
-        nonzero = (rows != 0).sum(dim=1).clamp(min=1)
-        rms = ((rows ** 2).sum(dim=1) / nonzero).sqrt()
-        scale = torch.where(rms > 0, rms * GAUSSIAN_STEP[bits], torch.ones_like(rms))
-        q = torch.clamp(torch.round(rows / scale[:, None]), low, high)
-        out[key] = (q.to(torch.int8).float() * scale[:, None]).reshape(sd[key].shape)  # code 0: +0.0
-        out[key + "_scale"] = scale
-        out[key + "_bits"] = torch.tensor(bits, dtype=torch.int8)
-    return out
+def lowbit_grid(model: nn.Module, bits: int) -> dict[str, torch.Tensor]:
+    """The state dict of a copy of `model` after the zoo's low-bit post-training quantization
+    (`apply_lowbit_ptq`, round-to-nearest, per output channel, symmetric, least-error clipped ranges: what
+    the default `_w4` / `_w2` recipes store, GPTQ aside, which changes the codes, not their number) of
+    every conv/linear weight: the weight on its grid, `X.weight_scale` and `X.weight_bits` beside it."""
+    quantized = copy.deepcopy(model)
+    apply_lowbit_ptq(quantized, (), bits_w=bits, granularity="channel", group_size=0, rounding="nearest",
+                     weight_range="mse")
+    return {k: v.detach().clone() for k, v in quantized.state_dict().items()}
 
 
 def bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -212,8 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.lowbit_only:
             variants.update({"sparse fp32": sparse, "int8": int8_grid(dense, names),
                              "sparse + int8": int8_grid(sparse, names)})
-        variants.update({"int4": lowbit_grid(dense, names, 4), "int2": lowbit_grid(dense, names, 2),
-                         "sparse + int4": lowbit_grid(sparse, names, 4)})
+        variants.update({"int4": lowbit_grid(model, 4), "int2": lowbit_grid(model, 2),
+                         "sparse + int4": lowbit_grid(sparse_model(model, args.sparsity), 4)})
     n_params = sum(p.numel() for p in model.parameters())
     dense_output = sum(t.numel() * t.element_size() for t in dense.values())
     config = {
