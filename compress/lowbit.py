@@ -51,7 +51,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -657,9 +658,8 @@ def _zero_keeper(layers: dict[str, _QATMixin], bits_w: WeightBits) -> Callable[[
 def _check_qat(*, bits_a: Any, ste: Any, weight_update: Any, rho: Any, epochs: Any, lr: Any, weight_decay: Any,
                momentum: Any, calibration_batches: Any, act_percentile: Any, keep_fp: Any,
                error: type[Exception]) -> None:
-    try:
-        if isinstance(bits_a, bool) or bits_a not in ACT_BITS:
-            raise RecipeError(f"bits_a must be one of {ACT_BITS} (32: activations not quantized), got {bits_a!r}")
+    with errors_as(error):
+        check_input_quantization(bits_a, act_percentile, keep_fp)
         check_choice("ste", ste, STE_PROXIES)
         check_choice("weight_update", weight_update, WEIGHT_UPDATES)
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
@@ -671,10 +671,25 @@ def _check_qat(*, bits_a: Any, ste: Any, weight_update: Any, rho: Any, epochs: A
         check_positive("weight_decay", weight_decay, allow_zero=True)
         check_positive("momentum", momentum, allow_zero=True)
         check_positive("calibration_batches", calibration_batches, integer=True)
-        p = act_percentile
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 50.0 < p <= 100.0:
-            raise RecipeError(f"act_percentile must be in (50, 100], got {act_percentile!r}")
-        check_patterns("keep_fp", keep_fp)
+
+
+def check_input_quantization(bits_a: Any, act_percentile: Any, keep_fp: Any) -> None:
+    """RecipeError unless `bits_a` is an activation width (32: inputs float), `act_percentile` in (50, 100]
+    and `keep_fp` a tuple of regular expressions: the settings QAT and PTQ share."""
+    if isinstance(bits_a, bool) or bits_a not in ACT_BITS:
+        raise RecipeError(f"bits_a must be one of {ACT_BITS} (32: activations not quantized), got {bits_a!r}")
+    p = act_percentile
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 50.0 < p <= 100.0:
+        raise RecipeError(f"act_percentile must be in (50, 100], got {act_percentile!r}")
+    check_patterns("keep_fp", keep_fp)
+
+
+@contextmanager
+def errors_as(error: type[Exception]) -> Iterator[None]:
+    """Re-raises a RecipeError from the block as `error` (validation shared by a functional form, which
+    raises InvalidArgumentError, and its config, which raises RecipeError)."""
+    try:
+        yield
     except RecipeError as err:
         if error is RecipeError:
             raise

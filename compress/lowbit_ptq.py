@@ -66,9 +66,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from zoo.compress.config import CompressionConfig, check_choice, check_patterns, check_positive, register_config
+from zoo.compress.config import CompressionConfig, check_choice, check_positive, register_config
 from zoo.compress.lowbit import (
-    ACT_BITS, NO_ACT_QUANT, QuantizedWeight, WeightBits, WeightGrid, calibrate_inputs, check_grid, check_storable,
+    NO_ACT_QUANT, QuantizedWeight, WeightBits, WeightGrid, calibrate_inputs, check_grid, check_input_quantization,
+    check_storable, errors_as,
     quantize_weight, to_qat_layers,
 )
 from zoo.compress.quantization import calibration_pass
@@ -318,19 +319,10 @@ def _check(*, bits_w: Any, bits_a: Any, granularity: Any, group_size: Any, symme
     check_grid(bits_w, granularity, group_size, symmetric, weight_range, error=error)
     grid = WeightGrid(bits_w, granularity, group_size, symmetric, weight_range)
     check_storable(grid, error=error)
-    try:
-        if isinstance(bits_a, bool) or bits_a not in ACT_BITS:
-            raise RecipeError(f"bits_a must be one of {ACT_BITS} (32: activations not quantized), got {bits_a!r}")
+    with errors_as(error):
+        check_input_quantization(bits_a, act_percentile, keep_fp)
         check_choice("rounding", rounding, ROUNDINGS)
         check_positive("damp", damp, allow_zero=True)
-        p = act_percentile
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 50.0 < p <= 100.0:
-            raise RecipeError(f"act_percentile must be in (50, 100], got {act_percentile!r}")
-        check_patterns("keep_fp", keep_fp)
-    except RecipeError as err:
-        if error is RecipeError:
-            raise
-        raise error(str(err)) from None
     if rounding == "gptq":
         check_gptq_grid(grid, error=error)
 
