@@ -125,6 +125,7 @@ class Setting:
     distillation: DistillationConfig = DistillationConfig(teacher="base", temperature=4.0, alpha=0.5)
     distill_acts: tuple[int, ...] = (32, 2)              # distillation study: w2 and w2a2
     studies: tuple[str, ...] = STUDIES
+    only: str = ""                   # run only the arms whose label contains this text
 
 
 QUICK = Setting(base="test_resnet.zoo_digits", seeds=(0,), epochs=1, weight_bits=(1,), rhos=(1e-2,), w2_rhos=(),
@@ -174,7 +175,7 @@ class Row:
 
 
 def arms(setting: Setting) -> list[Arm]:
-    """Every arm of both studies, in table order."""
+    """Every arm of the setting's studies whose label contains `setting.only`, in table order."""
     for start in (*setting.starts, setting.weights_start, setting.distill_start):
         if start not in STARTS:
             raise InvalidArgumentError(f"start must be one of {STARTS}, got {start!r}")
@@ -187,6 +188,7 @@ def arms(setting: Setting) -> list[Arm]:
         out.append(Arm("ste", f"w{w}a32 (reference)", start, dict(bits_w=w, bits_a=32), start))
         out += [Arm("ste", f"w{w}a{a} {proxy}", start, dict(bits_w=w, bits_a=a, ste=proxy), start) for proxy in PROXIES]
     for start in setting.starts if "ste_relu" in setting.studies else ():
+        out.append(Arm("ste_relu", "float weights, float ReLU (reference)", start, dict(bits_a=32), start))
         out += [Arm("ste_relu", f"float weights, {a}-bit ReLU {proxy}", start, dict(bits_a=a, ste=proxy), start)
                 for proxy in PROXIES]
     grids: list[tuple[str, str, dict[str, Any], tuple[float, ...]]] = []
@@ -207,7 +209,10 @@ def arms(setting: Setting) -> list[Arm]:
         out += [Arm("distill", f"{name} (mse range)", setting.distill_start, qat, name),
                 Arm("distill", f"{name} (mse range) + KD (T={kd.temperature:g}, alpha={kd.alpha:g})",
                     setting.distill_start, qat, name, kd)]
-    return out
+    chosen = [arm for arm in out if setting.only in arm.label]
+    if out and not chosen:
+        raise InvalidArgumentError(f"no arm's label contains {setting.only!r}")
+    return chosen
 
 
 def distill_recipe(arm: Arm, setting: Setting, entry: ModelEntry) -> Recipe:
@@ -294,12 +299,13 @@ def calibrate_relus(model: nn.Module, relus: dict[str, QuantizedReLU], batches: 
 
 
 def train_quantized_relus(model: nn.Module, context: RecipeContext, arm: Arm, setting: Setting) -> nn.Module:
-    """Study 1b: the model's ReLUs quantized (`quantize_relus`, calibrated on `setting.calibration_batches`),
-    float weights trained by `zoo.training.train` as study 1's are (same epochs, learning rate, momentum,
-    no weight decay)."""
-    relus = quantize_relus(model, arm.qat["bits_a"], arm.qat["ste"])
-    calibrate_relus(model, relus, itertools.islice(context.calibration_batches(), setting.calibration_batches),
-                    setting.relu_percentile)
+    """Study 1b: the model's ReLUs quantized (`quantize_relus`, calibrated on `setting.calibration_batches`;
+    left as they are for the 32-bit reference arm), float weights trained by `zoo.training.train` as study
+    1's are (same epochs, learning rate, momentum, no weight decay)."""
+    if arm.qat["bits_a"] != 32:
+        relus = quantize_relus(model, arm.qat["bits_a"], arm.qat["ste"])
+        calibrate_relus(model, relus, itertools.islice(context.calibration_batches(), setting.calibration_batches),
+                        setting.relu_percentile)
     train(model, context.train_batches, context.loss_fn, epochs=setting.epochs, lr=setting.lr, weight_decay=0.0,
           progress=False, desc=arm.label)
     return model
@@ -481,6 +487,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model from scratch, 1 seed, 3 steps")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (0, 1, ...)")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of the STE arms (studies 1, 1b, 2)")
+    parser.add_argument("--only", default=None, help="run only the arms whose label contains this text")
     parser.add_argument("--start", choices=(*STARTS, "both"), default=None,
                         help="the starting point(s) of studies 1 and 1b (default: the trained base)")
     parser.add_argument("--study", choices=STUDIES, nargs="+", default=None,
@@ -495,6 +503,10 @@ def main(argv: list[str] | None = None) -> None:
         setting = replace(setting, seeds=tuple(range(args.seeds)))
     if args.epochs is not None:
         setting = replace(setting, epochs=args.epochs)
+    if args.lr is not None:
+        setting = replace(setting, lr=args.lr)
+    if args.only is not None:
+        setting = replace(setting, only=args.only)
     if args.start is not None:
         setting = replace(setting, starts=STARTS if args.start == "both" else (args.start,))
     if args.study is not None:

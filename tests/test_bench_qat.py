@@ -106,8 +106,9 @@ def test_arms_of_the_new_studies(bench):
     setting = replace(bench.Setting(), starts=("trained", "scratch"), studies=("ste_relu", "weights_w2", "distill"))
     arms = bench.arms(setting)
     relu = [a for a in arms if a.study == "ste_relu"]
-    assert [(a.start, a.qat["ste"], a.qat["bits_a"]) for a in relu] == [
-        (start, proxy, 2) for start in ("trained", "scratch") for proxy in ("identity", "relu", "clipped_relu")]
+    assert [(a.start, a.qat.get("ste"), a.qat["bits_a"]) for a in relu] == [
+        (start, proxy, bits) for start in ("trained", "scratch")
+        for proxy, bits in ((None, 32), ("identity", 2), ("relu", 2), ("clipped_relu", 2))]
     w2 = [a for a in arms if a.study == "weights_w2"]
     assert [(a.qat["weight_update"], a.qat.get("rho")) for a in w2] == [("ste", None), ("bcgd", 0.0), ("bcgd", 1e-5)]
     assert all(a.qat["bits_w"] == 2 and a.qat["weight_range"] == "mse" and a.qat["granularity"] == "channel"
@@ -116,6 +117,9 @@ def test_arms_of_the_new_studies(bench):
     assert [(a.qat["bits_a"], a.distill is not None) for a in distill] == [
         (32, False), (32, True), (2, False), (2, True)]
     assert len({a.label for a in distill}) == 4 and {a.group for a in distill} == {"w2", "w2a2"}
+    assert [a.label for a in bench.arms(replace(setting, only="ReLU relu"))] == ["float weights, 2-bit ReLU relu"] * 2
+    with pytest.raises(bench.InvalidArgumentError):
+        bench.arms(replace(setting, only="no such arm"))
     with pytest.raises(bench.InvalidArgumentError):
         bench.arms(replace(setting, studies=("ste_relus",)))
 
