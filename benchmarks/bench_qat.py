@@ -6,7 +6,7 @@ ternary weights (Yin et al. 2018), all through the zoo's own `zoo.compress.lowbi
     python benchmarks/bench_qat.py --study ste weights --plot benchmarks/results/bench_qat.png  # 42 runs: 22 min
     python benchmarks/bench_qat.py --study ste_relu --start both   # study 1b, from trained and from scratch
     python benchmarks/bench_qat.py --study distill                 # distillation on vs off at w2 / w2a2
-    python benchmarks/bench_qat.py                                 # every study: 72 runs, about 40 min
+    python benchmarks/bench_qat.py                                 # every study: 75 runs, about 40 min
     python benchmarks/bench_qat.py --quick --plot /tmp/quick.png   # smoke run of every study, a few seconds
 
 (times at 1 thread on a shared 2-core machine.)
