@@ -1,6 +1,8 @@
-"""benchmarks/bench_qat.py cannot rot: its arms cover both studies, its aggregation and smoothing are right
-by hand, its data context records every step's loss with the run's own shuffling, and the quick mode runs
-`apply_qat` end to end on a tiny zoo CNN (every arm, finite losses, a table and a plot)."""
+"""benchmarks/bench_qat.py cannot rot: its arms cover every study, its quantized ReLU's forward, backward
+(each STE proxy) and calibration are right by hand, the distillation arms' recipes are the zoo's QAT step
+with and without a distillation step first, its aggregation and smoothing are right by hand, its data
+context records every step's loss with the run's own shuffling, and the quick mode runs every study end to
+end on a tiny zoo CNN (every arm, finite losses, a table and a plot)."""
 from __future__ import annotations
 
 import math
@@ -8,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
 from tiny_zoo import benchmark_module, one_torch_thread
 
@@ -23,7 +26,7 @@ def _run(bench, arm, seed, losses, steps, final, metric):
 
 
 def test_arms_cover_both_studies(bench):
-    setting = replace(bench.Setting(), rhos=(1e-3,), starts=("trained", "scratch"))
+    setting = replace(bench.Setting(), rhos=(1e-3,), starts=("trained", "scratch"), studies=("ste", "weights"))
     arms = bench.arms(setting)
     labels = [(a.study, a.start, a.label) for a in arms]
     assert len(set(labels)) == len(labels) == 2 * 4 + 2 * 3
@@ -97,3 +100,79 @@ def test_quick_mode_runs_every_arm(bench, tmp_path):
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(bench.InvalidArgumentError):
         bench.run_benchmark(replace(setting, seeds=()))
+
+
+def test_arms_of_the_new_studies(bench):
+    setting = replace(bench.Setting(), starts=("trained", "scratch"), studies=("ste_relu", "weights_w2", "distill"))
+    arms = bench.arms(setting)
+    relu = [a for a in arms if a.study == "ste_relu"]
+    assert [(a.start, a.qat.get("ste"), a.qat["bits_a"]) for a in relu] == [
+        (start, proxy, bits) for start in ("trained", "scratch")
+        for proxy, bits in ((None, 32), ("identity", 2), ("relu", 2), ("clipped_relu", 2))]
+    w2 = [a for a in arms if a.study == "weights_w2"]
+    assert [(a.qat["weight_update"], a.qat.get("rho")) for a in w2] == [("ste", None), ("bcgd", 0.0), ("bcgd", 1e-5)]
+    assert all(a.qat["bits_w"] == 2 and a.qat["weight_range"] == "mse" and a.qat["granularity"] == "channel"
+               for a in w2)
+    distill = [a for a in arms if a.study == "distill"]
+    assert [(a.qat["bits_a"], a.distill is not None) for a in distill] == [
+        (32, False), (32, True), (2, False), (2, True)]
+    assert len({a.label for a in distill}) == 4 and {a.group for a in distill} == {"w2", "w2a2"}
+    assert [a.label for a in bench.arms(replace(setting, only="ReLU relu"))] == ["float weights, 2-bit ReLU relu"] * 2
+    with pytest.raises(bench.InvalidArgumentError):
+        bench.arms(replace(setting, only="no such arm"))
+    with pytest.raises(bench.InvalidArgumentError):
+        bench.arms(replace(setting, studies=("ste_relus",)))
+
+
+def test_distill_arms_put_a_distillation_step_before_the_zoo_qat_step(bench):
+    entry = bench.get_entry("resnet18.zoo_digits")
+    setting = bench.Setting()
+    off, on = [a for a in bench.arms(replace(setting, studies=("distill",))) if a.group == "w2a2"]
+    kd, qat = bench.distill_recipe(on, setting, entry).steps
+    assert isinstance(kd, bench.DistillationConfig)
+    assert (kd.teacher, kd.temperature, kd.alpha, kd.logits_loss) == ("base", 4.0, 0.5, "kl")
+    assert isinstance(qat, bench.QATConfig)
+    assert (qat.bits_w, qat.bits_a, qat.weight_range, qat.granularity) == (2, 2, "mse", "channel")
+    assert qat.ste == "clipped_relu" and qat.act_percentile == 99.99 and qat.calibration_batches == 8
+    assert qat.lr == pytest.approx(0.005) and qat.epochs == 3 and qat.weight_decay == entry.train.weight_decay
+    assert qat.keep_fp == entry.keep_dense and qat.optimizer == "sgd"
+    assert bench.distill_recipe(off, setting, entry).steps == (qat,)
+
+
+@pytest.mark.parametrize("proxy, expected", [("identity", [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+                                             ("relu", [0.0, 0.0, 3.0, 4.0, 5.0, 6.0]),
+                                             ("clipped_relu", [0.0, 0.0, 3.0, 4.0, 5.0, 0.0])])
+def test_quantized_relu_forward_and_backward_by_hand(bench, proxy, expected):
+    relu = bench.QuantizedReLU(2, proxy)
+    relu.alpha.fill_(2.0)  # 2 bits on [0, 2]: levels 0, 2/3, 4/3, 2
+    x = torch.tensor([-1.0, 0.0, 0.2, 0.5, 1.2, 2.5], requires_grad=True)
+    y = relu(x)
+    assert torch.allclose(y, torch.tensor([0.0, 0.0, 0.0, 2 / 3, 4 / 3, 2.0]))
+    y.backward(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
+    assert x.grad.tolist() == expected
+    with pytest.raises(bench.InvalidArgumentError):
+        bench.QuantizedReLU(2, "tanh")
+
+
+def test_quantize_and_calibrate_relus_by_hand(bench):
+    model = nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(1), nn.ReLU(), nn.Sequential(nn.ReLU()))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.fill_(0.0)
+    relus = bench.quantize_relus(model, 2, "relu")
+    assert list(relus) == ["2", "3.0"] and model[2] is relus["2"] and model[3][0] is relus["3.0"]
+    # training-mode batch norm: the batch [-1, 1, 3, 5] (mean 2, biased var 5) normalized
+    batch = torch.tensor([[-1.0], [1.0], [3.0], [5.0]])
+    before = model[1].running_mean.clone(), model[1].running_var.clone()
+    bench.calibrate_relus(model, relus, [batch], 100.0)
+    positive = (torch.tensor([1.0, 3.0]) / math.sqrt(5.0 + 1e-5))
+    assert float(relus["2"].alpha) == pytest.approx(float(positive[-1]))
+    assert float(relus["3.0"].alpha) == pytest.approx(float(positive[-1]))
+    bench.calibrate_relus(model, relus, [batch], 50.0)
+    assert float(relus["2"].alpha) == pytest.approx(float(positive.mean()))  # median of two values
+    assert torch.equal(model[1].running_mean, before[0]) and torch.equal(model[1].running_var, before[1])
+    assert not relus["2"].calibrating
+    with pytest.raises(bench.InvalidArgumentError):
+        bench.quantize_relus(nn.Sequential(nn.Linear(1, 1)), 2, "relu")
+    with pytest.raises(bench.InvalidArgumentError):  # no positive input: no range
+        bench.calibrate_relus(model, relus, [torch.tensor([[1.0], [1.0]])], 100.0)
