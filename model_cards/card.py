@@ -207,6 +207,10 @@ def _describe(report: VariantReport) -> str:
         parts.append(f"pruned to {100 * report.sparsity:.4g} % sparsity")
     if report.quant is not None:
         parts.append(f"quantized ({report.quant}: {describe_quant(report.quant)})")
+    teachers = [step["config"].get("teacher") for step in report.recipe or () if step.get("type") == "DistillationConfig"]
+    if teachers:
+        teacher = "the dense base" if teachers[0] == "base" else f"`{teachers[0]}`"
+        parts.append(f"fine-tuned distilling from {teacher}")
     how = " and ".join(parts) if parts else "compressed"
     return f"a variant of `{report.base_model}`, {how}"
 

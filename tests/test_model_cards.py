@@ -416,6 +416,17 @@ def test_a_structured_variant_is_described_as_a_smaller_dense_model(reports):
     assert set(card.data.tags) == {"zoo", "image-classification", "structured-pruning", "pruned"}
 
 
+def test_a_distilled_low_bit_variant_says_its_scheme_and_teacher_in_words(reports):
+    recipe = [{"type": "DistillationConfig", "version": 1, "config": {"teacher": "base"}},
+              {"type": "QATConfig", "version": 1, "config": {}}]
+    low_bit = dataclasses.replace(reports[0], name=BASE + "_w2a2_kd", quant="w2a2", recipe=recipe)
+    body = str(variant_card(low_bit, base_repo_id=BASE_REPO, family_reports=[reports[0], low_bit],
+                            plot_filename=None, **CARD_ARGS))
+    assert ("quantized (w2a2: 2-bit weights (per channel, symmetric), 2-bit inputs, quantization-aware training "
+            "(STE weights, clipped relu STE for inputs)) and fine-tuned distilling from the dense base") in body
+    assert "| bits on disk per parameter |" in body
+
+
 def test_accuracy_vs_latency_plot_takes_the_front_on_the_fastest_runtime(reports, tmp_path):
     from zoo.model_cards import plot_accuracy_vs_latency
     from zoo.publish import latency_front
