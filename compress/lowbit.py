@@ -24,6 +24,11 @@ positions: a weight [out, in, *k] is viewed as [out, in / group_size, group_size
 A unit of zeros gets scale 1 (zero point 0) on the b-bit grids and scale 0 on the binary one, so it stays
 exactly zero. Rounding is to nearest, ties to even (torch.round).
 
+Weight ranges (`weight_range`, b-bit grids only): "absmax" uses the unit's whole range as above; "mse"
+shrinks it (absmax, or min and max, times the ratio of `MSE_CLIP_RATIOS`) to the one with the least
+squared rounding error of the unit, clipping its largest weights: at 2 bits the whole range rounds most
+weights of a unit to zero. QAT calibrates an "mse" range once, on the weights it starts from, and keeps it.
+
 Activations (`ActivationQuant`): the input of every quantized layer, b bits uniform on [0, alpha] (levels
 k alpha / (2^b - 1)) when calibration saw no negative input, else on [-alpha, alpha] (levels
 k alpha / (2^(b-1) - 1), |k| <= 2^(b-1) - 1), alpha the `act_percentile` percentile of |x| over the
