@@ -102,13 +102,12 @@ class DistillationConfig(CompressionConfig):
 def output_logits(output: Any) -> torch.Tensor:
     """The scores in a model's output: a tensor as is, the `.logits` of an output object (transformers'
     ModelOutput and the like), the first element of a tuple or list (a NamedTuple included)."""
-    if isinstance(output, torch.Tensor):
-        return output
     logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
+    if not isinstance(output, torch.Tensor) and isinstance(logits, torch.Tensor):
         return logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
+    leading = _leading_tensor(output)
+    if leading is not None:
+        return leading
     raise RecipeError(f"distillation cannot find logits in a model output of type {type(output).__name__}: it "
                       "takes a tensor, an object with a tensor .logits, or a tuple or list whose first element is one")
 
@@ -162,11 +161,19 @@ def _root(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def _hidden_tensor(output: Any, name: str) -> torch.Tensor:
+def _leading_tensor(output: Any) -> torch.Tensor | None:
+    """`output` itself if it is a tensor, else the first element of a tuple or list when that is one."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
+    return None
+
+
+def _hidden_tensor(output: Any, name: str) -> torch.Tensor:
+    leading = _leading_tensor(output)
+    if leading is not None:
+        return leading
     raise RecipeError(f"hidden module {name!r} outputs a {type(output).__name__}; hidden-state distillation "
                       "takes a tensor or a tuple or list whose first element is one")
 
