@@ -156,12 +156,14 @@ def check_gptq_grid(grid: WeightGrid, *, error: type[Exception] = InvalidArgumen
 
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, grid: WeightGrid, *, damp: float = 0.01,
-                  block_size: int = 128, name: str = "weight") -> QuantizedWeight:
+                  block_size: int = 128, name: str = "weight", start: QuantizedWeight | None = None) -> QuantizedWeight:
     """GPTQ (module docstring) of `weight` [out, ...] given the Hessian of its inputs, [c, c] or, for a
     conv with `groups` > 1, [groups, c, c] with c = weight.reshape(out, -1).shape[1]; returns the codes,
     scales and zero points (the weight itself is not modified). `block_size` columns are swept at a time
     (the paper's lazy batch updates; per group, a multiple of the group's columns): it changes the speed,
-    not the result. RecipeError naming `name` when H + damping is not positive definite."""
+    not the result. RecipeError naming `name` when H + damping is not positive definite. `start` is
+    `grid.quantize(weight)` when the caller already has it (a QAT layer's range calibrated on these
+    weights): per tensor and per channel its scales are kept; computed here when None."""
     check_gptq_grid(grid)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise InvalidArgumentError(f"block_size must be an integer >= 1, got {block_size!r}")
@@ -172,7 +174,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, grid: WeightGrid,
     cols = flat.shape[1]
     if hessian.shape[1:] != (cols, cols) or out % groups:
         raise InvalidArgumentError(f"a Hessian of shape {list(hessian.shape)} for a weight of shape {list(weight.shape)}")
-    grid_q = grid.quantize(weight)  # checks the groups fit, gives the scale shape
+    grid_q = grid.quantize(weight) if start is None else start  # checks the groups fit, gives the scale shape
     rows = out // groups
     w = flat.reshape(groups, rows, cols).clone()
     h = hessian.float().clone()
@@ -308,7 +310,8 @@ def apply_lowbit_ptq(
                     calibration_pass(model, batches, desc=name, step=_STEP, progress=False)
                 finally:
                     hook.remove()
-                layer.finalize(gptq_quantize(layer.weight, acc.hessian(name), grid, damp=damp, name=name))
+                layer.finalize(gptq_quantize(layer.weight, acc.hessian(name), grid, damp=damp, name=name,
+                                             start=layer.quantize_current(layer.weight)))
     if bits_a != NO_ACT_QUANT:
         calibrate_inputs(model, layers, batches, act_percentile, progress)
     return model

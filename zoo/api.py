@@ -279,7 +279,7 @@ def instantiate(entry: ModelEntry, state_dict: dict[str, torch.Tensor],
         model = rebuild_architecture(model, architecture)
     qat = qat_layer_names(state_dict)
     swap_to_qat_modules(model, state_dict, qat)
-    swap_to_quant_modules(model, [n for n in quantized_layer_names(state_dict) if n not in set(qat)])
+    swap_to_quant_modules(model, sorted(set(quantized_layer_names(state_dict)) - set(qat)))
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as err:
