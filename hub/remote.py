@@ -37,7 +37,7 @@ def _is_transport_error(error: BaseException | None) -> bool:
 @contextmanager
 def _hub_errors(action: str, repo_id: str, revision: str | None, endpoint: str | None) -> Iterator[None]:
     """Translate huggingface_hub's errors raised inside the block into typed one-line HubErrors."""
-    where = (endpoint or constants.ENDPOINT).rstrip("/")
+    where = hub_url(endpoint)
     what = f"{action} {repo_id}" + (f"@{revision}" if revision is not None else "")
     try:
         yield
@@ -68,6 +68,11 @@ def _hub_errors(action: str, repo_id: str, revision: str | None, endpoint: str |
         raise
 
 
+def hub_url(endpoint: str | None = None) -> str:
+    """The Hub `endpoint` names, or huggingface_hub's default one (HF_ENDPOINT, else huggingface.co)."""
+    return (endpoint or constants.ENDPOINT).rstrip("/")
+
+
 def download(repo_id: str, *, revision: str = _MAIN, endpoint: str | None = None, token: str | None = None,
              cache_dir: Path | str | None = None, local_files_only: bool = False) -> Path:
     """Download one revision (branch, tag or commit id) of a model repo; returns its snapshot folder.
@@ -91,7 +96,7 @@ def pull(repo_id: str, local_hub: LocalHub, *, revision: str = _MAIN, endpoint: 
     """
     with tempfile.TemporaryDirectory(prefix="zoo-pull-") as cache:
         folder = download(repo_id, revision=revision, endpoint=endpoint, token=token, cache_dir=cache)
-        origin = (endpoint or constants.ENDPOINT).rstrip("/")
+        origin = hub_url(endpoint)
         message = f"pull {repo_id}@{revision} (commit {folder.name}) from {origin}"
         return local_hub.push(repo_id, folder, message=message)
 

@@ -322,6 +322,34 @@ def test_push_to_hf_makes_one_commit_with_every_repo_file(store: Store, fake_api
     assert store.hub.list_repos() == []  # --to hf leaves the local hub alone
 
 
+def test_push_from_python_to_a_team_repo_locally_and_to_a_hub(store: Store, tmp_path: Path,
+                                                             fake_api: type[FakeApi]) -> None:
+    hub = LocalHub(tmp_path / "team-hub")
+    team = Store(hub=hub, cache_root=store.cache_root, options=store.options)
+    local = zoo.push(OS50, "acme/r18-os50", store=team)
+    assert (local.name, local.repo_id, local.where) == (OS50, "acme/r18-os50", str(hub.root))
+    assert hub.revisions("acme/r18-os50") == [local.revision]
+    validate_card(ModelCard.load(hub.snapshot("acme/r18-os50") / "README.md"), cached_report(store, OS50))
+    assert fake_api.instances == []
+
+    remote_push = zoo.push(OS50, "acme/r18-os50", to="hub", endpoint="http://hub.test/", token="hf_t", private=True,
+                           store=store)
+    assert (remote_push.repo_id, remote_push.revision, remote_push.where) == ("acme/r18-os50", "c" * 40,
+                                                                              "http://hub.test")
+    (api,) = fake_api.instances
+    assert api.calls[0] == ("create_repo", "acme/r18-os50", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert set(api.calls[1][2]["files"]) == REPO_FILES
+
+
+def test_push_refuses_contradicting_arguments_before_anything(store: Store, fake_api: type[FakeApi]) -> None:
+    with pytest.raises(zoo.InvalidArgumentError, match="to must be one of local, hub"):
+        zoo.push(OS50, to="hf", store=store)
+    with pytest.raises(zoo.InvalidArgumentError, match="apply to a push to a Hub"):
+        zoo.push(OS50, endpoint="http://hub.test", store=store)
+    one_line_error(run(["push", OS50, "--private"], store_env(store)), "InvalidArgumentError")
+    assert fake_api.instances == [] and store.hub.list_repos() == []
+
+
 def tampered(card: ModelCard) -> ModelCard:
     """The same card claiming a top-1 accuracy one point higher than measured."""
     bad = ModelCard(str(card))

@@ -22,13 +22,14 @@ from zoo.variants import info, resolve
 
 if TYPE_CHECKING:
     from zoo.api import LoadedVariant, load
+    from zoo.publish import PushResult, push
 
-_LAZY = {"LoadedVariant": "zoo.api", "load": "zoo.api"}
+_LAZY = {"LoadedVariant": "zoo.api", "load": "zoo.api", "push": "zoo.publish", "PushResult": "zoo.publish"}
 
 __all__ = [
     "CardValidationError", "CheckpointError", "ChecksumError", "HubError", "InvalidArgumentError",
-    "LoadedVariant", "RecipeError", "TrainOptions", "UnknownNameError", "ZooError", "get_entry", "info",
-    "list_entries", "load", "resolve",
+    "LoadedVariant", "PushResult", "RecipeError", "TrainOptions", "UnknownNameError", "ZooError", "get_entry", "info",
+    "list_entries", "load", "push", "resolve",
 ]
 
 

@@ -336,29 +336,23 @@ def card(base, out_dir, hub_root, cache_root):
 @click.argument("name")
 @click.option("--to", "target", type=click.Choice(["local", "hf"]), default="local", show_default=True,
               help="local: the local hub; hf: a Hugging Face Hub (HF_ENDPOINT / --endpoint, HF_TOKEN / --token).")
-@click.option("--repo-id", default=None, help="Target repo [default: zoo/<name>].")
+@click.option("--repo-id", default=None, help="Target repo, e.g. a team's acme/r18-gmp90 [default: zoo/<name>].")
 @click.option("--endpoint", default=None, help="Hub endpoint URL [default: HF_ENDPOINT or huggingface.co].")
 @click.option("--token", default=None, envvar="HF_TOKEN", help="Hub token [default: HF_TOKEN].")
+@click.option("--private", is_flag=True, help="With --to hf: create the repo private.")
 @_apply(store_options)
 @_one_line_errors
-def push(name, target, repo_id, endpoint, token, hub_root, cache_root):
-    """Publish variant NAME (with its card and its family's plot) in one commit."""
-    from zoo.catalog import family_models
-    from zoo.publish import cards_of_models, push_variant
+def push(name, target, repo_id, endpoint, token, private, hub_root, cache_root):
+    """Publish variant NAME (with its card, validated against its measured report, and its family's plots)
+    in one commit."""
+    from zoo.publish import push as push_variant
 
-    store = _store(hub_root, cache_root)
-    spec = _spec(name)
-    missing = InvalidArgumentError(f"{spec.name} is neither cached nor published here; run `zoo compress` first")
-    if not (store.hub.has(spec.repo_id) or store.cached_entries(spec.name)):  # before loading its family
-        raise missing
-    models = family_models(spec.base.name, store)
-    model = next((m for m in models if m.zoo.name == spec.name), None)
-    if model is None:
-        raise missing
-    family = cards_of_models(spec.base, models, store)
-    revision = push_variant(model, family.cards[spec.name], family, repo_id=repo_id or spec.repo_id,
-                            hub=store.hub if target == "local" else None, endpoint=endpoint, token=token)
-    click.echo(f"pushed {spec.name} to {repo_id or spec.repo_id} ({target}) at {revision}")
+    if target == "local" and (endpoint or private):
+        raise InvalidArgumentError("--endpoint and --private apply to --to hf")
+    result = push_variant(name, repo_id, to="hub" if target == "hf" else "local", endpoint=endpoint,
+                          token=token if target == "hf" else None, private=private,
+                          store=_store(hub_root, cache_root))
+    click.echo(f"pushed {result.name} to {result.repo_id} ({target}) at {result.revision}")
 
 
 def _spec(name: str):

@@ -219,22 +219,73 @@ def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards, folder: 
 
 
 def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards, *, repo_id: str,
-                 hub: LocalHub | None = None, endpoint: str | None = None, token: str | None = None) -> str:
-    """Pushes one variant in one commit: to `hub` (local) or, with `hub=None`, to the Hub at `endpoint`.
-    The card is validated against the measured report before anything is sent. In a distributed run rank
-    0 pushes; every rank returns the revision."""
+                 hub: LocalHub | None = None, endpoint: str | None = None, token: str | None = None,
+                 private: bool = False) -> str:
+    """Pushes one variant in one commit: to `hub` (local) or, with `hub=None`, to the Hub at `endpoint`
+    (a new repo there is created `private` or public). The card is validated against the measured report
+    before anything is sent. In a distributed run rank 0 pushes; every rank returns the revision."""
+    if model.zoo.report is None:
+        raise InvalidArgumentError(f"{model.zoo.name} has no measured report; only measured variants publish")
     validate_card(card, model.zoo.report)
-    return main_decides(lambda: _push(model, card, family, repo_id=repo_id, hub=hub, endpoint=endpoint, token=token))
+    return main_decides(lambda: _push(model, card, family, repo_id=repo_id, hub=hub, endpoint=endpoint, token=token,
+                                      private=private))
 
 
 def _push(model: nn.Module, card: ModelCard, family: FamilyCards, *, repo_id: str, hub: LocalHub | None,
-          endpoint: str | None, token: str | None) -> str:
+          endpoint: str | None, token: str | None, private: bool) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = repo_folder(model, card, family, Path(tmp) / "repo")
         message = f"zoo: {model.zoo.name} ({model.zoo.recipe.describe() if model.zoo.recipe else 'base model'})"
         if hub is not None:
             return hub.push(repo_id, folder, message=message)
-        return upload(folder, repo_id, endpoint=endpoint, token=token, message=message)
+        return upload(folder, repo_id, endpoint=endpoint, token=token, message=message, private=private)
+
+
+PUSH_TARGETS = ("local", "hub")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What `push` did: the variant, the repo it went to, the revision (commit id) made there, and where that
+    repo lives (the local hub's folder or the Hub endpoint's URL)."""
+
+    name: str
+    repo_id: str
+    revision: str
+    where: str
+
+
+def push(name: str, repo_id: str | None = None, *, to: str = "local", endpoint: str | None = None,
+         token: str | None = None, private: bool = False, store: Store | None = None) -> PushResult:
+    """Publishes variant `name` (cached or published here already) with its card, its family's plots,
+    recipe and report, in one commit: `to="local"` into the store's local hub, `to="hub"` to a Hugging Face
+    Hub (`endpoint` or HF_ENDPOINT; `token` or HF_TOKEN / the stored login), as `repo_id` (default
+    `zoo/<name>`; a team's org: `acme/r18-gmp90`). The card is built from the measured report of exactly
+    these weights and validated against it before anything is sent; nothing is measured or derived
+    here: a variant that was never made raises InvalidArgumentError before anything is loaded."""
+    from zoo.catalog import family_models
+    from zoo.hub.remote import hub_url
+    from zoo.variants import resolve
+
+    if to not in PUSH_TARGETS:
+        raise InvalidArgumentError(f"to must be one of {', '.join(PUSH_TARGETS)}, got {to!r}")
+    if to == "local" and (endpoint is not None or token is not None or private):
+        raise InvalidArgumentError("endpoint, token and private apply to a push to a Hub (to='hub'), not to the local hub")
+    store = store or Store()
+    spec = resolve(name)
+    missing = InvalidArgumentError(f"{spec.name} is neither cached nor published here; make it first "
+                                   f"(zoo.load or `zoo compress`)")
+    if not (store.hub.has(spec.repo_id) or store.cached_entries(spec.name)):  # before loading its family
+        raise missing
+    models = family_models(spec.base.name, store)
+    model = next((m for m in models if m.zoo.name == spec.name), None)
+    if model is None:
+        raise missing
+    family = cards_of_models(spec.base, models, store)
+    target = repo_id or spec.repo_id
+    revision = push_variant(model, family.cards[spec.name], family, repo_id=target,
+                            hub=store.hub if to == "local" else None, endpoint=endpoint, token=token, private=private)
+    return PushResult(spec.name, target, revision, str(store.hub.root) if to == "local" else hub_url(endpoint))
 
 
 def report_table(reports: Sequence[VariantReport], front: Sequence[int] = ()) -> str:
