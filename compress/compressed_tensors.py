@@ -178,6 +178,11 @@ def export_compressed_tensors(model: nn.Module, entry: ModelEntry, out: Path | s
     if entry.family != "transformers" or "config" not in entry.model_kwargs:
         raise CompressedTensorsExportError(f"{entry.name} is not a transformers-repo model (family {entry.family!r}); "
                                            "the compressed-tensors export writes transformers checkpoints")
+    try:
+        import compressed_tensors  # noqa: F401
+    except ImportError:
+        raise CompressedTensorsExportError("the compressed-tensors export needs the compressed-tensors package: "
+                                           "pip install 'the-zoo[compressed-tensors]'") from None
     from safetensors.torch import save_file
 
     from zoo.families.transformers.data import TOKENIZER_FILES, snapshot_folder

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 MODEL_FAMILIES = ("transformers",)
-TASKS: tuple[str, ...] = ()  # text-classification is the mcbert family's task (token ids in, logits out)
+TASKS = ("text-classification",)  # the mcbert family's task (token ids in, logits out), which `task` imports
 DATASETS = ("transformers_text",)
 WEIGHTS_FILE = "model.safetensors"
 MAX_LENGTH = 128  # the longest sequence the zoo feeds (calibration, FLOPs, latency); the config may allow more
