@@ -379,18 +379,24 @@ def pull(repo_id, revision, endpoint, token, hub_root, cache_root):
 
 @main.command()
 @click.argument("name")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True)
-@click.option("--format", "fmt", type=click.Choice(["dense", "onnx", "openvino"]), default="dense", show_default=True,
+@click.option("--out", "out_file", type=click.Path(), required=True)
+@click.option("--format", "fmt", type=click.Choice(["dense", "onnx", "openvino", "compressed-tensors"]), default="dense",
+              show_default=True,
               help="dense: a safetensors state dict timm loads; onnx: an ONNX graph (int8 variants as QDQ); "
-                   "openvino: OpenVINO IR (OUT is the .xml, its .bin beside it).")
+                   "openvino: OpenVINO IR (OUT is the .xml, its .bin beside it); compressed-tensors: a folder "
+                   "transformers loads (transformers-repo models; OUT is the folder).")
 @_apply(variant_options + store_options)
 @_one_line_errors
 def export(name, out_file, fmt, hub_root, cache_root, **variant):
-    """Write a variant as a plain dense safetensors state dict that timm loads unchanged, or as an ONNX
-    or OpenVINO graph (cached beside the variant, then copied to OUT)."""
+    """Write a variant as a plain dense safetensors state dict that timm loads unchanged, as an ONNX
+    or OpenVINO graph (cached beside the variant, then copied to OUT), or, for a model of a transformers
+    repo, as a compressed-tensors folder that transformers' from_pretrained loads."""
     from zoo.atomic import atomic_write_json
     from zoo.compress.checkpoint import export_dense, read_config
 
+    if fmt == "compressed-tensors":
+        _export_compressed_tensors(name, variant, Path(out_file), hub_root, cache_root)
+        return
     model = _load(name, variant, hub_root, cache_root)
     if fmt != "dense":
         _export_graph(model, fmt, Path(out_file), hub_root, cache_root)
@@ -413,6 +419,19 @@ def export(name, out_file, fmt, hub_root, cache_root, **variant):
            if "timm_pruned" in architecture else "zoo.compress.structured.rebuild_architecture(model, architecture)")
     click.echo(f"wrote {path} and its structurally pruned architecture {described}: build the base architecture "
                f"({entry.arch}, {entry.model_kwargs!r}), narrow it with {how}, then load_state_dict the weights")
+
+
+def _export_compressed_tensors(name: str, variant: dict, out: Path, hub_root, cache_root) -> None:
+    from zoo.compress.compressed_tensors import CompressedTensorsExportError, export_compressed_tensors
+
+    entry = _entry(name)
+    if entry.family != "transformers":  # refused before anything is loaded or derived
+        raise CompressedTensorsExportError(f"{entry.name} is not a transformers-repo model (family {entry.family!r}); "
+                                           "the compressed-tensors export writes transformers checkpoints")
+    model = _load(name, variant, hub_root, cache_root)
+    export_compressed_tensors(model, entry, out)
+    click.echo(f"wrote {out}; load it with transformers.AutoModelForSequenceClassification.from_pretrained({str(out)!r}) "
+               "(the compressed-tensors package installed)")
 
 
 def _export_graph(model, fmt: str, out: Path, hub_root, cache_root) -> None:

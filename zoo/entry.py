@@ -10,6 +10,8 @@ from zoo.compress.config import check_block
 from zoo.errors import InvalidArgumentError
 
 NAME_RE = re.compile(r"(?P<arch>[a-z0-9_]+)\.(?P<tag>[a-z0-9_]+)")
+# An entry made from a Hub repo (zoo.repo_readers) is named by the repo: `hf-hub:org/name`.
+HUB_NAME_RE = re.compile(r"hf-hub:[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 Source = Literal["upstream", "zoo"]
 OPTIMIZERS = ("sgd", "adamw")
@@ -107,7 +109,8 @@ class ModelEntry:
     license: str = "apache-2.0"
 
     def __post_init__(self) -> None:
-        split_name(self.name)
+        if not (isinstance(self.name, str) and HUB_NAME_RE.fullmatch(self.name)):
+            split_name(self.name)
         if self.prune_block is not None:
             check_block(self.prune_block)
         if self.structured is not None and self.structured not in STRUCTURED_METHODS:

@@ -23,6 +23,7 @@ FAMILY_MODULES: dict[str, str] = {
     "mcbert": "zoo.families.mcbert",
     "wavernn": "zoo.families.wavernn",
     "invertible": "zoo.families.invertible",
+    "transformers": "zoo.families.transformers",
 }
 RUNTIME_MODULES = ("data", "task", "model")  # imported together: a family's code assumes all three
 
