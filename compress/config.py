@@ -19,9 +19,12 @@ C = TypeVar("C", bound=type["CompressionConfig"])
 
 @dataclasses.dataclass(frozen=True)
 class CompressionConfig:
-    """Base of every compression step. Subclasses set VERSION and validate in `__post_init__`."""
+    """Base of every compression step. Subclasses set VERSION and validate in `__post_init__`. A step
+    that gained a field says, in UPGRADES, what each older version it still reads meant by it: version ->
+    {field: the value that version ran with}, so an old recipe replays as it ran."""
 
     VERSION: ClassVar[int] = 1
+    UPGRADES: ClassVar[dict[int, dict[str, Any]]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -32,9 +35,10 @@ class CompressionConfig:
         if not isinstance(data, dict) or not {"type", "version", "config"} <= data.keys():
             raise RecipeError(f"a recipe step needs 'type', 'version' and 'config', got {data!r}")
         cls = CONFIG_TYPES.get(data["type"])
-        if data["version"] != cls.VERSION:
+        if data["version"] != cls.VERSION and data["version"] not in cls.UPGRADES:
+            readable = ", ".join(str(v) for v in sorted({*cls.UPGRADES, cls.VERSION}))
             raise RecipeError(
-                f"{data['type']} version {data['version']} is not supported (this zoo reads version {cls.VERSION})"
+                f"{data['type']} version {data['version']} is not supported (this zoo reads version {readable})"
             )
         if not isinstance(data["config"], dict):
             raise RecipeError(f"{data['type']}: 'config' must be a mapping of fields, got {data['config']!r}")
@@ -42,7 +46,8 @@ class CompressionConfig:
         unknown = set(data["config"]) - set(fields)
         if unknown:
             raise RecipeError(f"{data['type']} has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
-        values = {k: _from_json(v) for k, v in data["config"].items()}
+        implied = cls.UPGRADES.get(data["version"], {}) if data["version"] != cls.VERSION else {}
+        values = {**implied, **{k: _from_json(v) for k, v in data["config"].items()}}
         try:
             return cls(**values)
         except TypeError as err:

@@ -156,14 +156,18 @@ def check_gptq_grid(grid: WeightGrid, *, error: type[Exception] = InvalidArgumen
 
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, grid: WeightGrid, *, damp: float = 0.01,
-                  block_size: int = 128, name: str = "weight", start: QuantizedWeight | None = None) -> QuantizedWeight:
+                  block_size: int = 128, name: str = "weight", start: QuantizedWeight | None = None,
+                  zeros: torch.Tensor | None = None) -> QuantizedWeight:
     """GPTQ (module docstring) of `weight` [out, ...] given the Hessian of its inputs, [c, c] or, for a
     conv with `groups` > 1, [groups, c, c] with c = weight.reshape(out, -1).shape[1]; returns the codes,
     scales and zero points (the weight itself is not modified). `block_size` columns are swept at a time
     (the paper's lazy batch updates; per group, a multiple of the group's columns): it changes the speed,
     not the result. RecipeError naming `name` when H + damping is not positive definite. `start` is
     `grid.quantize(weight)` when the caller already has it (a QAT layer's range calibrated on these
-    weights): per tensor and per channel its scales are kept; computed here when None."""
+    weights): per tensor and per channel its scales are kept; computed here when None. `zeros`, a boolean
+    mask shaped like `weight`, names weights that stay exactly zero (a pruned model's): their code is the
+    grid's zero and their rounding error, the whole weight, is spread over the later columns like any other
+    (SparseGPT's masked sweep), so the quantized model keeps the pruned one's sparsity."""
     check_gptq_grid(grid)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise InvalidArgumentError(f"block_size must be an integer >= 1, got {block_size!r}")
@@ -177,6 +181,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, grid: WeightGrid,
     grid_q = grid.quantize(weight) if start is None else start  # checks the groups fit, gives the scale shape
     rows = out // groups
     w = flat.reshape(groups, rows, cols).clone()
+    if zeros is not None and zeros.shape != weight.shape:
+        raise InvalidArgumentError(f"a zeros mask of shape {list(zeros.shape)} for a weight of shape {list(weight.shape)}")
+    pruned = None if zeros is None else zeros.reshape(groups, rows, cols)
     h = hessian.float().clone()
     diag = torch.diagonal(h, dim1=1, dim2=2)
     dead = diag == 0
@@ -217,6 +224,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, grid: WeightGrid,
                 zeros.append(z)
             col = w1[:, :, jj]
             code = _round_column(col, scale, zero, grid)
+            if pruned is not None:  # the grid's zero: code 0, or the (integer) zero point
+                code = torch.where(pruned[:, :, i1 + jj], 0.0 if zero is None else zero, code)
             codes[:, :, i1 + jj] = code
             q = (code - (0 if zero is None else zero)) * scale
             err = (col - q) / u1[:, jj, jj].unsqueeze(1)
@@ -276,6 +285,7 @@ def apply_lowbit_ptq(
     damp: float = 0.01,
     act_percentile: float = 99.99,
     keep_fp: tuple[str, ...] = (),
+    keep_zeros: bool = True,
     progress: bool = False,
 ) -> nn.Module:
     """Post-training quantization of `model`'s weights in place (module docstring); returns it.
@@ -286,7 +296,9 @@ def apply_lowbit_ptq(
     (sequential GPTQ on the calibration batches, with dampening `damp`) or "nearest" (the grid's
     round-to-nearest; the batches are then only used for activations). With `bits_a` < 32 the layers'
     inputs are calibrated afterwards. `calibration_batches` is iterated into memory once (a batch is a
-    model input: a tensor, a tuple of positional or a mapping of keyword arguments).
+    model input: a tensor, a tuple of positional or a mapping of keyword arguments). With `keep_zeros`
+    (the default) weights that are exactly zero stay zero (GPTQ's `zeros` mask; round to nearest keeps
+    them anyway), so a pruned model keeps its sparsity.
     """
     _check(bits_w=bits_w, bits_a=bits_a, granularity=granularity, group_size=group_size, symmetric=symmetric,
            weight_range=weight_range, rounding=rounding, damp=damp, act_percentile=act_percentile, keep_fp=keep_fp,
@@ -310,8 +322,9 @@ def apply_lowbit_ptq(
                     calibration_pass(model, batches, desc=name, step=_STEP, progress=False)
                 finally:
                     hook.remove()
+                zeros = (layer.weight == 0) if keep_zeros else None
                 layer.finalize(gptq_quantize(layer.weight, acc.hessian(name), grid, damp=damp, name=name,
-                                             start=layer.quantize_current(layer.weight)))
+                                             start=layer.quantize_current(layer.weight), zeros=zeros))
     if bits_a != NO_ACT_QUANT:
         calibrate_inputs(model, layers, batches, act_percentile, progress)
     return model
@@ -336,9 +349,11 @@ class LowBitPTQConfig(CompressionConfig):
     """Low-bit post-training weight quantization (`apply_lowbit_ptq`): weights at `bits_w` (2, 4 or 8; 1
     binary and "ternary" with rounding "nearest" only) rounded by GPTQ or to nearest on the first
     `calibration_batches` of the recipe's calibration data; layer inputs at `bits_a` (32: not quantized).
-    `group_size` is set only with granularity "group"."""
+    `group_size` is set only with granularity "group". `keep_zeros` keeps exactly-zero (pruned) weights
+    zero; version 1 had no such field and ran without it."""
 
-    VERSION = 1
+    VERSION = 2
+    UPGRADES = {1: {"keep_zeros": False}}
     bits_w: WeightBits = 4
     bits_a: int = NO_ACT_QUANT
     granularity: str = "group"
@@ -350,8 +365,11 @@ class LowBitPTQConfig(CompressionConfig):
     calibration_batches: int = 16
     act_percentile: float = 99.99
     keep_fp: tuple[str, ...] = ()
+    keep_zeros: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.keep_zeros, bool):
+            raise RecipeError(f"keep_zeros must be True or False, got {self.keep_zeros!r}")
         _check(bits_w=self.bits_w, bits_a=self.bits_a, granularity=self.granularity, group_size=self.group_size,
                symmetric=self.symmetric, weight_range=self.weight_range, rounding=self.rounding, damp=self.damp,
                act_percentile=self.act_percentile, keep_fp=self.keep_fp, error=RecipeError)
