@@ -137,8 +137,11 @@ def test_gradual_pruning_on_an_image_folder_through_the_cli(digits: Path, store,
     with pytest.MonkeyPatch.context() as mp:
         refuse_derivation(mp)  # the CLI's variant is found again by the same data, not made again
         model = zoo.load(BASE, sparsity=0.5, store=store, progress=False, **data)
+        report = model.zoo.report
+        (model.zoo.path / REPORT_FILE).unlink()  # an interrupted measurement: measured again, on the same data
+        again = zoo.load(BASE, sparsity=0.5, store=store, progress=False, **data).zoo.report
     assert model.zoo.name == name and model.zoo.source == "cache"
-    report = model.zoo.report
+    assert (again.dataset, again.user_data, again.metrics) == (report.dataset, report.user_data, report.metrics)
     assert report.split == "val" and report.dataset.startswith("local:val@")
     assert report.user_data["examples"] == 10 * VAL_PER_CLASS and report.user_data["format"] == "folder"
     assert report.metrics["top1"] == pytest.approx(top1_by_hand(model, digits / "val"), abs=1e-6)

@@ -51,18 +51,6 @@ if TYPE_CHECKING:
 USER_DATA_KEY = "user_data"  # zoo.userdata.run.CONFIG_KEY: what a checkpoint config records of the user's data
 
 
-def prepare_user_data(spec: VariantSpec) -> PreparedUserData:
-    from zoo.userdata.run import prepare
-
-    return prepare(spec)
-
-
-def model_entry(entry: ModelEntry, plan) -> ModelEntry:
-    from zoo.userdata.run import model_entry as entry_with_plan
-
-    return entry_with_plan(entry, plan)
-
-
 @dataclass(frozen=True)
 class LoadedVariant:
     """Attached to every model `zoo.load` returns, as `model.zoo`."""
@@ -225,7 +213,11 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
         parent = load(spec.sparse_parent, store=store, endpoint=endpoint, progress=progress)
         if base_fingerprint(parent.zoo.path) == fingerprint:  # a parent made from these base weights
             start, done = parent, len(spec.sparse_parent.recipe(store.options).steps)
-    prepared = prepare_user_data(spec) if spec.has_user_data else None
+    prepared = None
+    if spec.has_user_data:  # the user's data read and the model's classes planned (zoo.userdata.run)
+        from zoo.userdata.run import prepare
+
+        prepared = prepare(spec)
     torch.manual_seed(spec.training.seed if spec.training else 0)  # on load's fork of the generator
     if start is None:
         start = base_model or _from_folder(spec.base, base_folder, source=base_source)
@@ -309,8 +301,7 @@ def _write_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, option
     if architecture is not None:
         config["architecture"] = architecture
     save_checkpoint(folder, model.state_dict(), config=config)
-    entry = spec.base if prepared is None else model_entry(spec.base, prepared.plan)
-    report = measure_variant(model, entry, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
+    report = measure_variant(model, spec.base if prepared is None else prepared.entry, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                              quant=spec.quant, recipe=recipe, progress=progress,
                              latency_seconds=options.latency_seconds, export_root=_exports(folder),
                              graph_runtimes=options.measured_runtimes,
@@ -348,12 +339,12 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Modu
     state_dict, config = load_checkpoint(folder)
     if config["base_model"] != entry.name:
         raise CheckpointError(f"{folder} holds a variant of {config['base_model']}, not of {entry.name}")
+    built = entry
     if USER_DATA_KEY in config:  # made on user data: its classifier may have the data's classes
         from zoo.userdata.run import entry_for_config
 
-        model = instantiate(entry_for_config(entry, config), state_dict, config.get("architecture"))
-    else:
-        model = instantiate(entry, state_dict, config.get("architecture"))
+        built = entry_for_config(entry, config)
+    model = instantiate(built, state_dict, config.get("architecture"))
     recipe = Recipe.from_list(config["recipe"]) if config.get("recipe") else None
     report_path = folder / REPORT_FILE
     report = VariantReport.load(report_path) if report_path.is_file() else None
@@ -369,18 +360,18 @@ def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
     asks latency for (latency for `options.latency_seconds`)."""
     model = _from_checkpoint(spec.base, folder, source="cache")
     report, options = model.zoo.report, options or TrainOptions()
-    entry, evaluation = spec.base, None
-    if spec.has_user_data:  # measured again as it was made: on the user's evaluation data, its classes
-        from zoo.userdata.run import eval_for_model, entry_for_config
+    entry = spec.base
+    if spec.has_user_data:  # measured (again) as it was made: with its classes, on the user's evaluation data
+        from zoo.userdata.run import entry_for_config, eval_for_model
 
-        config = read_config(folder)
-        entry = entry_for_config(spec.base, config)
-        if spec.eval_data is not None:
-            entry, evaluation = eval_for_model(spec.base, config, spec.eval_data)
+        entry = entry_for_config(spec.base, read_config(folder))
     if report is None or not report.is_current \
-            or (report.eval_data_missing and evaluation is None and has_eval_data(entry)) \
+            or (report.eval_data_missing and spec.eval_data is None and has_eval_data(entry)) \
             or not set(options.measured_runtimes) <= {*report.latency_by_runtime, *report.runtime_errors}:
         def measure() -> VariantReport:
+            evaluation = None
+            if spec.eval_data is not None:  # the data are read only when a measurement needs them
+                _, evaluation = eval_for_model(spec.base, read_config(folder), spec.eval_data)
             measured = measure_variant(model, entry, name=spec.name, checkpoint_dir=folder,
                                        sparsity=spec.sparsity, quant=spec.quant, recipe=model.zoo.recipe,
                                        progress=progress, latency_seconds=options.latency_seconds,

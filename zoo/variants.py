@@ -37,13 +37,13 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zoo.entry import STRUCTURED_METHODS, ModelEntry
+from zoo.entry import STRUCTURED_METHODS, ModelEntry, TrainSpec
 from zoo.errors import InvalidArgumentError
 from zoo.models import MODELS, get_entry
 from zoo.options import TrainOptions
 from zoo.quant_schemes import PATTERN as QUANT_PATTERN
 from zoo.quant_schemes import BCGD_RHO, canonical_quant, default_quant, parse_quant
-from zoo.userdata import FineTuning, UserData, UserDataError, data_tag, finetune_spec
+from zoo.userdata import FineTuning, UserData, UserDataError, check_takes_user_data, data_tag, finetune_spec
 
 if TYPE_CHECKING:  # the recipe modules import torch: loaded when a recipe is first built
     from zoo.compress.recipe import Recipe
@@ -183,14 +183,14 @@ class VariantSpec:
         if self.train_data is not None:
             finetune_spec(self.base, self.finetuning)  # the task takes user data (else a typed error listing those that do)
         elif self.eval_data is not None:
-            finetune_spec(self.base)
+            check_takes_user_data(self.base)
 
     @property
     def has_user_data(self) -> bool:
         return self.train_data is not None or self.eval_data is not None
 
     @property
-    def training(self):
+    def training(self) -> TrainSpec | None:
         """The TrainSpec the recipe fine-tunes by: on `train_data`, `zoo.userdata.finetune_spec`'s; else the
         base's own (None for an upstream checkpoint: it has no training data here)."""
         return finetune_spec(self.base, self.finetuning) if self.train_data is not None else self.base.train

@@ -14,8 +14,8 @@
 `format="auto"` (the default) tells them apart: `hf-hub:` ids, files by suffix, a folder of csv / json /
 parquet files by theirs, any other folder as `folder`. The task reads its input column (`image` or `text`,
 or `image_column` / `text_column`) and `label_column` (`label`). Labels are class names (strings, a
-datasets
-`ClassLabel`, or the sub-folders) or class indices (integers); how they meet the model's classes: `zoo.userdata.classes`.
+datasets `ClassLabel`, or the sub-folders) or class indices (integers); how they meet the model's
+classes: `zoo.userdata.classes`.
 
 Identity (`UserData.identity`): the format, split, columns and a content fingerprint: for local data the
 SHA-256 over every file's path (relative to the data's root), size and full contents (every byte is read;
