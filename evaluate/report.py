@@ -54,7 +54,9 @@ class VariantReport:
     `int8_path` what produced an int8 variant's fastest number (e.g. "openvino QDQ (VNNI): 21/21 layers
     on integer kernels", or "fake-quant (no integer kernel used)"; None for fp32 variants), `dense_export`
     how a quantized variant's dense export computes differently (None for unquantized variants and
-    reports that predate it)."""
+    reports that predate it). `user_data` describes the user's evaluation data it was measured on
+    (zoo.userdata: source, format, split, columns, examples, content fingerprint, description); None when
+    measured on the entry's own data."""
 
     name: str
     base_model: str
@@ -81,6 +83,7 @@ class VariantReport:
     int8_path: str | None = None
     dense_export: DenseExportDifference | None = None
     evaluator_version: int = EVALUATOR_VERSION
+    user_data: dict[str, Any] | None = None
 
     @property
     def best_runtime(self) -> tuple[str, float]:

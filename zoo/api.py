@@ -14,16 +14,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from zoo.compress.checkpoint import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from zoo.compress.checkpoint import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, load_checkpoint, read_config, save_checkpoint
 from zoo.compress.lowbit import qat_layer_names, swap_to_qat_modules
 from zoo.compress.quantization import quantized_layer_names, swap_to_quant_modules
 from zoo.compress import Recipe, RecipeContext
@@ -40,7 +41,14 @@ from zoo.native import train_base_model
 from zoo.options import TrainOptions
 from zoo.store import REPORT_FILE, Store
 from zoo.tasks import Task, task_of
+from zoo.userdata import FineTuning, UserData
 from zoo.variants import VariantSpec, default_method, info, resolve  # noqa: F401  (zoo.api's public names)
+
+if TYPE_CHECKING:
+    from zoo.userdata.run import Prepared as PreparedUserData
+
+
+USER_DATA_KEY = "user_data"  # zoo.userdata.run.CONFIG_KEY: what a checkpoint config records of the user's data
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,9 @@ def load(
     options: TrainOptions | None = None,
     kernels: str = "dense",
     runtime: str = "torch",
+    train_data: UserData | str | os.PathLike[str] | None = None,
+    eval_data: UserData | str | os.PathLike[str] | None = None,
+    finetuning: FineTuning | None = None,
 ) -> nn.Module:
     """A model in eval mode for `name` (`arch.tag`), optionally compressed; `model.zoo` says what it is.
 
@@ -83,6 +94,10 @@ def load(
     example input (`compress.sparse_kernels.use_sparse_kernels`; its choices in `model.kernel_choices`).
     `runtime` "onnxruntime" or "openvino" returns the model's exported graph in that runtime, called like
     the torch model (zoo.runtimes; the export is cached beside the checkpoint).
+    `train_data` / `eval_data` (a path, an `hf-hub:` data set id, or a `zoo.userdata.UserData`) fine-tune
+    and calibrate on, and measure on, the user's data (the variant is named `..._d<hash>` and cached apart;
+    `finetuning` overrides the fine-tuning hyper-parameters); with only `eval_data` and no compression,
+    the model comes with a report measured on it, not cached.
     """
     from zoo.runtimes.session import check_runtime
 
@@ -91,13 +106,14 @@ def load(
         raise InvalidArgumentError(f"kernels must be 'dense' or 'sparse', got {kernels!r}")
     if kernels == "sparse" and runtime != "torch":
         raise InvalidArgumentError(f"sparse kernels are torch modules; runtime {runtime!r} brings its own kernels")
+    user = _user_data(train_data, eval_data, finetuning)
     if isinstance(name, VariantSpec):
-        if sparsity or quant is not None or method is not None or recipe is not None:
+        if sparsity or quant is not None or method is not None or recipe is not None or any(user.values()):
             raise InvalidArgumentError(f"a VariantSpec ({name.name}) already says how to compress; "
-                                       "pass no sparsity, quant, method or recipe with it")
+                                       "pass no sparsity, quant, method, recipe or data with it")
         spec = name
     else:
-        spec = resolve(name, sparsity=sparsity, quant=quant, method=method, recipe=recipe)
+        spec = resolve(name, sparsity=sparsity, quant=quant, method=method, recipe=recipe, **user)
     store = store or Store()
     if options is not None:
         store = dataclasses.replace(store, options=options)
@@ -111,7 +127,16 @@ def load(
     return with_runtime(model, runtime, store.cache_root)
 
 
+def _user_data(train_data, eval_data, finetuning) -> dict[str, Any]:
+    """`zoo.load`'s data arguments as VariantSpec fields (paths made UserData)."""
+    return {"train_data": UserData.of(train_data) if train_data is not None else None,
+            "eval_data": UserData.of(eval_data) if eval_data is not None else None, "finetuning": finetuning}
+
+
 def _load_torch(spec: VariantSpec, store: Store, revision: str, *, endpoint: str | None, progress: bool) -> nn.Module:
+    if spec.is_base and spec.eval_data is not None:  # the base's weights, measured on the user's data
+        model = _load_torch(VariantSpec(spec.base), store, revision, endpoint=endpoint, progress=progress)
+        return measured_on(model, spec.eval_data, store.options, progress=progress)
     published = _load_published(spec, store, revision)
     if published is not None:
         return published
@@ -188,26 +213,41 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
         parent = load(spec.sparse_parent, store=store, endpoint=endpoint, progress=progress)
         if base_fingerprint(parent.zoo.path) == fingerprint:  # a parent made from these base weights
             start, done = parent, len(spec.sparse_parent.recipe(store.options).steps)
+    prepared = None
+    if spec.has_user_data:  # the user's data read and the model's classes planned (zoo.userdata.run)
+        from zoo.userdata.run import prepare
+
+        prepared = prepare(spec)
+    torch.manual_seed(spec.training.seed if spec.training else 0)  # on load's fork of the generator
     if start is None:
         start = base_model or _from_folder(spec.base, base_folder, source=base_source)
-    torch.manual_seed(spec.base.train.seed if spec.base.train else 0)  # on load's fork of the generator
-    model = Recipe(recipe.steps[done:]).apply(start.train(False), _recipe_context(spec.base, progress))
+        start = prepared.adapt(start) if prepared is not None else start  # a new classifier for the data's classes
+    if prepared is None:
+        context = _recipe_context(spec.base, progress)
+    else:
+        context = _recipe_context(prepared.entry, progress, data=prepared.train_batches)
+    model = Recipe(recipe.steps[done:]).apply(start.train(False), context)
+    extra = {"base_fingerprint": fingerprint}
+    if prepared is not None:
+        extra[USER_DATA_KEY] = prepared.record
     return _save_and_measure(model.eval(), spec, folder, store.options, recipe=recipe, source="derived",
-                             progress=progress, extra={"base_fingerprint": fingerprint})
+                             progress=progress, extra=extra, prepared=prepared)
 
 
 def variant_cache_folder(spec: VariantSpec, store: Store, fingerprint: str) -> Path:
     """Where the variant cache keeps `spec` derived from the base weights `fingerprint` names, by its
     recipe under the store's options (the folder may not exist yet)."""
     recipe = spec.recipe(store.options)
-    return store.cache_dir(spec.name, _digest(recipe.to_json() + fingerprint + store.options.cache_key()))
+    data = json.dumps(spec.data_identity(), sort_keys=True) if spec.has_user_data else ""
+    return store.cache_dir(spec.name, _digest(recipe.to_json() + fingerprint + store.options.cache_key() + data))
 
 
-def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
-    """Fine-tuning and calibration data of an entry: its training split, never the evaluation split.
-    Data is opened only when a step asks for it (one-shot pruning needs none)."""
+def _recipe_context(entry: ModelEntry, progress: bool, data: Callable[[], Batches] | None = None) -> RecipeContext:
+    """Fine-tuning and calibration data of an entry: its training split, never the evaluation split, or
+    `data`, the user's training batches (zoo.userdata). Data is opened only when a step asks for it
+    (one-shot pruning needs none)."""
     task = task_of(entry)
-    if entry.train is None:
+    if entry.train is None and data is None:
         split = DataSpec(entry.eval_data.name, "train")
         return RecipeContext(calibration_batches=lambda: _inputs(task, task.batches(entry, split, batch_size=32,
                                                                                     shuffle=False)),
@@ -215,6 +255,8 @@ def _recipe_context(entry: ModelEntry, progress: bool) -> RecipeContext:
     spec = entry.train
 
     def batches() -> Batches:
+        if data is not None:
+            return data()
         return task.batches(entry, spec.data, batch_size=spec.batch_size, shuffle=True, seed=spec.seed)
 
     def fresh_model() -> nn.Module:
@@ -235,17 +277,19 @@ def _inputs(task: Task, batches: Batches) -> Iterator[Any]:
 
 
 def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options: TrainOptions, *,
-                      recipe: Recipe | None, source: str, progress: bool, extra: dict | None = None) -> nn.Module:
+                      recipe: Recipe | None, source: str, progress: bool, extra: dict | None = None,
+                      prepared: PreparedUserData | None = None) -> nn.Module:
     """Saves `model` into `folder` (its config says which training options, when not the entry's own
-    recipe, made it), measures it and writes the report: on rank 0, while the other ranks of a
-    distributed run wait and then load what it wrote."""
+    recipe, made it), measures it (on the user's evaluation data where `prepared` has some) and writes
+    the report: on rank 0, while the other ranks of a distributed run wait and then load what it wrote."""
     saved = main_only(lambda: _write_and_measure(model, spec, folder, options, recipe=recipe, source=source,
-                                                 progress=progress, extra=extra))
+                                                 progress=progress, extra=extra, prepared=prepared))
     return saved if saved is not None else _from_checkpoint(spec.base, folder, source=source)
 
 
 def _write_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options: TrainOptions, *,
-                       recipe: Recipe | None, source: str, progress: bool, extra: dict | None) -> nn.Module:
+                       recipe: Recipe | None, source: str, progress: bool, extra: dict | None,
+                       prepared: PreparedUserData | None = None) -> nn.Module:
     config = {
         "name": spec.name, "base_model": spec.base.name, "arch": spec.base.arch,
         "model_kwargs": spec.base.model_kwargs, "recipe": recipe.to_list() if recipe else None,
@@ -257,10 +301,11 @@ def _write_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, option
     if architecture is not None:
         config["architecture"] = architecture
     save_checkpoint(folder, model.state_dict(), config=config)
-    report = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
+    report = measure_variant(model, spec.base if prepared is None else prepared.entry, name=spec.name, checkpoint_dir=folder, sparsity=spec.sparsity,
                              quant=spec.quant, recipe=recipe, progress=progress,
                              latency_seconds=options.latency_seconds, export_root=_exports(folder),
-                             graph_runtimes=options.measured_runtimes)
+                             graph_runtimes=options.measured_runtimes,
+                             eval_data=prepared.evaluation if prepared is not None else None)
     report.save(folder / REPORT_FILE)
     model.zoo = LoadedVariant(spec.name, spec.base.name, spec.sparsity, spec.quant, recipe, source, folder, report)
     return model
@@ -294,7 +339,12 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Modu
     state_dict, config = load_checkpoint(folder)
     if config["base_model"] != entry.name:
         raise CheckpointError(f"{folder} holds a variant of {config['base_model']}, not of {entry.name}")
-    model = instantiate(entry, state_dict, config.get("architecture"))
+    built = entry
+    if USER_DATA_KEY in config:  # made on user data: its classifier may have the data's classes
+        from zoo.userdata.run import entry_for_config
+
+        built = entry_for_config(entry, config)
+    model = instantiate(built, state_dict, config.get("architecture"))
     recipe = Recipe.from_list(config["recipe"]) if config.get("recipe") else None
     report_path = folder / REPORT_FILE
     report = VariantReport.load(report_path) if report_path.is_file() else None
@@ -310,17 +360,45 @@ def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
     asks latency for (latency for `options.latency_seconds`)."""
     model = _from_checkpoint(spec.base, folder, source="cache")
     report, options = model.zoo.report, options or TrainOptions()
-    if report is None or not report.is_current or (report.eval_data_missing and has_eval_data(spec.base)) \
+    entry = spec.base
+    if spec.has_user_data:  # measured (again) as it was made: with its classes, on the user's evaluation data
+        from zoo.userdata.run import entry_for_config, eval_for_model
+
+        entry = entry_for_config(spec.base, read_config(folder))
+    if report is None or not report.is_current \
+            or (report.eval_data_missing and spec.eval_data is None and has_eval_data(entry)) \
             or not set(options.measured_runtimes) <= {*report.latency_by_runtime, *report.runtime_errors}:
         def measure() -> VariantReport:
-            measured = measure_variant(model, spec.base, name=spec.name, checkpoint_dir=folder,
+            evaluation = None
+            if spec.eval_data is not None:  # the data are read only when a measurement needs them
+                _, evaluation = eval_for_model(spec.base, read_config(folder), spec.eval_data)
+            measured = measure_variant(model, entry, name=spec.name, checkpoint_dir=folder,
                                        sparsity=spec.sparsity, quant=spec.quant, recipe=model.zoo.recipe,
                                        progress=progress, latency_seconds=options.latency_seconds,
-                                       export_root=_exports(folder), graph_runtimes=options.measured_runtimes)
+                                       export_root=_exports(folder), graph_runtimes=options.measured_runtimes,
+                                       eval_data=evaluation)
             measured.save(folder / REPORT_FILE)
             return measured
 
         model.zoo = dataclasses.replace(model.zoo, report=main_decides(measure))  # rank 0 measures and writes
+    return model
+
+
+def measured_on(model: nn.Module, data: UserData, options: TrainOptions | None = None, *,
+                progress: bool = False) -> nn.Module:
+    """`model` (as `zoo.load` returns it) with a report measured on the user's data `data` (by the classes its
+    checkpoint recorded, or its entry's), not cached: its own report stays where it is."""
+    from zoo.models import get_entry
+    from zoo.userdata.run import eval_for_model
+
+    options = options or TrainOptions()
+    config = read_config(model.zoo.path) if _is_zoo_checkpoint(Path(model.zoo.path)) else {}
+    entry, evaluation = eval_for_model(get_entry(model.zoo.base_model), config, data)
+    report = measure_variant(model, entry, name=model.zoo.name, checkpoint_dir=model.zoo.path,
+                             sparsity=model.zoo.sparsity, quant=model.zoo.quant, recipe=model.zoo.recipe,
+                             progress=progress, latency_seconds=options.latency_seconds,
+                             graph_runtimes=options.measured_runtimes, eval_data=evaluation)
+    model.zoo = dataclasses.replace(model.zoo, report=report)
     return model
 
 

@@ -67,6 +67,48 @@ variant_options = [
                  help="A recipe file (JSON or YAML) instead of the default recipe."),
 ]
 
+data_options = [
+    click.option("--train-data", default=None, metavar="PATH|hf-hub:ID",
+                 help="Fine-tune (and calibrate) on this data instead of the entry's: an ImageNet-style folder, a "
+                      "csv / json / parquet file or folder, a datasets imagefolder, or hf-hub:ORG/NAME."),
+    click.option("--eval-data", default=None, metavar="PATH|hf-hub:ID", help="Measure on this data (as --train-data)."),
+    click.option("--data-format", type=click.Choice(["auto", "folder", "csv", "json", "parquet", "imagefolder", "hub"]),
+                 default="auto", show_default=True, help="How to read --train-data and --eval-data."),
+    click.option("--image-column", default=None, help="The images' column [default: image]."),
+    click.option("--text-column", default=None, help="The text's column [default: text]."),
+    click.option("--label-column", default="label", show_default=True, help="The labels' column."),
+    click.option("--train-split", default=None, help="datasets split of --train-data [default: train]."),
+    click.option("--eval-split", default=None, help="datasets split of --eval-data [default: train, a local file's "
+                                                    "only split; e.g. 'train[80%:]']."),
+]
+finetune_options = [
+    click.option("--finetune-epochs", type=click.IntRange(min=1), default=None,
+                 help="Fine-tuning epochs on --train-data [default: the entry's or its task's]."),
+    click.option("--lr", type=float, default=None, help="Fine-tuning learning rate on --train-data."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Fine-tuning batch size on --train-data."),
+]
+
+USER_DATA_OPTIONS = ("train_data", "eval_data", "data_format", "image_column", "text_column", "label_column",
+                     "train_split", "eval_split", "finetune_epochs", "lr", "batch_size")  # the two lists' values
+
+
+def _user_data(data: dict) -> dict:
+    """The data options' values as `zoo.load`'s train_data / eval_data / finetuning."""
+    from zoo.userdata import FineTuning, UserData
+
+    columns = {"format": data["data_format"], "image_column": data["image_column"],
+               "text_column": data["text_column"], "label_column": data["label_column"]}
+    out = {}
+    for role in ("train", "eval"):
+        source, split = data[f"{role}_data"], data[f"{role}_split"]
+        if source is None and split is not None:
+            raise InvalidArgumentError(f"--{role}-split names a split of --{role}-data: give --{role}-data")
+        out[f"{role}_data"] = UserData(source, split=split, **columns) if source is not None else None
+    tuning = {"epochs": data.get("finetune_epochs"), "lr": data.get("lr"), "batch_size": data.get("batch_size")}
+    tuning = {k: v for k, v in tuning.items() if v is not None}
+    out["finetuning"] = FineTuning(**tuning) if tuning else None
+    return out
+
 
 def _apply(options):
     def decorate(fn):
@@ -85,14 +127,22 @@ def _read_recipe(path: str | None):
     return Recipe.from_yaml(text) if path.endswith((".yaml", ".yml")) else Recipe.from_json(text)
 
 
-def _load(name, variant: dict, hub_root, cache_root, progress=True):
-    """`zoo.load` of NAME compressed as `variant_options` say (`variant`: their values; {} for NAME as it is)."""
+def _load(name, variant: dict, hub_root, cache_root, progress=True, user: dict | None = None):
+    """`zoo.load` of NAME compressed as `variant_options` say (`variant`: their values; {} for NAME as it is),
+    on the user's data `user` (`_user_data`'s) where given."""
     import dataclasses
 
     import zoo
 
+    user = user or {}
+    if user.get("eval_data") is not None and not any(user.get(k) for k in ("train_data", "finetuning")) \
+            and not any(variant.values()):  # the model as it is, measured on the user's data
+        from zoo.api import measured_on
+
+        model = _load(name, {}, hub_root, cache_root, progress)
+        return measured_on(model, user["eval_data"], _store(hub_root, cache_root).options, progress=progress)
     spec = zoo.resolve(name, sparsity=variant.get("sparsity") or 0.0, quant=variant.get("quant"),
-                       method=variant.get("method"), recipe=_read_recipe(variant.get("recipe_file")))
+                       method=variant.get("method"), recipe=_read_recipe(variant.get("recipe_file")), **user)
     shape = {"nm": _nm(variant["nm"]) if variant.get("nm") else None, "distribution": variant.get("distribution"),
              "budget": variant.get("budget"), "snap": int(variant["snap"]) if variant.get("snap") else None,
              "distill": True if variant.get("distill") else None}
@@ -160,16 +210,33 @@ def info(name):
 
 @main.command()
 @click.argument("name")
-@_apply(variant_options + store_options)
+@click.option("--cards", "cards_dir", type=click.Path(file_okay=False), default=None,
+              help="With --eval-data: also write the card measured on it to CARDS/<variant>/README.md.")
+@_apply(variant_options + data_options + finetune_options + store_options)
 @_one_line_errors
-def compress(name, hub_root, cache_root, **variant):
-    """Derive (or load if cached/published) a compressed variant of NAME and print its measurements."""
+def compress(name, cards_dir, hub_root, cache_root, **variant):
+    """Derive (or load if cached/published) a compressed variant of NAME and print its measurements.
+
+    With --train-data the fine-tuning methods (gmp, QAT...) fine-tune on it, even an upstream checkpoint's;
+    with --eval-data it is measured on it (the variant is named ..._d<hash> and cached apart)."""
     from zoo.publish import report_table
 
-    model = _load(name, variant, hub_root, cache_root)
+    user = _user_data({k: variant.pop(k) for k in USER_DATA_OPTIONS})
+    model = _load(name, variant, hub_root, cache_root, user=user)
     click.echo(f"{model.zoo.name}: {model.zoo.source} at {model.zoo.path}")
     if model.zoo.report is not None:
         click.echo(report_table([model.zoo.report]))
+        if model.zoo.report.user_data is not None:
+            click.echo(f"measured on {model.zoo.report.user_data['description']}, "
+                       f"{model.zoo.report.user_data['examples']} examples")
+    if cards_dir is not None:
+        if model.zoo.report is None or model.zoo.report.user_data is None:
+            raise InvalidArgumentError("--cards writes the card measured on --eval-data; `zoo card BASE` writes the "
+                                       "family's cards")
+        from zoo.userdata.card import write_user_data_card
+
+        click.echo(f"card: {write_user_data_card(model, Path(cards_dir))}")
+
 
 
 @main.command()
@@ -215,9 +282,19 @@ def train(name, publish, hub_root, cache_root):
               help="With --path: where to write the path and its plot [default: beside B in the variant cache; "
                    "required when B comes from the hub, whose snapshots are not written to]; with --tradeoff "
                    "likewise, beside the base.")
+@click.option("--eval-data", default=None, metavar="PATH|hf-hub:ID",
+              help="Measure on this data instead of each model's own (an ImageNet-style folder, a csv / json / "
+                   "parquet file, a datasets imagefolder, or hf-hub:ORG/NAME); nothing is cached.")
+@click.option("--data-format", default="auto", show_default=True,
+              type=click.Choice(["auto", "folder", "csv", "json", "parquet", "imagefolder", "hub"]))
+@click.option("--image-column", default=None, help="With --eval-data: the images' column [default: image].")
+@click.option("--text-column", default=None, help="With --eval-data: the text's column [default: text].")
+@click.option("--label-column", default="label", show_default=True, help="With --eval-data: the labels' column.")
+@click.option("--eval-split", default=None, help="With --eval-data: its datasets split [default: train].")
 @_apply(store_options)
 @_one_line_errors
-def evaluate(names, as_json, path_names, points, span, no_metric, tradeoff, out_dir, hub_root, cache_root):
+def evaluate(names, as_json, path_names, points, span, no_metric, tradeoff, out_dir, hub_root, cache_root,
+             eval_data, data_format, image_column, text_column, label_column, eval_split):
     """Measure variants (top-1/top-5, FLOPs, non-zero params, bytes, latency) and mark the Pareto front.
 
     NAMES are base or variant names, e.g. resnet18.zoo_digits resnet18.zoo_digits_gmp90. With --path A B,
@@ -240,9 +317,17 @@ def evaluate(names, as_json, path_names, points, span, no_metric, tradeoff, out_
     if not names:
         raise InvalidArgumentError("name the models to evaluate (or give --path A B)")
     store = _store(hub_root, cache_root)
+    user = _user_data({"train_data": None, "train_split": None, "eval_data": eval_data, "eval_split": eval_split,
+                       "data_format": data_format, "image_column": image_column, "text_column": text_column,
+                       "label_column": label_column})["eval_data"]
     reports = []
     for name in names:
         model = _load(name, {}, hub_root, cache_root)
+        if user is not None:  # measured on the user's data, printed, not cached: the model's report stays
+            from zoo.api import measured_on
+
+            reports.append(measured_on(model, user, store.options).zoo.report)
+            continue
         reports.append(measure_variant(model, _entry(model.zoo.base_model), name=model.zoo.name,
                                        checkpoint_dir=model.zoo.path, sparsity=model.zoo.sparsity,
                                        quant=model.zoo.quant, recipe=model.zoo.recipe,
@@ -255,6 +340,8 @@ def evaluate(names, as_json, path_names, points, span, no_metric, tradeoff, out_
     measured = [i for i, r in enumerate(reports) if spec.key in r.metrics]
     front = [measured[i] for i in quality_front([reports[i] for i in measured], spec)] if measured else []
     click.echo(report_table(reports, front))
+    if user is not None:
+        click.echo(f"measured on {reports[0].user_data['description']}, {reports[0].user_data['examples']} examples")
 
 
 def _linear_path(name_a, name_b, *, points, span, metric, out_dir, as_json, hub_root, cache_root) -> None:

@@ -6,6 +6,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from zoo.evaluate.report import DenseExportDifference
 from zoo.options import DEFAULT_LATENCY_SECONDS
 from zoo.runtimes.names import GRAPH_RUNTIMES
 from zoo.tasks import task_of
+
+if TYPE_CHECKING:
+    from zoo.userdata.run import UserEval
 
 EVAL_BATCH_SIZE = 256
 
@@ -36,6 +40,7 @@ def measure_variant(
     latency_seconds: float = DEFAULT_LATENCY_SECONDS,
     export_root: Path | None = None,
     graph_runtimes: Sequence[str] = GRAPH_RUNTIMES,
+    eval_data: UserEval | None = None,
 ) -> VariantReport:
     """Every number a card shows for `model`, a variant of `entry` saved at `checkpoint_dir`.
 
@@ -51,12 +56,19 @@ def measure_variant(
 
     A quantized model is also compared with its dense export (`dense_export_difference`) on the first
     `DENSE_EXPORT_ROWS` evaluation examples (seeded random inputs where the data is not here).
+
+    `eval_data` (zoo.userdata.run.UserEval): the user's evaluation data instead of the entry's; the report
+    names it (`dataset`, `split`, and `user_data`: source, format, examples, fingerprint).
     """
     task = task_of(entry)
     example = task.example_input(entry)
     missing, data_inputs, first_batch = None, [], None
+    dataset, split = entry.eval_data.name, entry.eval_data.split
+    if eval_data is not None:
+        dataset, split = eval_data.dataset, eval_data.split
     try:
-        batches = task.batches(entry, entry.eval_data, batch_size=EVAL_BATCH_SIZE, shuffle=False)
+        batches = (eval_data.batches(EVAL_BATCH_SIZE) if eval_data is not None
+                   else task.batches(entry, entry.eval_data, batch_size=EVAL_BATCH_SIZE, shuffle=False))
     except NoEvaluationDataError as err:
         warnings.warn(f"{name}: task metric not measured: {err}", stacklevel=2)
         metrics, average, missing = {}, task.average, str(err)
@@ -73,15 +85,15 @@ def measure_variant(
     runtimes = _runtime_latencies(model, entry, example, latency.median_ms, checkpoint_dir, export_root, quant,
                                   latency_seconds, threads, tuple(graph_runtimes), data_inputs)
     return VariantReport(
-        name=name, base_model=entry.name, task=entry.task, dataset=entry.eval_data.name,
-        split=entry.eval_data.split, metrics=metrics, metric_average=average,
+        name=name, base_model=entry.name, task=entry.task, dataset=dataset,
+        split=split, metrics=metrics, metric_average=average,
         flops_dense=flops.dense, flops_sparse=flops.sparse, params_total=params.total,
         params_nonzero=params.nonzero, bytes_on_disk=checkpoint_bytes(checkpoint_dir),
         latency_ms=latency.median_ms, sparsity=sparsity, quant=quant,
         recipe=recipe.to_list() if recipe is not None and recipe.steps else None, layers=flops.layers,
         flops_uncounted=flops.uncounted, machine=current_machine(threads), eval_data_missing=missing,
         latency_by_runtime=runtimes.latency_ms, runtime_errors=runtimes.errors, int8_path=runtimes.int8_path,
-        dense_export=dense_export,
+        dense_export=dense_export, user_data=eval_data.about if eval_data is not None else None,
     )
 
 

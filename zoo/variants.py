@@ -18,20 +18,32 @@ WaveRNN): `..._gmp90_snap2`, `..._snap1`. Quantization: `..._int8`, or low-bit w
 by QAT or post-training (`zoo.quant_schemes`): `..._w8a8`, `..._w4`, `..._gmp90_w4a8`, `..._w2a2_id`,
 `..._w4g32_ptq`, `..._wb_bcgd`. `..._kd` last: every fine-tuning step of the recipe distills from the
 dense base (`zoo.compress.distill`): `..._w2a2_kd`, `..._gmp90_kd`.
+
+Made on the user's data (`zoo.userdata`: `train_data` fine-tunes and calibrates, `eval_data` measures):
+`..._d<8 hex>` last, the first 8 hex digits of the SHA-256 of the data's identity (format, split, columns,
+content fingerprint of the training and of the evaluation data, and any `FineTuning` overrides), e.g.
+`resnet50.a1_in1k_gmp90_d3f9a0c12`: never the name of the entry's own variant, and another data set
+(or other bytes in it) gives another name and cache key. Like `_r<hash>`, the name cannot be derived
+again from itself: `resolve` refuses it (load its base with the same data, or its published repo).
+An upstream entry (no TrainSpec) is fine-tuned on `train_data` with its task's defaults
+(`USER_DATA_TASKS` of the family's entries module); a zoo-native one with its own TrainSpec's optimizer,
+learning rate, batch size and weight decay (`zoo.userdata.finetune_spec`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zoo.entry import STRUCTURED_METHODS, ModelEntry
+from zoo.entry import STRUCTURED_METHODS, ModelEntry, TrainSpec
 from zoo.errors import InvalidArgumentError
 from zoo.models import MODELS, get_entry
 from zoo.options import TrainOptions
 from zoo.quant_schemes import PATTERN as QUANT_PATTERN
 from zoo.quant_schemes import BCGD_RHO, canonical_quant, default_quant, parse_quant
+from zoo.userdata import FineTuning, UserData, UserDataError, check_takes_user_data, data_tag, finetune_spec
 
 if TYPE_CHECKING:  # the recipe modules import torch: loaded when a recipe is first built
     from zoo.compress.recipe import Recipe
@@ -50,6 +62,7 @@ _SUFFIX_RE = re.compile(
     r"(?:_(?P<method>gmp|os|ch|hd|es|rigl|set|static)(?P<pct>\d+(?:p\d+)?)(?P<dist>uni|er)?(?:x(?P<budget>[2-9]|[1-9]\d+))?"
     r"|_(?P<nmmethod>os|rigl|set|static)?nm(?P<n>[1-9])(?P<m>[2-9]))?"
     r"(?:_snap(?P<snap>[12]))?(?:_(?P<quant>" + QUANT_PATTERN + r"))?(?P<kd>_kd)?(?:_r(?P<hash>[0-9a-f]{8}))?"
+    r"(?:_d(?P<data>[0-9a-f]{8}))?"
 )
 GMP_FINETUNE_EPOCH_FRACTION = 0.5
 SNAP_ORDERS = (1, 2)  # zoo.compress.snap's (a test checks they agree)
@@ -79,7 +92,9 @@ class VariantSpec:
     to the sparse training methods only; `snap` (1 or 2) adds online SnAp-n training of the GRU's
     recurrent matrix after the pruning step. `nm` = (n, m) makes magnitude pruning ("gmp" or "oneshot")
     or sparse training keep n of every m weights; its sparsity, 1 - n/m, is filled in when not given,
-    and sparse training's distribution is then uniform."""
+    and sparse training's distribution is then uniform. `train_data` / `eval_data` (zoo.userdata) fine-tune
+    and calibrate on, and measure on, the user's data instead of the entry's (`finetuning` overrides the
+    fine-tuning hyper-parameters on it); they add `_d<hash>` to the name."""
 
     base: ModelEntry
     sparsity: float = 0.0
@@ -91,8 +106,12 @@ class VariantSpec:
     snap: int | None = None
     nm: tuple[int, int] | None = None
     distill: bool = False
+    train_data: UserData | None = None
+    eval_data: UserData | None = None
+    finetuning: FineTuning | None = None
 
     def __post_init__(self) -> None:
+        self._check_user_data()
         if self.nm is not None:
             self._check_nm()
         check_sparsity(self.sparsity)
@@ -109,22 +128,25 @@ class VariantSpec:
             raise InvalidArgumentError("distribution and budget apply to sparse training (rigl, set, static) only")
         if self.snap is not None and (isinstance(self.snap, bool) or self.snap not in SNAP_ORDERS):
             raise InvalidArgumentError(f"snap must be None or one of {SNAP_ORDERS}, got {self.snap!r}")
-        if self.snap is not None and self.base.train is None:
+        if self.snap is not None and self.training is None:
             raise InvalidArgumentError(f"{self.base.name} has no training data here to train online by SnAp")
         if self.method in STRUCTURED_METHODS and self.sparsity > 0 and self.base.structured != self.method:
             supported = (f"its structured pruning is {self.base.structured!r}" if self.base.structured
                          else "its family has no structured pruning")
             raise InvalidArgumentError(f"{self.base.name} cannot be pruned by {self.method!r}: {supported}")
-        if self.method in FINETUNED_METHODS and self.sparsity > 0 and self.base.train is None:
+        if self.method in FINETUNED_METHODS and self.sparsity > 0 and self.training is None:
             raise InvalidArgumentError(
                 f"{self.base.name} has no training data here, so it cannot be fine-tuned while pruning; "
                 "use method='oneshot'"
             )
+        if self.train_data is not None and self.is_base:
+            raise UserDataError("train_data is what fine-tuning and calibration run on: give a sparsity, quant or "
+                                "recipe that uses it")
 
     def _check_quant_and_distill(self) -> None:
         scheme = parse_quant(self.quant) if self.quant else None
         qat = scheme is not None and not scheme.ptq
-        if qat and self.base.train is None:
+        if qat and self.training is None:
             raise InvalidArgumentError(f"{self.base.name} has no training data here for quantization-aware training; "
                                        f"use post-training quantization: quant={default_quant(self.quant, False)!r}")
         if not isinstance(self.distill, bool):
@@ -133,11 +155,60 @@ class VariantSpec:
             if self.custom_recipe is not None:
                 raise InvalidArgumentError("distill shapes the default recipe; a custom recipe names its own "
                                            "DistillationConfig step")
-            finetunes = (self.sparsity > 0 and (self.method in FINETUNED_METHODS or self.nm is not None
-                                                and self.method != "oneshot")) or qat or self.snap is not None
-            if not finetunes:
+            if not self.finetunes:
                 raise InvalidArgumentError("distillation trains the student: it needs a fine-tuning step (gradual or "
                                            "structured pruning, sparse training, QAT or SnAp), and this variant has none")
+
+    @property
+    def finetunes(self) -> bool:
+        """Whether the default recipe has a fine-tuning step (gradual or structured pruning, sparse training,
+        QAT or SnAp); a custom recipe is taken to (its steps say)."""
+        if self.custom_recipe is not None:
+            return True
+        scheme = parse_quant(self.quant) if self.quant else None
+        return ((self.sparsity > 0 and (self.method in FINETUNED_METHODS or self.nm is not None
+                                        and self.method != "oneshot"))
+                or (scheme is not None and not scheme.ptq) or self.snap is not None)
+
+    def _check_user_data(self) -> None:
+        for name in ("train_data", "eval_data"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, UserData):
+                raise InvalidArgumentError(f"{name} must be None or a UserData (zoo.load takes paths too), "
+                                           f"got {type(value).__name__}")
+        if self.finetuning is not None and not isinstance(self.finetuning, FineTuning):
+            raise InvalidArgumentError(f"finetuning must be None or a FineTuning, got {type(self.finetuning).__name__}")
+        if self.finetuning is not None and self.train_data is None:
+            raise UserDataError("finetuning sets how to fine-tune on train_data: give train_data")
+        if self.train_data is not None:
+            finetune_spec(self.base, self.finetuning)  # the task takes user data (else a typed error listing those that do)
+        elif self.eval_data is not None:
+            check_takes_user_data(self.base)
+
+    @property
+    def has_user_data(self) -> bool:
+        return self.train_data is not None or self.eval_data is not None
+
+    @property
+    def training(self) -> TrainSpec | None:
+        """The TrainSpec the recipe fine-tunes by: on `train_data`, `zoo.userdata.finetune_spec`'s; else the
+        base's own (None for an upstream checkpoint: it has no training data here)."""
+        return finetune_spec(self.base, self.finetuning) if self.train_data is not None else self.base.train
+
+    @property
+    def recipe_entry(self) -> ModelEntry:
+        """The entry the default recipe is built for: the base, with the fine-tuning TrainSpec on user data."""
+        if self.train_data is None:
+            return self.base
+        return dataclasses.replace(self.base, train=self.training)
+
+    def data_identity(self) -> dict | None:
+        """What of the user's data (and fine-tuning on it) decides this variant: None without user data."""
+        if not self.has_user_data:
+            return None
+        return {"train": self.train_data.identity() if self.train_data is not None else None,
+                "eval": self.eval_data.identity() if self.eval_data is not None else None,
+                "finetuning": self.finetuning.overrides() if self.finetuning is not None else None}
 
     def _check_nm(self) -> None:
         nm = self.nm
@@ -160,6 +231,7 @@ class VariantSpec:
 
     @property
     def is_base(self) -> bool:
+        """No compression: the base's weights (measured on `eval_data` where given)."""
         return (self.sparsity == 0.0 and self.quant is None and self.snap is None and self.custom_recipe is None
                 and not self.distill)
 
@@ -181,6 +253,8 @@ class VariantSpec:
             parts.append("kd")
         if self.custom_recipe is not None:
             parts.append("r" + hashlib.sha256(self.custom_recipe.to_json().encode()).hexdigest()[:8])
+        if self.has_user_data:
+            parts.append("d" + data_tag(self.data_identity()))
         return "_".join(parts)
 
     @property
@@ -192,7 +266,8 @@ class VariantSpec:
         if (self.custom_recipe is None and (self.sparsity > 0 or self.snap) and self.quant is not None
                 and not self.distill):
             return VariantSpec(self.base, sparsity=self.sparsity, method=self.method,
-                               distribution=self.distribution, budget=self.budget, snap=self.snap, nm=self.nm)
+                               distribution=self.distribution, budget=self.budget, snap=self.snap, nm=self.nm,
+                               train_data=self.train_data, eval_data=self.eval_data, finetuning=self.finetuning)
         return None
 
     @property
@@ -204,7 +279,10 @@ class VariantSpec:
         fine-tuning `options.finetune_epochs` may shorten)."""
         if self.custom_recipe is not None:
             return self.custom_recipe
-        return default_recipe(self.base, self.sparsity, self.quant, self.method, options,
+        epochs = self.finetuning.epochs if self.finetuning is not None else None
+        if epochs is not None and (options is None or options.finetune_epochs is None):
+            options = dataclasses.replace(options or TrainOptions(), finetune_epochs=epochs)
+        return default_recipe(self.recipe_entry, self.sparsity, self.quant, self.method, options,
                               distribution=self.distribution, budget=self.budget, snap=self.snap, nm=self.nm,
                               distill=self.distill)
 
@@ -400,16 +478,23 @@ def _snap_step(entry: ModelEntry, n: int, options: TrainOptions | None):
 
 
 def is_custom_recipe_name(name: str) -> bool:
-    """Whether `name` is a custom-recipe variant (`..._r<hash>`): its recipe is in its repo, not its name."""
+    """Whether `name` cannot be derived from itself: a custom-recipe variant (`..._r<hash>`: its recipe is in
+    its repo, not its name) or one made on the user's data (`..._d<hash>`: so are the data's description)."""
     match = _SUFFIX_RE.fullmatch(name)
-    return bool(match and match["hash"])
+    return bool(match and (match["hash"] or match["data"]))
+
+
+def user_data_tag(name: str) -> str | None:
+    """The `_d<hash>` of a variant made on user data (the 8 hex digits), None for any other name."""
+    match = _SUFFIX_RE.fullmatch(name)
+    return match["data"] if match else None
 
 
 def parse_variant_name(name: str) -> tuple[str, dict]:
     """`resnet18.zoo_digits_gmp90_int8` -> ("resnet18.zoo_digits", {sparsity: 0.9, quant: "int8",
     method: "gmp"}). Custom-recipe names (`_r<hash>`) cannot be derived again from their name alone."""
     match = _SUFFIX_RE.fullmatch(name)
-    if not match or match["hash"]:
+    if not match or match["hash"] or match["data"]:
         return name, {}
     kwargs: dict = {}
     if match["n"]:
@@ -433,10 +518,18 @@ def parse_variant_name(name: str) -> tuple[str, dict]:
 
 def resolve(
     name: str, *, sparsity: float = 0.0, quant: str | None = None, method: str | None = None,
-    recipe: Recipe | None = None,
+    recipe: Recipe | None = None, train_data: UserData | None = None, eval_data: UserData | None = None,
+    finetuning: FineTuning | None = None,
 ) -> VariantSpec:
     """The VariantSpec for a base name plus arguments, or for a variant name such as
-    `resnet18.zoo_digits_gmp90_int8` (then no further compression arguments are accepted)."""
+    `resnet18.zoo_digits_gmp90_int8` (then no further compression arguments are accepted). With
+    `train_data`, fine-tuning methods and QAT are the defaults even for an upstream entry."""
+    tag = user_data_tag(name) if isinstance(name, str) and name not in MODELS else None
+    if tag is not None:
+        base_name = name[: -len("_d" + tag)]
+        raise InvalidArgumentError(f"{name!r} was made on the user's data (d{tag}): the name does not say which; "
+                                   f"load {base_name!r} with the same train_data / eval_data")
+    user = dict(train_data=train_data, eval_data=eval_data, finetuning=finetuning)
     if name in MODELS or "_" not in name.rpartition(".")[2]:
         entry, parsed = get_entry(name), {}
     else:
@@ -447,9 +540,10 @@ def resolve(
     if parsed and (sparsity or quant or recipe is not None or method):
         raise InvalidArgumentError(f"{name!r} already names a variant; pass its base name with arguments instead")
     if parsed:
-        return VariantSpec(entry, **parsed)
-    return VariantSpec(entry, sparsity=sparsity, quant=default_quant(quant, entry.train is not None),
-                       method=method or default_method(entry), custom_recipe=recipe)
+        return VariantSpec(entry, **parsed, **user)
+    trains = entry.train is not None or train_data is not None
+    return VariantSpec(entry, sparsity=sparsity, quant=default_quant(quant, trains),
+                       method=method or ("gmp" if trains else "oneshot"), custom_recipe=recipe, **user)
 
 
 def default_method(entry: ModelEntry) -> str:

@@ -204,12 +204,30 @@ def topic_tensors(split: str, max_length: int, vocab_size: int) -> tuple[torch.T
     train_idx, test_idx = train_test_split(list(range(len(pairs))), test_size=CLASSIFICATION_TEST_FRACTION,
                                            random_state=CLASSIFICATION_SEED, stratify=labels)
     index = sorted(train_idx if split == "train" else test_idx)
-    token_lists = encode(tuple(pairs[i][0] for i in index), vocab_size)
+    ids = sentence_ids(tuple(pairs[i][0] for i in index), max_length, vocab_size)
+    return ids, torch.tensor([labels[i] for i in index], dtype=torch.long)
+
+
+def sentence_ids(texts: tuple[str, ...], max_length: int, vocab_size: int) -> torch.Tensor:
+    """(sentences, max_length) ids: each `[CLS] sentence [SEP]`, truncated and padded to `max_length`."""
     rows = []
-    for tokens in token_lists:
+    for tokens in encode(texts, vocab_size):
         row = [CLS_ID, *tokens[: max_length - 2], SEP_ID]
         rows.append(row + [PAD_ID] * (max_length - len(row)))
-    return torch.tensor(rows, dtype=torch.long), torch.tensor([labels[i] for i in index], dtype=torch.long)
+    return torch.tensor(rows, dtype=torch.long).reshape(len(rows), max_length)
+
+
+def user_sentences(entry: ModelEntry, texts, labels: list[int]) -> Dataset:
+    """The user's sentences (zoo.userdata) as `(input_ids, label)` rows, tokenized by the entry's tokenizer
+    as the registered classification data is."""
+    from zoo.userdata import UserDataError
+
+    texts = tuple(texts)
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise UserDataError(f"a text column holds strings, not {type(bad).__name__} ({bad!r})")
+    spec = _text_input(entry)
+    return TensorDataset(sentence_ids(texts, spec.max_length, spec.vocab_size), torch.tensor(labels, dtype=torch.long))
 
 
 @DATASETS.decorator("stdlib_topics")

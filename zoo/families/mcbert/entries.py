@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from zoo.entry import DataSpec, ModelEntry, TrainSpec
 from zoo.errors import InvalidArgumentError
 from zoo.models import register_entry
+from zoo.userdata import LABEL_NAMES, TaskDefaults
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +58,7 @@ TOPIC_MODULES: dict[str, tuple[str, ...]] = {
                     "selectors", "signal"),
 }
 TOPICS = tuple(TOPIC_MODULES)
+LABEL_NAMES.register("stdlib-topics", lambda: TOPICS)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,11 @@ TINY_CLASSIFY_INPUT = TextInput(max_length=32, vocab_size=512)
 MC_KWARGS = {"divider": 2, "num_candidates": 10, "loss_weight": 50.0, "mask_rate": 0.15}
 PRETRAIN_LR, PRETRAIN_EPOCHS = 1e-3, 8
 FINETUNE_LR, FINETUNE_EPOCHS = 5e-4, 6
+# The user's text (zoo.userdata): the classifiers here have TrainSpecs and fine-tune with theirs; these are
+# for a text classifier without one: the fine-tuning of the registered classifiers (AdamW at 5e-4, batch
+# 32, weight decay 0.01), for 3 epochs (half of `epochs`).
+USER_DATA_TASKS = {"text-classification": TaskDefaults(epochs=FINETUNE_EPOCHS, lr=FINETUNE_LR, batch_size=32,
+                                                        optimizer="adamw", weight_decay=0.01, label_smoothing=0.0)}
 
 
 def _pretrain_spec(epochs: int, lr: float, batch_size: int = 32) -> TrainSpec:

@@ -7,6 +7,7 @@ draws them from torch's global generator (seeded by the training loop): dynamic 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from zoo.families.mcbert.entries import TextInput
 from zoo.families.mcbert.model import MaskedLMOutput, choose_masked, corrupt_tokens
 from zoo.runtimes.signature import GraphSignature, RunGraph, UnsupportedExportError, batch_axes
 from zoo.tasks import LOCAL_METRIC, MetricSpec, Task, TaskResult, register_task
+from zoo.userdata import USER_DATA_ADAPTERS, UserDataAdapter
 
 EVAL_SEED = 1234
 MICRO_MEANING = "over all examples"
@@ -202,6 +204,24 @@ class TextClassification(_TextTask):
         return GraphSignature(("input_ids",), ("logits",), batch_axes("input_ids", sequence=("input_ids",)))
 
 
+def _with_classes(entry: ModelEntry, num_classes: int) -> ModelEntry:
+    """The classifier entry whose head has `num_classes` outputs (`BertTextClassifier` reads `num_classes`)."""
+    return dataclasses.replace(entry, num_classes=num_classes, label_set="")
+
+
+def _reset_classifier(model: nn.Module, num_classes: int) -> None:
+    """A freshly initialized output layer of `num_classes` (the encoder and the dense layer before it kept)."""
+    model.classifier = nn.Linear(model.classifier.in_features, num_classes)
+
+
+def _user_sentences(entry: ModelEntry, texts, labels: list[int], training: bool):
+    from zoo.families.mcbert.data import user_sentences
+
+    return user_sentences(entry, texts, labels)
+
+
 MULTI_CHOICE_CLOZE = register_task(MultiChoiceCloze())
 FILL_MASK = register_task(FillMask())
 TEXT_CLASSIFICATION = register_task(TextClassification())
+USER_DATA_ADAPTERS.register("text-classification", UserDataAdapter(
+    column="text", dataset=_user_sentences, with_classes=_with_classes, reset_classifier=_reset_classifier))

@@ -84,3 +84,56 @@ def imagefolder(split: str, entry: ModelEntry) -> Dataset:
         crop_pct=spec.crop_pct, is_training=False,
     )
     return ImageFolder(str(imagefolder_root(split)), transform=transform)
+
+
+# The user's images (zoo.userdata) ------------------------------------------------------------------
+
+def image_transform(entry: ModelEntry, training: bool):
+    """timm's transform for the entry's input: its evaluation resize and center crop (crop_pct,
+    interpolation), or its training transform (random resized crop, horizontal flip, color jitter), then
+    the entry's normalization; grey inputs for a 1-channel model."""
+    from timm.data import create_transform
+
+    spec = entry.input
+    return create_transform(input_size=(spec.channels, *spec.size), is_training=training,
+                            interpolation=spec.interpolation, mean=spec.mean, std=spec.std, crop_pct=spec.crop_pct)
+
+
+class UserImages(Dataset):
+    """`(image tensor, label)` rows of the user's images: PIL images, paths, or datasets' image dicts
+    (`{"path", "bytes"}`), converted to the model's channels (grey "L" or "RGB") and transformed."""
+
+    def __init__(self, entry: ModelEntry, images, labels: list[int], training: bool):
+        if entry.input.channels not in (1, 3):
+            raise InvalidArgumentError(f"{entry.name} takes {entry.input.channels}-channel images; user images "
+                                       "are read as grey (1) or RGB (3)")
+        self.images, self.labels = images, labels
+        self.mode = "L" if entry.input.channels == 1 else "RGB"
+        self.transform = image_transform(entry, training)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.transform(_pil(self.images[index]).convert(self.mode)), self.labels[index]
+
+
+def _pil(value):
+    import io
+
+    from PIL import Image
+
+    from zoo.userdata import UserDataError
+
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+    if isinstance(value, (str, os.PathLike, io.BytesIO)):
+        try:
+            image = Image.open(value)
+            image.load()  # read now: the file is closed after
+            return image
+        except OSError as err:
+            raise UserDataError(f"cannot read the image {value}: {err}") from None
+    raise UserDataError(f"an image column holds images (or their paths), not {type(value).__name__}")

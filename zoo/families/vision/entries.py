@@ -8,10 +8,26 @@ from __future__ import annotations
 
 from zoo.entry import DataSpec, InputSpec, ModelEntry, TrainSpec
 from zoo.models import register_entry
+from zoo.userdata import LABEL_NAMES, TaskDefaults
 
 MODEL_FAMILIES = ("resnet", "mobilenet", "efficientnet")
 TASKS = ("image-classification",)
 DATASETS = ("digits", "imagefolder")
+# The user's images (zoo.userdata): an entry without a TrainSpec (timm's ImageNet checkpoints) fine-tunes on
+# them as a timm fine-tune usually does: SGD with Nesterov momentum at 0.01 (cosine, warm-up), batch 32,
+# weight decay 1e-4, label smoothing 0.1, for 5 epochs (half of `epochs`, as the default recipes take).
+USER_DATA_TASKS = {"image-classification": TaskDefaults(epochs=10, lr=0.01, batch_size=32, optimizer="sgd",
+                                                         weight_decay=1e-4, label_smoothing=0.1)}
+
+
+def _imagenet_synsets() -> tuple[str, ...]:
+    from timm.data import ImageNetInfo
+
+    return tuple(ImageNetInfo().label_names())  # WordNet ids (n01440764, ...): ImageNet folders' class names
+
+
+LABEL_NAMES.register("digits", lambda: tuple(str(i) for i in range(10)))
+LABEL_NAMES.register("imagenet-1k", _imagenet_synsets)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

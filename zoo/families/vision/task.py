@@ -1,6 +1,7 @@
 """The vision family's task: image classification (cross-entropy, top-1/top-5 accuracy)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from zoo.data import Batches
 from zoo.entry import ModelEntry
 from zoo.runtimes.signature import GraphSignature, batch_axes
 from zoo.tasks import MetricSpec, Task, TaskResult, register_task
+from zoo.userdata import USER_DATA_ADAPTERS, UserDataAdapter
 
 
 class ImageClassification(Task):
@@ -50,3 +52,23 @@ class ImageClassification(Task):
 
 
 register_task(ImageClassification())
+
+
+def _with_classes(entry: ModelEntry, num_classes: int) -> ModelEntry:
+    """The entry whose timm model has `num_classes` outputs (timm's `num_classes=` kwarg)."""
+    return dataclasses.replace(entry, num_classes=num_classes, label_set="",
+                               model_kwargs={**entry.model_kwargs, "num_classes": num_classes})
+
+
+def _reset_classifier(model: nn.Module, num_classes: int) -> None:
+    model.reset_classifier(num_classes)  # timm's: a freshly initialized head of num_classes outputs
+
+
+def _user_images(entry: ModelEntry, images, labels: list[int], training: bool):
+    from zoo.families.vision.data import UserImages
+
+    return UserImages(entry, images, labels, training)
+
+
+USER_DATA_ADAPTERS.register("image-classification", UserDataAdapter(
+    column="image", dataset=_user_images, with_classes=_with_classes, reset_classifier=_reset_classifier))
