@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.entry import DataSpec, ModelEntry, TrainSpec, register_input_type
 from zoo.errors import InvalidArgumentError
 from zoo.models import register_entry
 
@@ -59,6 +59,7 @@ TOPIC_MODULES: dict[str, tuple[str, ...]] = {
 TOPICS = tuple(TOPIC_MODULES)
 
 
+@register_input_type  # a checkpoint config may record it (zoo.hub_ids.entry_record)
 @dataclass(frozen=True)
 class TextInput:
     """What a BERT-style model eats: token ids of at most `max_length`, from the BPE vocabulary of
