@@ -70,8 +70,19 @@ def get_entry(name: str) -> ModelEntry:
         entry = found.entry(name)
         if entry is not None:
             return entry
-    known = [*MODELS, *_READ_FROM_HUB, *(n for _, found in CATALOGS.items() for n in found.names())]
-    raise UnknownNameError("model", name, known)
+    raise UnknownNameError("model", name, _close_names(name))
+
+
+def _close_names(name: str) -> list[str]:
+    """The names a miss suggests: the registry's closest first, then the catalogs' (timm's ~1,800 would
+    otherwise crowd out `resnet18.zoo_digits` for `resnet18`); every name when none is close."""
+    import difflib
+
+    local = [*MODELS, *_READ_FROM_HUB]
+    cataloged = [n for _, found in CATALOGS.items() for n in found.names()]
+    close = difflib.get_close_matches(name, local, n=5, cutoff=0.5)
+    close += difflib.get_close_matches(name, cataloged, n=5 - len(close), cutoff=0.5) if len(close) < 5 else []
+    return close or [*local, *cataloged]
 
 
 def list_entries(*, family: str | None = None, task: str | None = None, source: str | None = None,
