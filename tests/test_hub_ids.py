@@ -170,7 +170,7 @@ def test_a_zoo_repo_whose_base_this_registry_lacks_loads_from_its_recorded_entry
 def test_revisions_of_a_zoo_repo(made: Store, published: Path, olah_hub: OlahServer, tmp_path: Path) -> None:
     files = folder_files(published)
     first = olah_hub.add_repo("acme/versions", files, tag="v1", lfs=LFS)
-    weights, config = load_checkpoint(published)
+    weights, _ = load_checkpoint(published)
     dense = zoo.load(BASE, store=made, progress=False)
     olah_hub.add_repo("acme/versions", {**files, "config.json": (made.cached_entries(BASE)[0] / "config.json"),
                                         "model.safetensors": (made.cached_entries(BASE)[0] / "model.safetensors")},
@@ -238,7 +238,7 @@ def test_a_timm_repo_in_the_catalog_is_the_catalog_entry_pinned_and_keyed_by_com
                       progress=False)
     assert sparse.zoo.name == f"{TIMM_NAME}_os50" and sparse.zoo.source == "derived"
 
-    files, new_weights = timm_export(tmp_path, 1)
+    files, _ = timm_export(tmp_path, 1)
     second = olah_hub.add_repo(f"timm/{TIMM_NAME}", files, lfs=["model.safetensors"])
     newer = zoo.load(f"hf-hub:timm/{TIMM_NAME}@{second}", sparsity=0.5, store=store, endpoint=olah_hub.endpoint,
                      progress=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zoo.entry import ModelEntry, name_from_path_slug
@@ -51,7 +52,7 @@ def _variant_names(store: Store) -> dict[str, str]:
     return found
 
 
-def _config_name(folder) -> str:
+def _config_name(folder: Path) -> str:
     import json
 
     return json.loads((folder / "config.json").read_text())["name"]
