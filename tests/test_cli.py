@@ -154,12 +154,28 @@ def test_list_shows_cached_variants_and_filters(store: Store) -> None:
     everything = listed()
     assert everything[OS50] == ["resnet", "zoo", "0.50", "-", "cache"]
     assert everything[BASE] == ["resnet", "zoo", "0.00", "-", "registry"]
-    assert "resnet50.a1_in1k" in everything and "test_efficientnet.zoo_digits" in everything
+    assert "test_efficientnet.zoo_digits" in everything
+    assert "resnet50.a1_in1k" not in everything, "timm's ~1,800 checkpoints are listed with --source timm"
     assert list(listed("--sparsity", "0.5")) == [OS50]
     assert list(listed("--sparsity", "0.5", "--quant", "none")) == [OS50]
     assert OS50 not in listed("--quant", "int8") and OS50 not in listed("--sparsity", "0.9")
     assert set(listed("--source", "upstream")).isdisjoint({OS50, BASE})
     assert set(listed("--family", "efficientnet")).isdisjoint({OS50, BASE})
+    assert list(listed("--filter", "test_resnet*")) == [BASE, OS50]
+
+
+def test_list_the_timm_catalog_by_wildcard(store: Store) -> None:
+    lines = ok(["list", "--source", "timm", "--filter", "resnet*"], store_env(store)).splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["resnet50.a1_in1k"] == ["resnet", "upstream", "0.00", "-", "catalog"]
+    assert all(name.startswith("resnet") for name in rows) and len(rows) > 50
+    assert BASE not in rows and not any(name.startswith("mobilenet") for name in rows)
+    assert list(listed_names(["list", "--source", "timm", "--filter", "mobilenetv2_100.*"], store)) == [
+        "mobilenetv2_100.ra_in1k"]
+
+
+def listed_names(args: list[str], store: Store) -> list[str]:
+    return [line.split()[0] for line in ok(args, store_env(store)).splitlines()[1:]]
 
 
 def test_evaluate_marks_the_pareto_front(store: Store) -> None:

@@ -1,8 +1,9 @@
-"""The model registry: every entry builds and runs, upstream entries agree with timm's pretrained cfg,
-names follow `arch.tag`, misses list close names, and the generic Registry refuses duplicates."""
+"""The model registry: every entry builds and runs, timm's catalog entries agree with timm's pretrained
+cfg, names follow `arch.tag`, misses list close names, and the generic Registry refuses duplicates."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import timm
@@ -16,13 +17,56 @@ from zoo.models import FAMILIES, build_model, list_entries, register_entry
 from zoo.registry import Registry
 from zoo.tasks import task_of
 
+# timm checkpoints the tests and the README use, from timm's catalog (made on demand, not registered)
+CATALOGED = ("resnet50.a1_in1k", "mobilenetv2_100.ra_in1k", "efficientnet_b0.ra_in1k", "test_resnet.r160_in1k",
+             "test_efficientnet.r160_in1k", "vit_tiny_patch16_224.augreg_in21k", "convnext_atto.d2_in1k")
 ENTRIES = list_entries()
-UPSTREAM = [e for e in ENTRIES if e.source == "upstream"]
+UPSTREAM = [zoo.get_entry(name) for name in CATALOGED]
 
 
-def test_the_registry_holds_both_kinds_of_entries() -> None:
-    assert {e.source for e in ENTRIES} == {"upstream", "zoo"}
+def test_the_registry_holds_zoo_native_entries_and_the_catalog_upstream_ones() -> None:
+    assert {e.source for e in ENTRIES} == {"zoo"}
     assert len({e.name for e in ENTRIES}) == len(ENTRIES)
+    assert {e.source for e in UPSTREAM} == {"upstream"}
+    assert not {e.name for e in UPSTREAM} & {e.name for e in ENTRIES}, "catalog entries are not registered"
+
+
+def test_every_timm_pretrained_name_is_a_zoo_name() -> None:
+    names = timm.list_pretrained()
+    entries = list_entries(source="timm")
+    assert [e.name for e in entries] == sorted(names) and len(names) > 1000
+    assert all(zoo.get_entry(e.name) is e for e in entries[::97]), "one entry per name, made once"
+    from zoo.models import family_builder
+
+    assert {family_builder(e) for e in entries} == {family_builder(zoo.get_entry("resnet18.zoo_digits"))}, \
+        "every catalog family is built by the vision family's timm builder"
+    assert zoo.resolve("resnet50.a1_in1k_os50").base is zoo.get_entry("resnet50.a1_in1k")
+    vit = zoo.get_entry("vit_base_patch16_224.augreg2_in21k_ft_in1k")
+    assert (vit.family, vit.num_classes, vit.label_set, vit.structured) == ("vision_transformer", 1000, "imagenet-1k", None)
+    assert vit.keep_dense == (r"patch_embed\.proj(\..*)?", r"head(\..*)?")
+    assert zoo.get_entry("mobilenetv2_100.ra_in1k").family == "mobilenet"
+
+
+def test_the_timm_catalog_lists_by_wildcard() -> None:
+    resnets = {e.name for e in list_entries(source="timm", filter="resnet*")}
+    assert "resnet50.a1_in1k" in resnets and all(n.startswith("resnet") for n in resnets)
+    assert not any(n.startswith("mobilenet") for n in resnets)
+    assert {e.name for e in list_entries(source="timm", filter="*.a1_in1k", family="resnet")} >= {"resnet50.a1_in1k"}
+    upstream = list_entries(source="upstream", filter="test_*")
+    assert {"test_resnet.r160_in1k", "test_efficientnet.r160_in1k"} <= {e.name for e in upstream}
+    assert [e.name for e in list_entries(filter="test_resnet*")] == ["test_resnet.zoo_digits"]
+
+
+def test_a_timm_feature_extractor_is_listed_but_refused_as_a_classifier(tmp_path) -> None:
+    from zoo.errors import UnsupportedModelError
+    from zoo.hub import LocalHub
+    from zoo.store import Store
+
+    name = next(e.name for e in list_entries(source="timm", filter="vit_*") if e.num_classes == 0)
+    assert zoo.info(name)["entry"]["num_classes"] == 0
+    with pytest.raises(UnsupportedModelError, match="not an image classifier"):
+        zoo.load(name, sparsity=0.5, store=Store(LocalHub(tmp_path / "hub"), tmp_path / "cache"), progress=False)
+    assert not (tmp_path / "cache").exists(), "refused before anything is downloaded or written"
 
 
 def output_tensors(output: object) -> list[torch.Tensor]:
@@ -68,6 +112,11 @@ def test_compared_models_are_registered_bases_of_the_same_task_and_data(entry: M
 
 
 @pytest.mark.parametrize("entry", UPSTREAM, ids=lambda e: e.name)
+def test_catalog_entries_build_and_run_forward(entry: ModelEntry) -> None:
+    test_every_entry_builds_and_runs_forward(entry)
+
+
+@pytest.mark.parametrize("entry", UPSTREAM, ids=lambda e: e.name)
 def test_upstream_entries_match_timm_pretrained_cfg(entry: ModelEntry) -> None:
     cfg = timm.models.get_pretrained_cfg(entry.name)
     assert cfg is not None, f"timm has no pretrained cfg {entry.name}"
@@ -78,6 +127,7 @@ def test_upstream_entries_match_timm_pretrained_cfg(entry: ModelEntry) -> None:
     assert entry.input.interpolation == cfg.interpolation
     assert entry.num_classes == cfg.num_classes
     assert entry.repo_id == cfg.hf_hub_id
+    assert entry.keep_dense[0] == re.escape(cfg.first_conv) + r"(\..*)?"
     model = FAMILIES.get(entry.family)(entry)
     assert model.num_classes == cfg.num_classes
     assert model.get_classifier().out_features == cfg.num_classes
@@ -95,7 +145,7 @@ def test_zoo_native_entries_are_trainable_here(entry: ModelEntry) -> None:
 def test_list_entries_filters() -> None:
     resnets = list_entries(family="resnet")
     assert resnets and all(e.family == "resnet" for e in resnets)
-    assert {e.name for e in list_entries(source="zoo")} | {e.name for e in UPSTREAM} == {e.name for e in ENTRIES}
+    assert {e.name for e in list_entries(source="zoo")} == {e.name for e in ENTRIES}
     assert list_entries(task="no-such-task") == []
 
 

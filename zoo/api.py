@@ -6,6 +6,10 @@ Order of resolution, as a user of timm and the Hub expects:
 3. otherwise derive it now: get the base (local hub, an upstream Hub download, or for zoo-native
    entries training it by its TrainSpec), apply the variant's recipe, measure it, cache it atomically.
 
+A Hub id (`hf-hub:org/name[@revision]`, or a bare `org/name`) names a base read from that repo (zoo.hub_ids:
+the local hub, the Hugging Face cache, then the endpoint), pinned to the commit its revision resolves to;
+loaded as it is, it is the repo's own model (`source="hf-hub"`), and compressed, derived from those weights.
+
 Under torchrun (zoo.distributed) every rank trains, rank 0 alone decides what is cached or published,
 writes and measures; the other ranks wait for it and load what it wrote.
 """
@@ -31,11 +35,12 @@ from zoo.compress import Recipe, RecipeContext
 from zoo.compress.structured import rebuild_architecture, structured_architecture
 from zoo.data import Batches
 from zoo.distributed import main_decides, main_only
-from zoo.entry import DataSpec, ModelEntry
+from zoo.entry import DataSpec, ModelEntry, is_hub_name
 from zoo.errors import CheckpointError, HubError, InvalidArgumentError
 from zoo.evaluate import VariantReport
 from zoo.evaluation import has_eval_data, measure_variant
 from zoo.hub import download
+from zoo.hub_ids import entry_record, is_hub_reference
 from zoo.models import build_empty_model, build_model
 from zoo.native import train_base_model
 from zoo.options import TrainOptions
@@ -60,7 +65,7 @@ class LoadedVariant:
     sparsity: float
     quant: str | None
     recipe: Recipe | None
-    source: str  # "hub", "cache", "derived", "trained" or "upstream"
+    source: str  # "hub", "cache", "derived", "trained", "upstream" or "hf-hub" (a repo's own model, by Hub id)
     path: Path
     report: VariantReport | None
     runtime: str = "torch"  # what runs it: "torch", "onnxruntime" or "openvino" (zoo.runtimes)
@@ -84,7 +89,9 @@ def load(
     eval_data: UserData | str | os.PathLike[str] | None = None,
     finetuning: FineTuning | None = None,
 ) -> nn.Module:
-    """A model in eval mode for `name` (`arch.tag`), optionally compressed; `model.zoo` says what it is.
+    """A model in eval mode for `name` (`arch.tag`, a variant name, or a Hub id `hf-hub:org/name[@revision]`
+    / `org/name`, read from `store`'s local hub, the Hugging Face cache or `endpoint` at `revision`),
+    optionally compressed; `model.zoo` says what it is.
 
     `sparsity` in [0, 1), `quant` None or "int8", `method` "gmp" or "oneshot" (default: gmp where the
     zoo can fine-tune, else oneshot), `recipe` a custom Recipe instead of the default one. `options`
@@ -112,14 +119,19 @@ def load(
             raise InvalidArgumentError(f"a VariantSpec ({name.name}) already says how to compress; "
                                        "pass no sparsity, quant, method, recipe or data with it")
         spec = name
-    else:
-        spec = resolve(name, sparsity=sparsity, quant=quant, method=method, recipe=recipe, **user)
     store = store or Store()
     if options is not None:
         store = dataclasses.replace(store, options=options)
+    if not isinstance(name, VariantSpec):
+        hub_id = is_hub_reference(name)
+        spec = resolve(name, sparsity=sparsity, quant=quant, method=method, recipe=recipe, store=store,
+                       endpoint=endpoint, revision=revision if hub_id else None, **user)
+        if hub_id:
+            revision = "main"  # the Hub id's revision pinned the base; published variants are read at main
+    task_of(spec.base).check_entry(spec.base)
     model = _load_torch(spec, store, revision, endpoint=endpoint, progress=progress)
     if kernels == "sparse":
-        _use_sparse_kernels(model)
+        _use_sparse_kernels(model, spec.base)
     if runtime == "torch":
         return model
     from zoo.runtimes.load import with_runtime
@@ -137,7 +149,8 @@ def _load_torch(spec: VariantSpec, store: Store, revision: str, *, endpoint: str
     if spec.is_base and spec.eval_data is not None:  # the base's weights, measured on the user's data
         model = _load_torch(VariantSpec(spec.base), store, revision, endpoint=endpoint, progress=progress)
         return measured_on(model, spec.eval_data, store.options, progress=progress)
-    published = _load_published(spec, store, revision)
+    pinned = spec.base.revision if spec.is_base and spec.base.revision != "main" else None  # read from a Hub repo
+    published = _load_published(spec, store, pinned or revision)
     if published is not None:
         return published
     if revision != "main":
@@ -149,11 +162,9 @@ def _load_torch(spec: VariantSpec, store: Store, revision: str, *, endpoint: str
         return _derived(spec, store, endpoint=endpoint, progress=progress)
 
 
-def _use_sparse_kernels(model: nn.Module) -> None:
+def _use_sparse_kernels(model: nn.Module, entry: ModelEntry) -> None:
     from zoo.compress.sparse_kernels import use_sparse_kernels
-    from zoo.models import get_entry
 
-    entry = get_entry(model.zoo.base_model)
     use_sparse_kernels(model, task_of(entry).example_input(entry))
 
 
@@ -203,7 +214,7 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
     """Derives `spec` from its base, or from its sparse parent when that saves re-running steps. The
     cache key is the recipe and the base weights' identity, found without loading any weights."""
     base_folder, base_source, base_model = _base_folder(spec.base, store, endpoint=endpoint, progress=progress)
-    fingerprint = base_fingerprint(base_folder)
+    fingerprint = entry_fingerprint(spec.base, base_folder)
     recipe = spec.recipe(store.options)
     folder = variant_cache_folder(spec, store, fingerprint)
     if _cached(folder):
@@ -293,7 +304,7 @@ def _write_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, option
     config = {
         "name": spec.name, "base_model": spec.base.name, "arch": spec.base.arch,
         "model_kwargs": spec.base.model_kwargs, "recipe": recipe.to_list() if recipe else None,
-        "sparsity": spec.sparsity, "quant": spec.quant, **(extra or {}),
+        "sparsity": spec.sparsity, "quant": spec.quant, "entry": entry_record(spec.base), **(extra or {}),
     }
     if not options.is_default:
         config["train_options"] = dataclasses.asdict(options)
@@ -337,7 +348,7 @@ def instantiate(entry: ModelEntry, state_dict: dict[str, torch.Tensor],
 
 def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Module:
     state_dict, config = load_checkpoint(folder)
-    if config["base_model"] != entry.name:
+    if config["base_model"] != entry.name and not _is_own_repo(entry, config):
         raise CheckpointError(f"{folder} holds a variant of {config['base_model']}, not of {entry.name}")
     built = entry
     if USER_DATA_KEY in config:  # made on user data: its classifier may have the data's classes
@@ -348,9 +359,23 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Modu
     recipe = Recipe.from_list(config["recipe"]) if config.get("recipe") else None
     report_path = folder / REPORT_FILE
     report = VariantReport.load(report_path) if report_path.is_file() else None
+    if _is_own_repo(entry, config):
+        # An `hf-hub:` entry's own model: named and reported as that entry, the base of what derives from it
+        # (its report without a recipe, as a base's; `model.zoo.recipe` keeps the one that made it).
+        if report is not None:
+            report = dataclasses.replace(report, name=entry.name, base_model=entry.name, recipe=None)
+        model.zoo = LoadedVariant(entry.name, entry.name, config.get("sparsity", 0.0), config.get("quant"), recipe,
+                                  "hf-hub", folder, report)
+        return model
     model.zoo = LoadedVariant(config["name"], entry.name, config.get("sparsity", 0.0), config.get("quant"),
                               recipe, source, folder, report)
     return model
+
+
+def _is_own_repo(entry: ModelEntry, config: dict[str, Any]) -> bool:
+    """Whether a checkpoint config is that of the repo an `hf-hub:` entry was read from (its model made
+    from another base), rather than of a variant derived from the entry."""
+    return is_hub_name(entry.name) and config["base_model"] != entry.name
 
 
 def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
@@ -414,6 +439,7 @@ def _from_plain_safetensors(entry: ModelEntry, folder: Path, *, source: str) -> 
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}")
     model = instantiate(entry, load_file(str(path)))
+    source = "hf-hub" if is_hub_name(entry.name) else source  # a timm repo's own weights, by Hub id
     model.zoo = LoadedVariant(entry.name, entry.name, 0.0, None, None, source, folder, None)
     return model
 
@@ -442,6 +468,17 @@ def base_fingerprint(folder: Path) -> str:
         return str(folder.resolve())
     config = json.loads((folder / CONFIG_FILE).read_text())
     return config.get("base_fingerprint") or config["files"][WEIGHTS_FILE]["sha256"]
+
+
+def entry_fingerprint(entry: ModelEntry, folder: Path) -> str:
+    """Identity of `entry`'s weights in `folder`, what derivations from it are keyed by: `base_fingerprint`,
+    except for the zoo checkpoint an `hf-hub:` entry was read from, whose config names the base *it* was
+    made from: there the SHA-256 of its own weights."""
+    if is_hub_name(entry.name) and _is_zoo_checkpoint(folder):
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        if _is_own_repo(entry, config):
+            return config["files"][WEIGHTS_FILE]["sha256"]
+    return base_fingerprint(folder)
 
 
 def _exports(folder: Path) -> Path:

@@ -135,21 +135,23 @@ def _load(name, variant: dict, hub_root, cache_root, progress=True, user: dict |
     import zoo
 
     user = user or {}
+    store = _store(hub_root, cache_root)
     if user.get("eval_data") is not None and not any(user.get(k) for k in ("train_data", "finetuning")) \
             and not any(variant.values()):  # the model as it is, measured on the user's data
         from zoo.api import measured_on
 
         model = _load(name, {}, hub_root, cache_root, progress)
-        return measured_on(model, user["eval_data"], _store(hub_root, cache_root).options, progress=progress)
+        return measured_on(model, user["eval_data"], store.options, progress=progress)
     spec = zoo.resolve(name, sparsity=variant.get("sparsity") or 0.0, quant=variant.get("quant"),
-                       method=variant.get("method"), recipe=_read_recipe(variant.get("recipe_file")), **user)
+                       method=variant.get("method"), recipe=_read_recipe(variant.get("recipe_file")), store=store,
+                       **user)
     shape = {"nm": _nm(variant["nm"]) if variant.get("nm") else None, "distribution": variant.get("distribution"),
              "budget": variant.get("budget"), "snap": int(variant["snap"]) if variant.get("snap") else None,
              "distill": True if variant.get("distill") else None}
     shape = {key: value for key, value in shape.items() if value is not None}
     if shape:
         spec = dataclasses.replace(spec, **shape)  # validated again: a bad combination is refused by name
-    return zoo.load(spec, store=_store(hub_root, cache_root), progress=progress)
+    return zoo.load(spec, store=store, progress=progress)
 
 
 def _nm(text: str) -> tuple[int, int]:
@@ -180,18 +182,23 @@ def main(ctx: click.Context) -> None:
 @main.command("list")
 @click.option("--family", default=None, help="resnet, mobilenet, efficientnet...")
 @click.option("--task", default=None, help="image-classification...")
-@click.option("--source", type=click.Choice(["upstream", "zoo"]), default=None)
+@click.option("--source", type=click.Choice(["upstream", "zoo", "timm"]), default=None,
+              help="zoo: zoo-native models; timm: timm's ~1,800 pretrained checkpoints (left out of the default "
+                   "listing); upstream: both timm's and any other upstream entries.")
+@click.option("--filter", "name_filter", default=None, metavar="PATTERN",
+              help="Shell-style wildcard over names, as timm.list_models takes: 'resnet*', '*_in1k'.")
 @click.option("--sparsity", type=float, default=None, help="Only variants at this sparsity.")
 @click.option("--quant", default=None, metavar="SCHEME",
               help="Only variants quantized by SCHEME (int8, w4a8, ...), or 'none' for the unquantized.")
 @_apply(store_options)
 @_one_line_errors
-def list_cmd(family, task, source, sparsity, quant, hub_root, cache_root):
-    """Registered models and the variants published in the local hub or cached."""
+def list_cmd(family, task, source, name_filter, sparsity, quant, hub_root, cache_root):
+    """Registered models and the variants published in the local hub or cached; with --source timm (or
+    upstream) timm's catalog of pretrained checkpoints, every one a zoo name."""
     from zoo.catalog import catalog
 
     rows = catalog(_store(hub_root, cache_root), family=family, task=task, source=source, sparsity=sparsity,
-                   quant=quant)
+                   quant=quant, filter=name_filter)
     click.echo(f"{'name':<44} {'family':<13} {'source':<9} {'sparsity':>8} {'quant':<8} where")
     for row in rows:
         click.echo(f"{row.name:<44} {row.family:<13} {row.source:<9} {row.sparsity:>8.2f} "
@@ -202,7 +209,7 @@ def list_cmd(family, task, source, sparsity, quant, hub_root, cache_root):
 @click.argument("name")
 @_one_line_errors
 def info(name):
-    """What the zoo knows of NAME (a base `arch.tag` or a variant name)."""
+    """What the zoo knows of NAME (a base `arch.tag`, a variant name, or a Hub id `hf-hub:org/name`)."""
     import zoo
 
     click.echo(json.dumps(zoo.info(name), indent=2, default=str))
@@ -396,10 +403,10 @@ def _tradeoff(name: str, t0: int, t_mult: int, cycles: int, *, out_dir, hub_root
         click.echo(f"wrote {file}")
 
 
-def _entry(name: str):
+def _entry(name: str, store=None):
     import zoo
 
-    return zoo.resolve(name).base
+    return zoo.resolve(name, store=store).base
 
 
 @main.command()
@@ -414,7 +421,7 @@ def card(base, out_dir, hub_root, cache_root):
 
     store = _store(hub_root, cache_root)
     models = family_models(base, store)
-    family = cards_of_models(_entry(base), models, store)
+    family = cards_of_models(_entry(base, store), models, store)
     for path in write_family_cards(family, Path(out_dir)):
         click.echo(path)
 

@@ -8,10 +8,12 @@ from typing import Any, Literal
 
 from zoo.compress.config import check_block
 from zoo.errors import InvalidArgumentError
+from zoo.registry import Registry, class_key
 
 NAME_RE = re.compile(r"(?P<arch>[a-z0-9_]+)\.(?P<tag>[a-z0-9_]+)")
-# An entry made from a Hub repo (zoo.repo_readers) is named by the repo: `hf-hub:org/name`.
-HUB_NAME_RE = re.compile(r"hf-hub:[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+HUB_PREFIX = "hf-hub:"  # timm's prefix for a model addressed by its Hub repo id
+# `hf-hub:org/name`: the name of an entry made from a Hub repo (zoo.hub_ids); org and name as the Hub allows
+HUB_NAME_RE = re.compile(r"hf-hub:(?P<repo_id>[\w.-]+/[\w.-]+)")
 
 Source = Literal["upstream", "zoo"]
 OPTIMIZERS = ("sgd", "adamw")
@@ -25,6 +27,31 @@ def split_name(name: str) -> tuple[str, str]:
     if not match:
         raise InvalidArgumentError(f"{name!r} is not of the form 'arch.tag' (lower case, digits, '_')")
     return match["arch"], match["tag"]
+
+
+def is_hub_name(name: str) -> bool:
+    """Whether `name` names an entry made from a Hub repo (`hf-hub:org/name`) rather than `arch.tag`."""
+    return isinstance(name, str) and HUB_NAME_RE.fullmatch(name) is not None
+
+
+_PATH_HUB_PREFIX = "hf-hub--"
+
+
+def path_slug(name: str) -> str:
+    """A model or variant name as one folder name: `arch.tag...` as it is; `hf-hub:org/name+os50` as
+    `hf-hub--org--name+os50` (the Hub forbids `--` in repo ids, so `name_from_path_slug` reverses it)."""
+    if not name.startswith(HUB_PREFIX):
+        return name
+    org, _, rest = name[len(HUB_PREFIX):].partition("/")
+    return f"{_PATH_HUB_PREFIX}{org}--{rest}"
+
+
+def name_from_path_slug(slug: str) -> str:
+    """The name `path_slug` made `slug` from."""
+    if not slug.startswith(_PATH_HUB_PREFIX):
+        return slug
+    org, _, rest = slug[len(_PATH_HUB_PREFIX):].partition("--")
+    return f"{HUB_PREFIX}{org}/{rest}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +68,20 @@ class InputSpec:
 
     def example_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         return (batch, self.channels, *self.size)
+
+
+# The dataclasses a ModelEntry's `input` may be, by `class_key`: what a checkpoint config that records its
+# entry (zoo.hub_ids.entry_record) may name, and nothing else (no pickle). Families register theirs in
+# their light `entries` module.
+INPUT_TYPES: Registry[type] = Registry("input type")
+
+
+def register_input_type(cls: type) -> type:
+    """Allows `cls` (a frozen dataclass of plain fields) as a recorded entry's `input`."""
+    return INPUT_TYPES.register(class_key(cls), cls)
+
+
+register_input_type(InputSpec)
 
 
 @dataclass(frozen=True)
@@ -80,7 +121,9 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered checkpoint, `arch.tag` as in timm; `tag` says whose weights and how made.
+    """One registered checkpoint, `arch.tag` as in timm; `tag` says whose weights and how made. An entry
+    made from a Hub repo (zoo.hub_ids) is named `hf-hub:org/name` instead and names its architecture in
+    `architecture` (for `arch.tag` entries it is empty: the name's arch is the architecture).
     `input` is the family's own frozen dataclass describing what the model eats (InputSpec for images);
     `num_classes` and `label_set` apply to classifiers only. `keep_dense` names the modules the default
     recipes never prune; `prune_block` = (rows, cols) makes them prune whole blocks of that shape
@@ -107,9 +150,13 @@ class ModelEntry:
     structured: str | None = None
     description: str = ""
     license: str = "apache-2.0"
+    architecture: str = ""
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.name, str) and HUB_NAME_RE.fullmatch(self.name)):
+        if is_hub_name(self.name):
+            if not self.architecture:
+                raise InvalidArgumentError(f"{self.name}: an entry named by its Hub repo needs its architecture")
+        else:
             split_name(self.name)
         if self.prune_block is not None:
             check_block(self.prune_block)
@@ -121,11 +168,12 @@ class ModelEntry:
 
     @property
     def arch(self) -> str:
-        return split_name(self.name)[0]
+        return self.architecture or split_name(self.name)[0]
 
     @property
     def tag(self) -> str:
-        return split_name(self.name)[1]
+        """The name's tag; for an `hf-hub:` entry, its repo id (whose weights, as a tag says)."""
+        return HUB_NAME_RE.fullmatch(self.name)["repo_id"] if is_hub_name(self.name) else split_name(self.name)[1]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -53,3 +53,8 @@ class HubError(ZooError):
 
 class CardValidationError(ZooError, ValueError):
     """A model card is malformed or its results do not parse back to the measured numbers."""
+
+
+class UnsupportedModelError(ZooError, ValueError):
+    """The zoo cannot serve this model as asked: a Hub repo in a format no reader knows, or a checkpoint
+    that is not what its task needs (a timm feature extractor, with no classifier, loaded as a classifier)."""

@@ -20,7 +20,7 @@ from zoo.atomic import atomic_write_text
 from zoo.compress.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from zoo.data import describe_dataset
 from zoo.distributed import main_decides
-from zoo.entry import ModelEntry
+from zoo.entry import ModelEntry, path_slug
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate import VariantReport, pareto_front
 from zoo.tasks import MetricPlot, MetricSpec, task_named, task_of
@@ -191,7 +191,7 @@ def _write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
     try:
         plots = family.draw_plots(drawn)
         for name, card in family.cards.items():
-            folder = out_dir / name
+            folder = out_dir / path_slug(name)  # `hf-hub:org/name+os50` as one folder name
             written.append(write_card(card, folder))
             for plot in plots:
                 shutil.copyfile(plot, folder / plot.name)

@@ -12,10 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from zoo.entry import ModelEntry
+from zoo.entry import HUB_PREFIX, ModelEntry
 from zoo.registry import Registry
-
-HUB_PREFIX = "hf-hub:"  # timm's prefix for a model addressed by its Hub repo id
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zoo.entry import path_slug
 from zoo.hub.local import LocalHub
 from zoo.options import TrainOptions
 
@@ -31,8 +32,9 @@ class Store:
     options: TrainOptions = field(default_factory=TrainOptions.from_env)
 
     def cache_dir(self, name: str, key: str) -> Path:
-        return self.cache_root / name / key
+        """`cache_root/<name>/<key>`, the name as one folder (`zoo.entry.path_slug`: `hf-hub:` names)."""
+        return self.cache_root / path_slug(name) / key
 
     def cached_entries(self, name: str) -> list[Path]:
-        folder = self.cache_root / name
+        folder = self.cache_root / path_slug(name)
         return sorted(p for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []

@@ -88,6 +88,10 @@ class Task:
 
         return Batches(dataset(data, entry), batch_size=batch_size, shuffle=shuffle, seed=seed)
 
+    def check_entry(self, entry: ModelEntry) -> None:
+        """Refuses (UnsupportedModelError) an entry this task cannot load or evaluate, before anything is
+        downloaded or built; entries made from libraries' catalogs may be of other kinds. Default: any."""
+
     def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
         raise NotImplementedError
 

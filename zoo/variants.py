@@ -28,6 +28,9 @@ again from itself: `resolve` refuses it (load its base with the same data, or it
 An upstream entry (no TrainSpec) is fine-tuned on `train_data` with its task's defaults
 (`USER_DATA_TASKS` of the family's entries module); a zoo-native one with its own TrainSpec's optimizer,
 learning rate, batch size and weight decay (`zoo.userdata.finetune_spec`).
+
+A base read from a Hub repo (`hf-hub:org/name`, zoo.hub_ids) takes the same suffixes after a '+' instead,
+without the leading underscore: `hf-hub:acme/r18-gmp90+os50_int8` ('+' never occurs in a repo id).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zoo.entry import STRUCTURED_METHODS, ModelEntry, TrainSpec
+from zoo.entry import STRUCTURED_METHODS, ModelEntry, TrainSpec, is_hub_name
 from zoo.errors import InvalidArgumentError
 from zoo.models import MODELS, get_entry
 from zoo.options import TrainOptions
@@ -47,6 +50,7 @@ from zoo.userdata import FineTuning, UserData, UserDataError, check_takes_user_d
 
 if TYPE_CHECKING:  # the recipe modules import torch: loaded when a recipe is first built
     from zoo.compress.recipe import Recipe
+    from zoo.store import Store
 
 SPARSE_TRAINING_METHODS = ("rigl", "set", "static")
 METHODS = ("gmp", "oneshot", "channels", "heads", "es", *SPARSE_TRAINING_METHODS)
@@ -255,6 +259,8 @@ class VariantSpec:
             parts.append("r" + hashlib.sha256(self.custom_recipe.to_json().encode()).hexdigest()[:8])
         if self.has_user_data:
             parts.append("d" + data_tag(self.data_identity()))
+        if is_hub_name(self.base.name) and len(parts) > 1:
+            return f"{self.base.name}+{'_'.join(parts[1:])}"
         return "_".join(parts)
 
     @property
@@ -272,7 +278,13 @@ class VariantSpec:
 
     @property
     def repo_id(self) -> str:
-        return self.base.repo_id if self.is_base else f"zoo/{self.name}"
+        if self.is_base:
+            return self.base.repo_id
+        if is_hub_name(self.base.name):
+            from zoo.hub_ids import variant_repo_name
+
+            return f"zoo/{variant_repo_name(self.name)}"
+        return f"zoo/{self.name}"
 
     def recipe(self, options: TrainOptions | None = None) -> Recipe:
         """The recipe that derives this variant from its base: the custom one, else the default (whose
@@ -477,23 +489,35 @@ def _snap_step(entry: ModelEntry, n: int, options: TrainOptions | None):
     return SnApTrainingConfig(n=n, lr=1e-3, epochs=epochs, update_every=1, optimizer="adam")
 
 
+_PLACEHOLDER_BASE = "base.name"  # a Hub variant's suffix is parsed as that of a variant of this name
+
+
+def _suffix_match(name: str) -> re.Match | None:
+    """The suffix grammar's match of a registry variant name, or of an `hf-hub:...+suffix` one's suffix."""
+    if "+" in name:
+        match = _SUFFIX_RE.fullmatch(f"{_PLACEHOLDER_BASE}_{name.partition('+')[2]}")
+        return match if match is not None and match["base"] == _PLACEHOLDER_BASE else None
+    return _SUFFIX_RE.fullmatch(name)
+
+
 def is_custom_recipe_name(name: str) -> bool:
     """Whether `name` cannot be derived from itself: a custom-recipe variant (`..._r<hash>`: its recipe is in
     its repo, not its name) or one made on the user's data (`..._d<hash>`: so are the data's description)."""
-    match = _SUFFIX_RE.fullmatch(name)
+    match = _suffix_match(name)
     return bool(match and (match["hash"] or match["data"]))
 
 
 def user_data_tag(name: str) -> str | None:
     """The `_d<hash>` of a variant made on user data (the 8 hex digits), None for any other name."""
-    match = _SUFFIX_RE.fullmatch(name)
+    match = _suffix_match(name)
     return match["data"] if match else None
 
 
 def parse_variant_name(name: str) -> tuple[str, dict]:
     """`resnet18.zoo_digits_gmp90_int8` -> ("resnet18.zoo_digits", {sparsity: 0.9, quant: "int8",
-    method: "gmp"}). Custom-recipe names (`_r<hash>`) cannot be derived again from their name alone."""
-    match = _SUFFIX_RE.fullmatch(name)
+    method: "gmp"}); `hf-hub:acme/r18+os50` -> ("hf-hub:acme/r18", {sparsity: 0.5, method: "oneshot"}).
+    Custom-recipe names (`_r<hash>`) and user-data ones (`_d<hash>`) cannot be derived again from their name alone."""
+    match = _suffix_match(name)
     if not match or match["hash"] or match["data"]:
         return name, {}
     kwargs: dict = {}
@@ -513,24 +537,33 @@ def parse_variant_name(name: str) -> tuple[str, dict]:
         kwargs["quant"] = match["quant"]
     if match["kd"]:
         kwargs["distill"] = True
-    return match["base"], kwargs
+    return (name.partition("+")[0] if "+" in name else match["base"]), kwargs
 
 
 def resolve(
     name: str, *, sparsity: float = 0.0, quant: str | None = None, method: str | None = None,
     recipe: Recipe | None = None, train_data: UserData | None = None, eval_data: UserData | None = None,
-    finetuning: FineTuning | None = None,
+    finetuning: FineTuning | None = None, store: Store | None = None, endpoint: str | None = None,
+    revision: str | None = None,
 ) -> VariantSpec:
     """The VariantSpec for a base name plus arguments, or for a variant name such as
-    `resnet18.zoo_digits_gmp90_int8` (then no further compression arguments are accepted). With
-    `train_data`, fine-tuning methods and QAT are the defaults even for an upstream entry."""
+    `resnet18.zoo_digits_gmp90_int8` (then no further compression arguments are accepted). A Hub id
+    (`hf-hub:org/name[@revision][+variant]` or `org/name`) reads its repo (zoo.hub_ids: `store`'s local
+    hub, the Hugging Face cache, then `endpoint`) at `revision` (or the one the name gives) for its entry.
+    With `train_data`, fine-tuning methods and QAT are the defaults even for an upstream entry."""
+    from zoo.hub_ids import is_hub_reference
+
     tag = user_data_tag(name) if isinstance(name, str) and name not in MODELS else None
     if tag is not None:
         base_name = name[: -len("_d" + tag)]
         raise InvalidArgumentError(f"{name!r} was made on the user's data (d{tag}): the name does not say which; "
                                    f"load {base_name!r} with the same train_data / eval_data")
     user = dict(train_data=train_data, eval_data=eval_data, finetuning=finetuning)
-    if name in MODELS or "_" not in name.rpartition(".")[2]:
+    if is_hub_reference(name):
+        entry, parsed = _hub_base(name, store=store, endpoint=endpoint, revision=revision)
+    elif revision is not None:
+        raise InvalidArgumentError(f"{name!r} is not a Hub id: a revision applies to Hub ids (hf-hub:org/name)")
+    elif name in MODELS or "_" not in name.rpartition(".")[2]:
         entry, parsed = get_entry(name), {}
     else:
         base_name, parsed = parse_variant_name(name)
@@ -546,14 +579,36 @@ def resolve(
                        method=method or ("gmp" if trains else "oneshot"), custom_recipe=recipe, **user)
 
 
+def _hub_base(name: str, *, store: Store | None, endpoint: str | None,
+              revision: str | None) -> tuple[ModelEntry, dict]:
+    """The entry a Hub id's repo makes and the compression its `+suffix` names."""
+    from zoo.hub_ids import hub_entry, parse_hub_reference
+
+    reference = parse_hub_reference(name)
+    if reference.revision is not None and revision not in (None, "main", reference.revision):
+        raise InvalidArgumentError(f"{name!r} names revision {reference.revision!r}; revision={revision!r} contradicts it")
+    parsed: dict = {}
+    if reference.suffix is not None:
+        variant = f"{reference.entry_name}+{reference.suffix}"
+        if is_custom_recipe_name(variant):
+            raise InvalidArgumentError(f"{name!r} is a custom-recipe variant: its recipe is in its repo, not its name; "
+                                       "load the repo it was published to")
+        _, parsed = parse_variant_name(variant)
+        if not parsed:
+            raise InvalidArgumentError(f"{name!r}: {reference.suffix!r} is not a variant suffix (e.g. os50, gmp90_int8, w4_ptq)")
+    entry = hub_entry(reference.repo_id, reference.revision or revision or "main", store=store, endpoint=endpoint)
+    return entry, parsed
+
+
 def default_method(entry: ModelEntry) -> str:
     """Gradual pruning with fine-tuning where the zoo has the entry's training data, else one-shot."""
     return "gmp" if entry.train is not None else "oneshot"
 
 
-def info(name: str) -> dict:
-    """What the zoo knows of a name: its registry entry (for a variant, the base's) and the variant."""
-    spec = resolve(name)
+def info(name: str, *, store: Store | None = None, endpoint: str | None = None) -> dict:
+    """What the zoo knows of a name: its registry entry (for a variant, the base's) and the variant; a
+    Hub id's entry is read from its repo (`store`'s local hub, the Hugging Face cache, `endpoint`)."""
+    spec = resolve(name, store=store, endpoint=endpoint)
     return {"name": spec.name, "repo_id": spec.repo_id, "entry": spec.base.to_dict(),
             "sparsity": spec.sparsity, "quant": spec.quant,
             "recipe": spec.recipe().to_list() if not spec.is_base else None}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.entry import DataSpec, ModelEntry, TrainSpec, register_input_type
 from zoo.errors import InvalidArgumentError
 from zoo.models import register_entry
 
@@ -16,6 +16,7 @@ DATASET_NAME = "skimage_patches"
 DATASETS = (DATASET_NAME,)
 
 
+@register_input_type  # a checkpoint config may record it (zoo.hub_ids.entry_record)
 @dataclass(frozen=True)
 class PatchInput:
     """What an image-to-image model eats: RGB patches of `patch` x `patch` pixels in [0, 1];

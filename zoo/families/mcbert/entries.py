@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.entry import DataSpec, ModelEntry, TrainSpec, register_input_type
 from zoo.errors import InvalidArgumentError
 from zoo.models import register_entry
 from zoo.userdata import LABEL_NAMES, TaskDefaults
@@ -61,6 +61,7 @@ TOPICS = tuple(TOPIC_MODULES)
 LABEL_NAMES.register("stdlib-topics", lambda: TOPICS)
 
 
+@register_input_type  # a checkpoint config may record it (zoo.hub_ids.entry_record)
 @dataclass(frozen=True)
 class TextInput:
     """What a BERT-style model eats: token ids of at most `max_length`, from the BPE vocabulary of

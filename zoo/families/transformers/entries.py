@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zoo.entry import DataSpec, ModelEntry
+from zoo.entry import DataSpec, ModelEntry, register_input_type
 from zoo.errors import CheckpointError, InvalidArgumentError
 from zoo.families.mcbert.entries import TextInput
 from zoo.repo_readers import REPO_READERS, RepoSnapshot
@@ -58,6 +58,7 @@ SUPPORTED: dict[str, ArchitectureSpec] = {
 }
 
 
+@register_input_type  # a checkpoint config may record it (zoo.hub_ids.entry_record)
 @dataclass(frozen=True)
 class TokenizedTextInput(TextInput):
     """Token ids of at most `max_length` from the repo's own tokenizer of `vocab_size` entries; `pad_id`
@@ -114,7 +115,7 @@ def read_transformers_repo(snapshot: RepoSnapshot) -> ModelEntry | None:
     pad = config.get("pad_token_id")
     return ModelEntry(
         name=snapshot.entry_name, family="transformers", task="text-classification", repo_id=snapshot.repo_id,
-        source="upstream", revision=snapshot.commit,
+        source="upstream", revision=snapshot.commit, architecture=spec.model_type,
         input=TokenizedTextInput(max_length=min(positions, MAX_LENGTH), vocab_size=vocab,
                                  pad_id=pad if isinstance(pad, int) else None),
         eval_data=EVAL_DATA, num_classes=num_labels(config), label_set=f"{snapshot.repo_id} labels",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.entry import DataSpec, ModelEntry, TrainSpec, register_input_type
 from zoo.models import register_entry
 
 MODEL_FAMILIES = ("transformer", "mat")
@@ -24,6 +24,7 @@ TRANSLATION_KEEP_DENSE = (
 )
 
 
+@register_input_type  # a checkpoint config may record it (zoo.hub_ids.entry_record)
 @dataclass(frozen=True)
 class TranslationInput:
     """What a translation model eats: token ids of the registered corpus' joint BPE vocabulary. Beam

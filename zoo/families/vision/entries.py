@@ -1,16 +1,26 @@
-"""The vision family's entries: image classifiers through timm (ResNet, MobileNet, EfficientNet).
+"""The vision family's entries: image classifiers through timm (ResNet, MobileNet, EfficientNet, and every
+architecture of timm's catalog).
 
-Two kinds of entries: upstream timm checkpoints on the Hugging Face Hub (`resnet50.a1_in1k`...), and
-zoo-native models trained here on scikit-learn's digits (`resnet18.zoo_digits`...), so that the whole
-zoo runs offline. `test_*` entries are timm's tiny test architectures: real, fast, used by the tests.
+Three kinds of entries: zoo-native models trained here on scikit-learn's digits (`resnet18.zoo_digits`...),
+so that the whole zoo runs offline; timm's whole catalog of pretrained checkpoints on the Hugging Face Hub
+(`resnet50.a1_in1k`, `test_resnet.r160_in1k`... every `timm.list_pretrained()` name), made on demand from
+timm's own pretrained configs (the `timm` catalog of `zoo.models.CATALOGS`: nothing registered one by
+one, timm imported only when the catalog is asked); and timm repos on the Hub that are not in the catalog,
+read from their `config.json` (`hf-hub:org/name`, the `timm` repo reader). `test_*` architectures are
+timm's tiny test models: real, fast, used by the tests.
 """
 from __future__ import annotations
 
-from zoo.entry import DataSpec, InputSpec, ModelEntry, TrainSpec
-from zoo.models import register_entry
+import re
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from typing import Any
+
+from zoo.entry import DataSpec, InputSpec, ModelEntry, TrainSpec, is_hub_name
+from zoo.models import CATALOGS, EntryCatalog, register_entry
+from zoo.repo_readers import REPO_READERS, RepoSnapshot
 from zoo.userdata import LABEL_NAMES, TaskDefaults
 
-MODEL_FAMILIES = ("resnet", "mobilenet", "efficientnet")
 TASKS = ("image-classification",)
 DATASETS = ("digits", "imagefolder")
 # The user's images (zoo.userdata): an entry without a TrainSpec (timm's ImageNet checkpoints) fine-tunes on
@@ -37,27 +47,134 @@ IMAGENET_EVAL = DataSpec("imagefolder", "val")
 RESNET_KEEP_DENSE = (r"conv1(\..*)?", "fc")
 MOBILE_KEEP_DENSE = ("conv_stem", "classifier")
 
-
-def _upstream(name: str, family: str, size: int, keep_dense: tuple[str, ...], crop_note: str, *,
-              crop_pct: float, interpolation: str = "bicubic", mean: tuple[float, ...] = IMAGENET_MEAN,
-              std: tuple[float, ...] = IMAGENET_STD) -> ModelEntry:
-    return register_entry(ModelEntry(
-        name=name, family=family, task="image-classification", repo_id=f"timm/{name}", source="upstream",
-        input=InputSpec(channels=3, size=(size, size), mean=mean, std=std, crop_pct=crop_pct,
-                        interpolation=interpolation),
-        num_classes=1000, label_set="imagenet-1k", eval_data=IMAGENET_EVAL, keep_dense=keep_dense,
-        structured="channels",
-        description=f"timm's {name} ImageNet-1k checkpoint ({crop_note}).",
-    ))
+# Label sets by class count, as timm's pretrained tags name them (in1k, in12k, in22k).
+LABEL_SETS = {1000: "imagenet-1k", 11821: "imagenet-12k", 21841: "imagenet-22k", 21842: "imagenet-22k",
+              21843: "imagenet-22k"}
+# Architectures whose channel pruning (torch-pruning's dependency graph, the timm pruned-model string) the
+# tests exercise: plain ResNets, MobileNetV2, EfficientNet-B*, and timm's test models of both.
+CHANNEL_PRUNED_ARCHS = re.compile(r"resnet\d+|mobilenetv2_\d+|efficientnet_b\d|test_resnet|test_efficientnet")
 
 
-_upstream("resnet50.a1_in1k", "resnet", 224, RESNET_KEEP_DENSE, "ResNet strikes back A1 recipe", crop_pct=0.95)
-_upstream("mobilenetv2_100.ra_in1k", "mobilenet", 224, MOBILE_KEEP_DENSE, "RandAugment recipe", crop_pct=0.875)
-_upstream("efficientnet_b0.ra_in1k", "efficientnet", 224, MOBILE_KEEP_DENSE, "RandAugment recipe", crop_pct=0.875)
-_upstream("test_resnet.r160_in1k", "resnet", 160, RESNET_KEEP_DENSE, "timm's tiny test model", crop_pct=0.95,
-          interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-_upstream("test_efficientnet.r160_in1k", "efficientnet", 160, MOBILE_KEEP_DENSE, "timm's tiny test model",
-          crop_pct=0.95)
+class _TimmFamilies:
+    """The `ModelEntry.family` names the vision family's builder serves: resnet, mobilenet, efficientnet,
+    and the family of every entry made from timm's catalog or a timm repo so far (timm's module name for
+    the architecture, `timm_family`). An entry of such a family exists only once the catalog made it, so
+    `zoo.families`' lazy lookup finds its builder here without importing timm first."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self._names = dict.fromkeys(names)
+
+    def add(self, name: str) -> None:
+        self._names[name] = None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+MODEL_FAMILIES = _TimmFamilies(("resnet", "mobilenet", "efficientnet"))
+
+
+def timm_family(arch: str) -> str:
+    """The zoo family of a timm architecture: `mobilenet` for every MobileNet, else the timm module that
+    defines it (`resnet`, `efficientnet`, `convnext`, `vision_transformer`...). Imports timm."""
+    from timm.models import model_entrypoint
+
+    family = "mobilenet" if arch.startswith("mobilenet") else model_entrypoint(arch).__module__.rpartition(".")[2]
+    MODEL_FAMILIES.add(family)
+    return family
+
+
+def _as_tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def timm_entry(name: str, arch: str, cfg: Mapping[str, Any], *, repo_id: str, revision: str = "main",
+               num_classes: int | None = None, model_kwargs: Mapping[str, Any] | None = None,
+               description: str) -> ModelEntry:
+    """An upstream image classifier from a timm pretrained config (`PretrainedCfg` fields as a mapping):
+    its input size, normalization and evaluation crop; its first conv and classifier kept dense (as
+    regular expressions matching those modules and their children); channel pruning where the tests
+    exercise it for the architecture (`CHANNEL_PRUNED_ARCHS`). `num_classes` 0 (a feature extractor) makes
+    an entry that is listed but refused as a classifier (the task's `check_entry`)."""
+    num_classes = cfg.get("num_classes", 1000) if num_classes is None else num_classes
+    channels, height, width = cfg.get("input_size", (3, 224, 224))
+    keep = (*_as_tuple(cfg.get("first_conv")), *_as_tuple(cfg.get("classifier")))
+    return ModelEntry(
+        name=name, family=timm_family(arch), task="image-classification", repo_id=repo_id, source="upstream",
+        input=InputSpec(channels=channels, size=(height, width), mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+                        std=tuple(cfg.get("std", IMAGENET_STD)), crop_pct=cfg.get("crop_pct", 0.875),
+                        interpolation=cfg.get("interpolation", "bicubic")),
+        num_classes=num_classes, label_set=LABEL_SETS.get(num_classes, f"{num_classes} classes" if num_classes else ""),
+        eval_data=IMAGENET_EVAL, keep_dense=tuple(re.escape(module) + r"(\..*)?" for module in keep),
+        structured="channels" if CHANNEL_PRUNED_ARCHS.fullmatch(arch) else None,
+        model_kwargs=dict(model_kwargs or {}), revision=revision, license=cfg.get("license") or "unknown",
+        description=description, architecture=arch if is_hub_name(name) else "",
+    )
+
+
+@lru_cache(maxsize=1)
+def _timm_names() -> frozenset[str]:
+    import timm
+
+    return frozenset(timm.list_pretrained())
+
+
+@lru_cache(maxsize=None)
+def _timm_catalog_entry(name: str) -> ModelEntry | None:
+    """The catalog entry of a timm pretrained name, from `timm.models.get_pretrained_cfg`; None for a
+    name timm has no pretrained config for. Built once per name."""
+    if name not in _timm_names():
+        return None
+    from timm.models import get_pretrained_cfg
+
+    arch, _, tag = name.partition(".")
+    cfg = get_pretrained_cfg(name)
+    what = f"{cfg.num_classes}-class classifier" if cfg.num_classes else "feature extractor (no classifier)"
+    return timm_entry(name, arch, cfg.to_dict(), repo_id=cfg.hf_hub_id or "",
+                      model_kwargs={"pretrained_cfg": tag},
+                      description=f"timm's {name} checkpoint, a {what}"
+                                  + (f" ({cfg.paper_name})" if cfg.paper_name else "")
+                                  + (f"; weights at {cfg.hf_hub_id} on the Hugging Face Hub." if cfg.hf_hub_id
+                                     else "; timm hosts its weights outside the Hugging Face Hub."))
+
+
+CATALOGS.register("timm", EntryCatalog(names=_timm_names, entry=_timm_catalog_entry))
+
+
+@REPO_READERS.decorator("timm")
+def read_timm_repo(repo: RepoSnapshot) -> ModelEntry | None:
+    """A repo written by timm's `push_to_hub` / `save_for_hf` (`config.json` with `architecture` and
+    `pretrained_cfg`): the catalog entry `architecture.tag`, pinned to the repo's commit, when the catalog
+    hosts that name at this repo; else an entry `hf-hub:org/name` from the repo's own config."""
+    config = repo.config
+    if not isinstance(config.get("architecture"), str) or not isinstance(config.get("pretrained_cfg"), Mapping):
+        return None
+    import dataclasses
+
+    from timm.models import is_model
+
+    arch, cfg = config["architecture"], config["pretrained_cfg"]
+    if not is_model(arch):
+        from zoo.errors import UnsupportedModelError
+
+        raise UnsupportedModelError(f"{repo.repo_id} is a timm repo of architecture {arch!r}, which this timm "
+                                    "does not have")
+    cataloged = _timm_catalog_entry(f"{arch}.{cfg.get('tag')}") if cfg.get("tag") else None
+    if cataloged is not None and cataloged.repo_id == repo.repo_id:
+        return dataclasses.replace(cataloged, revision=repo.commit)
+    num_classes = config.get("num_classes", cfg.get("num_classes", 1000))
+    kwargs = {**(config.get("model_args") or {}), "num_classes": num_classes}
+    return timm_entry(repo.entry_name, arch, cfg, repo_id=repo.repo_id, revision=repo.commit,
+                      num_classes=num_classes, model_kwargs=kwargs,
+                      description=f"timm {arch} weights from the Hub repo {repo.repo_id} (commit {repo.commit[:12]}).")
 
 
 def _digits(arch: str, family: str, epochs: int, keep_dense: tuple[str, ...], lr: float, what: str) -> ModelEntry:

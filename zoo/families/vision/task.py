@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from zoo.data import Batches
 from zoo.entry import ModelEntry
+from zoo.errors import UnsupportedModelError
 from zoo.runtimes.signature import GraphSignature, batch_axes
 from zoo.tasks import MetricSpec, Task, TaskResult, register_task
 from zoo.userdata import USER_DATA_ADAPTERS, UserDataAdapter
@@ -27,6 +28,17 @@ class ImageClassification(Task):
     )
     average = "micro"
     average_meaning = "over all examples"
+
+    def check_entry(self, entry: ModelEntry) -> None:
+        """A timm checkpoint without a classifier (`num_classes` 0 in its pretrained config: a feature
+        extractor, an image tower) is not an image classifier; one whose weights timm hosts outside the Hub
+        has no repo to load them from."""
+        if entry.num_classes < 1:
+            raise UnsupportedModelError(f"{entry.name} is not an image classifier: its timm config has no classifier "
+                                        "(num_classes 0, a feature extractor); the zoo loads and evaluates classifiers")
+        if entry.source == "upstream" and not entry.repo_id:
+            raise UnsupportedModelError(f"{entry.name}: timm hosts its weights outside the Hugging Face Hub (no "
+                                        "hf_hub_id in its pretrained config); the zoo loads weights from Hub repos")
 
     def loss(self, model: nn.Module, batch: Any, entry: ModelEntry) -> torch.Tensor:
         images, labels = batch

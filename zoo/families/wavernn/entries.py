@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.entry import DataSpec, ModelEntry, TrainSpec, register_input_type
 from zoo.errors import InvalidArgumentError
 from zoo.models import register_entry
 
@@ -14,6 +14,7 @@ TASKS = ("vocoding",)
 DATASETS = ("espeak", "espeak_tiny")
 
 
+@register_input_type  # a checkpoint config may record it (zoo.hub_ids.entry_record)
 @dataclass(frozen=True)
 class AudioSpec:
     """What a vocoder eats: audio at `sample_rate`, log-mel frames every `hop` samples (`n_fft`-point
