@@ -1,11 +1,12 @@
 """Shared pytest setup: makes helper modules in tests/ importable under --import-mode=importlib
-(which leaves sys.path alone) and registers the olah Hub-mirror fixture (`olah_hub`)."""
+(which leaves sys.path alone) and registers the olah Hub-mirror fixture (`olah_hub`) and the fixtures of
+the tiny transformers repo it serves (`tiny_bert`, `hub_env`)."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-pytest_plugins = ["olah_server"]
+pytest_plugins = ["olah_server", "tiny_bert_repo"]
 
 # One intra-op thread: the suite's tensors are small, and two torch threads on a shared 2-core machine
 # were measured 10x slower than one when anything else ran beside the tests.

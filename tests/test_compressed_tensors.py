@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 pytest.importorskip("compressed_tensors")
 
-from test_transformers_family import _load_base, hub_env, tiny_bert  # noqa: E402,F401  (fixtures)
+from test_transformers_family import _load_base  # noqa: E402
 from zoo.api import _recipe_context  # noqa: E402
 from zoo.compress.compressed_tensors import CompressedTensorsExportError, export_compressed_tensors  # noqa: E402
 from zoo.variants import VariantSpec  # noqa: E402

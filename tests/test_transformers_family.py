@@ -7,38 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import constants
 
 import zoo
-from tiny_bert_repo import write_tiny_bert
+from tiny_bert_repo import REPO
 from zoo.api import _recipe_context
 from zoo.errors import CheckpointError
 from zoo.families.transformers.entries import UnsupportedArchitectureError, read_transformers_repo
 from zoo.hub import download
 from zoo.repo_readers import REPO_READERS, RepoSnapshot
-from zoo.store import Store
 from zoo.variants import VariantSpec
 
-REPO = "acme/tiny-bert-sst"
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(olah_hub, tmp_path_factory):
-    """(repo folder, commit) of the tiny repo, served by olah."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    files = write_tiny_bert(folder)
-    commit = olah_hub.add_repo(REPO, files)
-    return folder, commit
-
-
-@pytest.fixture()
-def hub_env(olah_hub, tmp_path, monkeypatch):
-    """An empty Hugging Face cache, zoo hub and variant cache of this test; olah as the endpoint."""
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-    monkeypatch.setenv("ZOO_HUB", str(tmp_path / "hub"))
-    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("ZOO_TRAIN_OPTIONS", "latency_seconds=0.01,graph_runtimes=none")
-    return olah_hub.endpoint
 
 
 def snapshot_of(folder: Path, commit: str) -> RepoSnapshot:
@@ -79,7 +57,7 @@ def test_loads_bit_exact_as_transformers_loads_it(tiny_bert, hub_env):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     entry, model = _load_base(tiny_bert, hub_env)
-    assert model.zoo.source == "upstream" and model.zoo.name == entry.name
+    assert model.zoo.source == "hf-hub" and model.zoo.name == entry.name
     snapshot = download(REPO, revision=entry.revision, local_files_only=True)
     reference = AutoModelForSequenceClassification.from_pretrained(snapshot).eval()
     tok = AutoTokenizer.from_pretrained(snapshot)
@@ -134,3 +112,36 @@ def test_evaluation_without_eval_data_is_not_measured(tiny_bert, hub_env, tmp_pa
                                  quant=None, recipe=None, progress=False, latency_seconds=0.01, graph_runtimes=())
     assert report.metrics == {} and "no labelled evaluation data" in report.eval_data_missing
     assert report.params_total == sum(p.numel() for p in model.parameters())
+
+
+WEATHER = ("rain", "snow", "wind", "cloud", "storm", "fog")
+FOOD = ("bread", "rice", "soup", "fruit", "cheese", "honey")
+
+
+def test_fine_tunes_on_a_users_csv_with_its_own_tokenizer_and_a_new_classifier(tiny_bert, hub_env, tmp_path):
+    """Two classes of sentences (the repo's head has three): gradual pruning fine-tunes on them through the
+    repo's tokenizer with a fresh two-label head, measures on the validation csv, and reloads from the cache."""
+    from zoo.compress.checkpoint import read_config
+    from zoo.userdata import FineTuning, UserData
+
+    rng = __import__("random").Random(0)
+    for split, n in (("train", 48), ("val", 16)):
+        rows = [(" ".join(rng.choice((WEATHER, FOOD)[i % 2]) for _ in range(5)), ("weather", "food")[i % 2])
+                for i in range(n)]
+        (tmp_path / f"{split}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    folder, commit = tiny_bert
+    entry = read_transformers_repo(snapshot_of(folder, commit))
+    spec = VariantSpec(entry, sparsity=0.5, train_data=UserData(str(tmp_path / "train.csv")),
+                       eval_data=UserData(str(tmp_path / "val.csv")),
+                       finetuning=FineTuning(epochs=8, lr=3e-3, batch_size=8))
+    model = zoo.load(spec, endpoint=hub_env, progress=False)
+    assert model.classifier.out_features == 2 and model.config.num_labels == 2
+    report = model.zoo.report
+    assert report.user_data["examples"] == 16 and report.metrics["accuracy"] >= 0.75, report.metrics
+    encoder = [m.weight for n, m in model.named_modules() if n.endswith(("query", "key", "value", "dense"))
+               and n.startswith("bert.encoder")]
+    assert abs(float(sum((w == 0).sum() for w in encoder)) / sum(w.numel() for w in encoder) - 0.5) < 0.01
+    assert read_config(model.zoo.path)["name"] == spec.name and spec.name.startswith(f"hf-hub:{REPO}")
+    again = zoo.load(spec, endpoint=hub_env, progress=False)
+    ids = torch.randint(0, 100, (3, 12), generator=torch.Generator().manual_seed(0))
+    assert again.zoo.source == "cache" and torch.equal(again(ids), model(ids))

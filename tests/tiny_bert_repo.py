@@ -1,11 +1,16 @@
 """A tiny transformers repo for the tests: a seeded random-init BertForSequenceClassification (hidden 32,
 2 layers, 100 tokens, 3 labels) written by `save_pretrained`, with a WordPiece tokenizer over a fixed
-vocabulary (tokenizers library, no training: the same files on every run), as a Hub repo holds them."""
+vocabulary (tokenizers library, no training: the same files on every run), as a Hub repo holds them; and
+(a pytest plugin, conftest's `pytest_plugins`) the fixtures that serve it through olah."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+from huggingface_hub import constants
+
+REPO = "acme/tiny-bert-sst"
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -40,3 +45,22 @@ def write_tiny_bert(folder: Path, seed: int = 0) -> dict[str, Path]:
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=32)
     fast.save_pretrained(folder)
     return {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(olah_hub, tmp_path_factory):
+    """(repo folder, commit) of the tiny repo, served by olah."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    files = write_tiny_bert(folder)
+    commit = olah_hub.add_repo(REPO, files)
+    return folder, commit
+
+
+@pytest.fixture()
+def hub_env(olah_hub, tmp_path, monkeypatch):
+    """An empty Hugging Face cache, zoo hub and variant cache of this test; olah as the endpoint."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.setenv("ZOO_HUB", str(tmp_path / "hub"))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ZOO_TRAIN_OPTIONS", "latency_seconds=0.01,graph_runtimes=none")
+    return olah_hub.endpoint

@@ -29,10 +29,13 @@ CONFIG_KEY = "user_data"  # where a checkpoint's config records the user data it
 
 
 def adapter_for(entry: ModelEntry) -> UserDataAdapter:
-    """The task's adapter; `UserDataError` (listing the tasks that take user data) for any other task."""
+    """The adapter registered for the entry's family and task (`"<family>/<task>"`, where a family's models
+    take the task's rows in their own way: a transformers repo tokenizes with its own tokenizer), else the
+    task's; `UserDataError` (listing the tasks that take user data) for any other task."""
     check_takes_user_data(entry)
     task_of(entry)  # imports the family's task module, which registers the adapter
-    return USER_DATA_ADAPTERS.get(entry.task)
+    own = f"{entry.family}/{entry.task}"
+    return USER_DATA_ADAPTERS.get(own if own in USER_DATA_ADAPTERS else entry.task)
 
 
 @dataclass(frozen=True)
