@@ -185,9 +185,27 @@ def export_dense(
     return out
 
 
+def declared_format(folder: str | os.PathLike[str]) -> object:
+    """The `format` the folder's config.json declares: FORMAT_NAME for a zoo checkpoint; None when it has no
+    config.json or one that is not a JSON object with a format (a timm or transformers repo's)."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data.get("format") if isinstance(data, dict) else None
+
+
 def checkpoint_bytes(folder: str | os.PathLike[str]) -> int:
-    """Bytes on disk of a checkpoint: its weight files plus config.json."""
+    """Bytes on disk of a checkpoint: its weight files plus config.json (of a plain upstream repo: its
+    model.safetensors and config.json, when it has one)."""
     folder = Path(folder)
+    if declared_format(folder) != FORMAT_NAME:
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"{folder} holds neither a zoo checkpoint nor a {WEIGHTS_FILE}")
+        return sum(p.stat().st_size for p in (folder / WEIGHTS_FILE, folder / CONFIG_FILE) if p.is_file())
     config = read_config(folder)
     total = (folder / CONFIG_FILE).stat().st_size
     for fname in config["files"]:

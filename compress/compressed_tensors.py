@@ -194,6 +194,9 @@ def export_compressed_tensors(model: nn.Module, entry: ModelEntry, out: Path | s
     state, groups = compress_state_dict(model)
     sparsity = sparsity_metadata(model, entry.keep_dense)
     config = dict(entry.model_kwargs["config"])
+    if model.config.num_labels != entry.num_classes:  # a classifier re-initialized for the user's classes
+        config.pop("num_labels", None)
+        config.update(id2label={str(k): v for k, v in model.config.id2label.items()}, label2id=dict(model.config.label2id))
     if groups:
         config["quantization_config"] = quantization_config(groups, sparsity if sparsity["global_sparsity"] else None)
     source = Path(tokenizer_folder) if tokenizer_folder is not None else snapshot_folder(entry)

@@ -78,7 +78,7 @@ def short_label(report: VariantReport) -> str:
     """The part of the name after the base's (`resnet18.zoo_digits_sp90` -> `sp90`); `base` for it."""
     own_base = report.name == report.base_model
     if report.base_model and not own_base and report.name.startswith(report.base_model):
-        rest = report.name[len(report.base_model):].lstrip("_-.")
+        rest = report.name[len(report.base_model):].lstrip("_-.+")
         if rest:
             return rest
     return "base" if own_base or is_base(report) else report.name

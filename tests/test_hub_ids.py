@@ -237,6 +237,11 @@ def test_a_timm_repo_in_the_catalog_is_the_catalog_entry_pinned_and_keyed_by_com
     sparse = zoo.load(f"hf-hub:timm/{TIMM_NAME}", sparsity=0.5, store=store, endpoint=olah_hub.endpoint,
                       progress=False)
     assert sparse.zoo.name == f"{TIMM_NAME}_os50" and sparse.zoo.source == "derived"
+    entry = zoo.resolve(f"hf-hub:timm/{TIMM_NAME}", store=store).base
+    family = cards_of_models(entry, [base, sparse], store)  # carded offline, on the evaluation folder
+    for model in (base, sparse):
+        validate_card(family.cards[model.zoo.name], model.zoo.report)
+    assert family.cards[sparse.zoo.name].data.base_model == f"timm/{TIMM_NAME}"
 
     files, _ = timm_export(tmp_path, 1)
     second = olah_hub.add_repo(f"timm/{TIMM_NAME}", files, lfs=["model.safetensors"])

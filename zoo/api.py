@@ -182,7 +182,37 @@ def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bo
         return model
     if source == "cache":
         return load_cached(spec, folder, progress=progress, options=store.options)
-    return _from_folder(spec.base, folder, source=source)
+    model = _from_folder(spec.base, folder, source=source)
+    if model.zoo.report is None:  # an upstream checkpoint: measured once, its report cached beside the variants
+        report = _upstream_report(model, spec.base, folder, store, progress=progress)
+        model.zoo = dataclasses.replace(model.zoo, report=report)
+    return model
+
+
+def _upstream_report(model: nn.Module, entry: ModelEntry, folder: Path, store: Store, *,
+                     progress: bool) -> VariantReport:
+    """The report of an upstream checkpoint (plain weights, no report of its own: a timm or transformers
+    repo), measured on first load and kept in the variant cache under the weights' identity (the repo's
+    commit) and the store's options, so its family can be carded; measured again when it is stale (an
+    older evaluator, or evaluation data that was missing then and is here now). Graph exports go beside
+    it, never into the Hugging Face cache."""
+    measured = store.cache_dir(entry.name, "measured-" + _digest(entry_fingerprint(entry, folder)
+                                                                 + store.options.cache_key()))
+    path = measured / REPORT_FILE
+    if main_decides(path.is_file):
+        report = VariantReport.load(path)
+        if report.is_current and not (report.eval_data_missing and has_eval_data(entry)):
+            return report
+
+    def measure() -> VariantReport:
+        report = measure_variant(model, entry, name=entry.name, checkpoint_dir=folder, sparsity=0.0, quant=None,
+                                 recipe=None, progress=progress, latency_seconds=store.options.latency_seconds,
+                                 export_root=_exports(measured), graph_runtimes=store.options.measured_runtimes)
+        measured.mkdir(parents=True, exist_ok=True)
+        report.save(path)
+        return report
+
+    return main_decides(measure)
 
 
 def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,

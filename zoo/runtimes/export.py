@@ -135,13 +135,14 @@ def cached_export(model: nn.Module, signature: GraphSignature, example: torch.Te
 def weights_identity(folder: str | os.PathLike[str]) -> str:
     """What names a checkpoint folder's weights: the SHA-256 its zoo config records, else (a plain
     upstream snapshot, content-addressed by the Hub cache) the SHA-256 of its safetensors file."""
-    from zoo.compress.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, sha256_file
+    from zoo.compress.checkpoint import FORMAT_NAME, WEIGHTS_FILE, declared_format, read_config, sha256_file
 
     folder = Path(folder)
-    if (folder / CONFIG_FILE).is_file():
-        config = read_config(folder)
+    if declared_format(folder) == FORMAT_NAME:
+        config = read_config(folder)  # a zoo checkpoint: checked whole
         if WEIGHTS_FILE in config.get("files", {}):
             return config["files"][WEIGHTS_FILE]["sha256"]
     if (folder / WEIGHTS_FILE).is_file():
         return sha256_file(folder / WEIGHTS_FILE)
     raise InvalidArgumentError(f"{folder} holds no {WEIGHTS_FILE} to name an export by")
+
