@@ -122,3 +122,30 @@ def test_cli_refuses_a_model_that_is_not_from_a_transformers_repo(tmp_path, monk
                                        "--out", str(tmp_path / "out")])
     assert result.exit_code != 0 and "CompressedTensorsExportError" in result.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # refused before loading
+
+
+def test_cli_exports_a_hub_id_variant_that_transformers_loads(tiny_bert, hub_env, tmp_path):
+    """The user's path end to end: `zoo export hf-hub:org/name+os50_w4_ptq --format compressed-tensors` (the
+    base read from the Hub once, then from the Hugging Face cache) writes a folder transformers'
+    from_pretrained loads, whose logits are the zoo variant's, its pruned zeros kept through GPTQ."""
+    from click.testing import CliRunner
+    from transformers import AutoModelForSequenceClassification
+
+    import zoo
+    from tiny_bert_repo import REPO
+    from zoo.cli import main
+
+    name = f"hf-hub:{REPO}+os50_w4_ptq"
+    model = zoo.load(name, endpoint=hub_env, progress=False)
+    out = tmp_path / "ct"
+    result = CliRunner().invoke(main, ["export", name, "--format", "compressed-tensors", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output
+    loaded = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    ids = torch.randint(5, 60, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, model(ids))
+    weight = model.get_submodule(QUERY).weight
+    assert 0.45 < float((weight == 0).float().mean()) and torch.equal(loaded.get_submodule(QUERY).weight, weight)
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "pack-quantized"

@@ -118,30 +118,36 @@ WEATHER = ("rain", "snow", "wind", "cloud", "storm", "fog")
 FOOD = ("bread", "rice", "soup", "fruit", "cheese", "honey")
 
 
-def test_fine_tunes_on_a_users_csv_with_its_own_tokenizer_and_a_new_classifier(tiny_bert, hub_env, tmp_path):
-    """Two classes of sentences (the repo's head has three): gradual pruning fine-tunes on them through the
-    repo's tokenizer with a fresh two-label head, measures on the validation csv, and reloads from the cache."""
+def test_fine_tunes_on_a_users_csv_by_hub_id_with_its_own_tokenizer_a_new_classifier_and_a_card(
+        tiny_bert, hub_env, tmp_path):
+    """Two classes of sentences (the repo's head has three): `zoo.load("hf-hub:org/name", sparsity=0.5,
+    train_data=, eval_data=)` prunes gradually while fine-tuning on them through the repo's tokenizer with a
+    fresh two-label head, measures on the validation csv, reloads from the cache, and cards the result on
+    that data with the repo as its base model."""
     from zoo.compress.checkpoint import read_config
-    from zoo.userdata import FineTuning, UserData
+    from zoo.model_cards import validate_card
+    from zoo.userdata import FineTuning
+    from zoo.userdata.card import user_data_card
 
     rng = __import__("random").Random(0)
     for split, n in (("train", 48), ("val", 16)):
         rows = [(" ".join(rng.choice((WEATHER, FOOD)[i % 2]) for _ in range(5)), ("weather", "food")[i % 2])
                 for i in range(n)]
         (tmp_path / f"{split}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
-    folder, commit = tiny_bert
-    entry = read_transformers_repo(snapshot_of(folder, commit))
-    spec = VariantSpec(entry, sparsity=0.5, train_data=UserData(str(tmp_path / "train.csv")),
-                       eval_data=UserData(str(tmp_path / "val.csv")),
-                       finetuning=FineTuning(epochs=8, lr=3e-3, batch_size=8))
-    model = zoo.load(spec, endpoint=hub_env, progress=False)
+    kwargs = dict(sparsity=0.5, train_data=tmp_path / "train.csv", eval_data=tmp_path / "val.csv",
+                  finetuning=FineTuning(epochs=8, lr=3e-3, batch_size=8), endpoint=hub_env, progress=False)
+    model = zoo.load(f"hf-hub:{REPO}", **kwargs)
+    assert model.zoo.name.startswith(f"hf-hub:{REPO}+gmp50_d") and model.zoo.source == "derived"
     assert model.classifier.out_features == 2 and model.config.num_labels == 2
     report = model.zoo.report
     assert report.user_data["examples"] == 16 and report.metrics["accuracy"] >= 0.75, report.metrics
     encoder = [m.weight for n, m in model.named_modules() if n.endswith(("query", "key", "value", "dense"))
                and n.startswith("bert.encoder")]
     assert abs(float(sum((w == 0).sum() for w in encoder)) / sum(w.numel() for w in encoder) - 0.5) < 0.01
-    assert read_config(model.zoo.path)["name"] == spec.name and spec.name.startswith(f"hf-hub:{REPO}")
-    again = zoo.load(spec, endpoint=hub_env, progress=False)
+    assert read_config(model.zoo.path)["name"] == model.zoo.name
+    again = zoo.load(f"hf-hub:{REPO}", **kwargs)
     ids = torch.randint(0, 100, (3, 12), generator=torch.Generator().manual_seed(0))
     assert again.zoo.source == "cache" and torch.equal(again(ids), model(ids))
+    card = user_data_card(model)
+    validate_card(card, report)
+    assert card.data.base_model == REPO and "val.csv" in str(card)
