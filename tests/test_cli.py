@@ -366,6 +366,35 @@ def test_push_refuses_contradicting_arguments_before_anything(store: Store, fake
     assert fake_api.instances == [] and store.hub.list_repos() == []
 
 
+@pytest.mark.live
+def test_live_push_then_load_by_hub_id(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a real Hub when ZOO_LIVE_HUB_ENDPOINT and ZOO_LIVE_HUB_TOKEN are set: `zoo.push` a made variant
+    to a private team repo, then anyone with access loads it by its id, fresh, weights and report intact."""
+    import os
+    import uuid
+
+    from huggingface_hub import HfApi
+
+    missing = [v for v in ("ZOO_LIVE_HUB_ENDPOINT", "ZOO_LIVE_HUB_TOKEN") if not os.environ.get(v)]
+    if missing:
+        pytest.skip(f"live Hub test: set ZOO_LIVE_HUB_ENDPOINT and ZOO_LIVE_HUB_TOKEN; missing {', '.join(missing)}")
+    endpoint, token = os.environ["ZOO_LIVE_HUB_ENDPOINT"], os.environ["ZOO_LIVE_HUB_TOKEN"]
+    api = HfApi(endpoint=endpoint, token=token)
+    namespace = os.environ.get("ZOO_LIVE_HUB_NAMESPACE") or api.whoami()["name"]
+    repo_id = f"{namespace}/zoo-live-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("HF_TOKEN", token)
+    try:
+        pushed = zoo.push(OS50, repo_id, to="hub", endpoint=endpoint, token=token, private=True, store=store)
+        fresh = Store(hub=LocalHub(tmp_path / "hub"), cache_root=tmp_path / "cache", options=store.options)
+        model = zoo.load(f"hf-hub:{repo_id}@{pushed.revision}", store=fresh, endpoint=endpoint, progress=False)
+        assert model.zoo.source == "hf-hub" and model.zoo.report.metrics == cached_report(store, OS50).metrics
+        (cached,) = store.cached_entries(OS50)
+        expected, _ = load_checkpoint(cached)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    finally:
+        api.delete_repo(repo_id, missing_ok=True)
+
+
 def tampered(card: ModelCard) -> ModelCard:
     """The same card claiming a top-1 accuracy one point higher than measured."""
     bad = ModelCard(str(card))
