@@ -245,8 +245,12 @@ def test_a_timm_repo_in_the_catalog_is_the_catalog_entry_pinned_and_keyed_by_com
 
     files, _ = timm_export(tmp_path, 1)
     second = olah_hub.add_repo(f"timm/{TIMM_NAME}", files, lfs=["model.safetensors"])
+    assert zoo.resolve(f"hf-hub:timm/{TIMM_NAME}", store=store, endpoint=olah_hub.endpoint).base.revision == second, \
+        "main is what the server says now, not the cached commit"
     newer = zoo.load(f"hf-hub:timm/{TIMM_NAME}@{second}", sparsity=0.5, store=store, endpoint=olah_hub.endpoint,
                      progress=False)
+    assert zoo.resolve(f"hf-hub:timm/{TIMM_NAME}", store=store, endpoint=OFFLINE).base.revision == second, \
+        "unreachable: the cached main"
     assert newer.zoo.source == "derived" and newer.zoo.path != sparse.zoo.path, "a new commit, a new derivation"
     assert zoo.load(f"hf-hub:timm/{TIMM_NAME}@{first}", sparsity=0.5, store=store, endpoint=OFFLINE,
                     progress=False).zoo.path == sparse.zoo.path

@@ -83,21 +83,29 @@ def variant_repo_name(name: str) -> str:
 
 # Reading a repo ---------------------------------------------------------------------------------------
 
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # a revision that names one commit, forever
+
+
 def read_repo(repo_id: str, revision: str = "main", *, store: Store | None = None,
               endpoint: str | None = None) -> tuple[Path, RepoSnapshot]:
     """The snapshot folder of `repo_id` at `revision` and what readers see of it: from the local hub if
-    it has that revision, else the Hugging Face cache, else the endpoint (HubErrors as zoo.hub raises)."""
+    it has that revision; else a commit id from the Hugging Face cache when it holds it (a commit never
+    changes), a branch or tag as the endpoint says it is now (huggingface_hub falls back to the cached
+    copy when the endpoint cannot be reached or HF_HUB_OFFLINE is set, as `from_pretrained` does), so a
+    new commit on `main` is seen (HubErrors as zoo.hub raises)."""
     from zoo.hub import download, folder_files
     from zoo.store import Store
 
     store = store or Store()
     if store.hub.has(repo_id, revision):
         folder = store.hub.snapshot(repo_id, revision)
-    else:
+    elif COMMIT_ID.fullmatch(revision):
         try:
             folder = download(repo_id, revision=revision, local_files_only=True)
         except HubError:
             folder = download(repo_id, revision=revision, endpoint=endpoint)
+    else:
+        folder = download(repo_id, revision=revision, endpoint=endpoint)
     config_path = folder / CONFIG_FILE
     try:
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
