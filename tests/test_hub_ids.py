@@ -295,6 +295,9 @@ def test_pull_then_load_by_repo_id_offline(made: Store, zoo_repo: str, olah_hub:
     info = runner.invoke(main, ["info", ZOO_REPO], env=env)
     assert info.exit_code == 0, info.output
     assert json.loads(info.stdout)["entry"]["repo_id"] == ZOO_REPO
+    by_option = runner.invoke(main, ["info", ZOO_REPO, "--hub", str(store.hub.root)],
+                              env={**env, "ZOO_HUB": str(tmp_path / "elsewhere")})
+    assert by_option.exit_code == 0 and json.loads(by_option.stdout) == json.loads(info.stdout), by_option.output
     compressed = runner.invoke(main, ["compress", ZOO_REPO, "--sparsity", "0.8", "--method", "oneshot"], env=env)
     assert compressed.exit_code == 0, compressed.output
     assert compressed.stdout.startswith(f"hf-hub:{ZOO_REPO}+os80: derived at ")

@@ -207,12 +207,15 @@ def list_cmd(family, task, source, name_filter, sparsity, quant, hub_root, cache
 
 @main.command()
 @click.argument("name")
+@_apply(store_options)
 @_one_line_errors
-def info(name):
-    """What the zoo knows of NAME (a base `arch.tag`, a variant name, or a Hub id `hf-hub:org/name`)."""
+def info(name, hub_root, cache_root):
+    """What the zoo knows of NAME (a base `arch.tag`, a variant name, or a Hub id `hf-hub:org/name`, read
+    from the local hub, the Hugging Face cache or the Hub)."""
     import zoo
 
-    click.echo(json.dumps(zoo.info(name), indent=2, default=str))
+    store = _store(hub_root, cache_root) if "/" in name else None  # only a Hub id reads a hub
+    click.echo(json.dumps(zoo.info(name, store=store), indent=2, default=str))
 
 
 @main.command()
