@@ -27,6 +27,7 @@ from zoo.compress.checkpoint import read_config
 from zoo.errors import InvalidArgumentError
 from zoo.evaluate import VariantReport
 from zoo.families.vision.data import image_transform
+from zoo.model_cards import validate_card
 from zoo.store import REPORT_FILE
 from zoo.userdata import FineTuning, UserData, UserDataError, finetune_spec
 from zoo.userdata.classes import ClassPlan, Labels, index_labels, plan_classes
@@ -160,6 +161,19 @@ def test_gradual_pruning_on_an_image_folder_through_the_cli(digits: Path, store,
 
     own = zoo.resolve(BASE, sparsity=0.5)
     assert own.name == f"{BASE}_gmp50" != name  # never the entry's own variant
+
+    # published to a team's repo with the card measured on the data, then loaded back by its id
+    code, out, err = cli(["push", name, "--repo-id", "acme/digits-gmp50"], store)
+    assert code == 0, err
+    assert out.startswith(f"pushed {name} to acme/digits-gmp50 (local) at ")
+    snapshot = store.hub.snapshot("acme/digits-gmp50")
+    published = (snapshot / "README.md").read_text()
+    validate_card(published, again)  # the report measured again above, on the same data
+    assert str(digits / "val") in published and not list(snapshot.glob("*.png"))
+    pushed = zoo.load("acme/digits-gmp50", store=store, progress=False)
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(pushed(x), model(x)) and pushed.zoo.source == "hf-hub"
 
 
 def test_evaluate_measures_any_model_on_user_data_without_caching_it(digits: Path, store) -> None:

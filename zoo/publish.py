@@ -201,9 +201,10 @@ def _write_family_cards(family: FamilyCards, out_dir: Path) -> list[Path]:
     return written
 
 
-def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards, folder: Path) -> Path:
+def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards | None, folder: Path) -> Path:
     """Assembles what a variant's repo holds: the checkpoint files, recipe, report, card, the family's plots
-    and its own analysis plots (with their data)."""
+    and its own analysis plots (with their data); with no family (a card of its own: a variant measured on
+    the user's data), no plots."""
     source = model.zoo.path
     folder.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_FILE, WEIGHTS_FILE, REPORT_FILE):
@@ -213,12 +214,13 @@ def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards, folder: 
     if model.zoo.recipe is not None:
         atomic_write_text(folder / RECIPE_FILE, model.zoo.recipe.to_json() + "\n")
     write_card(card, folder)
-    family.draw_plots(folder)
-    family.copy_analysis_files(model.zoo.name, folder)
+    if family is not None:
+        family.draw_plots(folder)
+        family.copy_analysis_files(model.zoo.name, folder)
     return folder
 
 
-def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards, *, repo_id: str,
+def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards | None, *, repo_id: str,
                  hub: LocalHub | None = None, endpoint: str | None = None, token: str | None = None,
                  private: bool = False) -> str:
     """Pushes one variant in one commit: to `hub` (local) or, with `hub=None`, to the Hub at `endpoint`
@@ -231,7 +233,7 @@ def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards, *, repo
                                       private=private))
 
 
-def _push(model: nn.Module, card: ModelCard, family: FamilyCards, *, repo_id: str, hub: LocalHub | None,
+def _push(model: nn.Module, card: ModelCard, family: FamilyCards | None, *, repo_id: str, hub: LocalHub | None,
           endpoint: str | None, token: str | None, private: bool) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = repo_folder(model, card, family, Path(tmp) / "repo")
@@ -260,32 +262,70 @@ def push(name: str, repo_id: str | None = None, *, to: str = "local", endpoint: 
     """Publishes variant `name` (cached or published here already) with its card, its family's plots,
     recipe and report, in one commit: `to="local"` into the store's local hub, `to="hub"` to a Hugging Face
     Hub (`endpoint` or HF_ENDPOINT; `token` or HF_TOKEN / the stored login), as `repo_id` (default
-    `zoo/<name>`; a team's org: `acme/r18-gmp90`). The card is built from the measured report of exactly
+    `zoo/<name>`; a team's org: `acme/r18-gmp90`). A variant made on the user's data (`..._d<hash>`) goes
+    with its own card, measured on that data. The card is built from the measured report of exactly
     these weights and validated against it before anything is sent; nothing is measured or derived
     here: a variant that was never made raises InvalidArgumentError before anything is loaded."""
-    from zoo.catalog import family_models
     from zoo.hub.remote import hub_url
-    from zoo.variants import resolve
+    from zoo.variants import user_data_tag
 
     if to not in PUSH_TARGETS:
         raise InvalidArgumentError(f"to must be one of {', '.join(PUSH_TARGETS)}, got {to!r}")
     if to == "local" and (endpoint is not None or token is not None or private):
         raise InvalidArgumentError("endpoint, token and private apply to a push to a Hub (to='hub'), not to the local hub")
     store = store or Store()
-    spec = resolve(name)
-    missing = InvalidArgumentError(f"{spec.name} is neither cached nor published here; make it first "
-                                   f"(zoo.load or `zoo compress`)")
+    if user_data_tag(name) is not None:
+        from zoo.userdata.card import user_data_card
+
+        model, default_repo = _made_on_user_data(name, store)
+        card, family = user_data_card(model), None
+    else:
+        model, card, family, default_repo = _made_in_family(name, store)
+    target = repo_id or default_repo
+    revision = push_variant(model, card, family, repo_id=target, hub=store.hub if to == "local" else None,
+                            endpoint=endpoint, token=token, private=private)
+    return PushResult(model.zoo.name, target, revision, str(store.hub.root) if to == "local" else hub_url(endpoint))
+
+
+def _never_made(name: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"{name} is neither cached nor published here; make it first (zoo.load or `zoo compress`)")
+
+
+def _made_in_family(name: str, store: Store) -> tuple[nn.Module, ModelCard, FamilyCards, str]:
+    """The variant `name` names, loaded with its family (found, not made), its card among them and its
+    default repo id."""
+    from zoo.catalog import family_models
+    from zoo.variants import resolve
+
+    spec = resolve(name, store=store)
     if not (store.hub.has(spec.repo_id) or store.cached_entries(spec.name)):  # before loading its family
-        raise missing
+        raise _never_made(spec.name)
     models = family_models(spec.base.name, store)
     model = next((m for m in models if m.zoo.name == spec.name), None)
     if model is None:
-        raise missing
+        raise _never_made(spec.name)
     family = cards_of_models(spec.base, models, store)
-    target = repo_id or spec.repo_id
-    revision = push_variant(model, family.cards[spec.name], family, repo_id=target,
-                            hub=store.hub if to == "local" else None, endpoint=endpoint, token=token, private=private)
-    return PushResult(spec.name, target, revision, str(store.hub.root) if to == "local" else hub_url(endpoint))
+    return model, family.cards[spec.name], family, spec.repo_id
+
+
+def _made_on_user_data(name: str, store: Store) -> tuple[nn.Module, str]:
+    """A variant made on the user's data, from the one cache folder of that name (its name says neither the
+    data nor the base weights, so its config is what says how to rebuild it), and its default repo id."""
+    from zoo.api import _from_checkpoint
+    from zoo.compress.checkpoint import read_config
+    from zoo.entry import is_hub_name
+    from zoo.hub_ids import variant_repo_name
+    from zoo.variants import resolve
+
+    folders = store.cached_entries(name)
+    if not folders:
+        raise _never_made(name)
+    if len(folders) > 1:
+        raise InvalidArgumentError(f"{name} is cached {len(folders)} times (from other base weights or training "
+                                   f"options): {', '.join(str(f) for f in folders)}; push the model itself from Python")
+    base = resolve(read_config(folders[0])["base_model"], store=store).base
+    model = _from_checkpoint(base, folders[0], source="cache")  # as measured on its data; never re-measured here
+    return model, f"zoo/{variant_repo_name(name) if is_hub_name(base.name) else name}"
 
 
 def report_table(reports: Sequence[VariantReport], front: Sequence[int] = ()) -> str:

@@ -65,5 +65,8 @@ def user_data_card(model: nn.Module) -> ModelCard:
 
 
 def write_user_data_card(model: nn.Module, out_dir: Path) -> Path:
-    """`out_dir/<name>/README.md`: the model's card measured on user data."""
-    return write_card(user_data_card(model), Path(out_dir) / model.zoo.name)
+    """`out_dir/<name>/README.md`: the model's card measured on user data (an `hf-hub:` name as one folder,
+    `zoo.entry.path_slug`)."""
+    from zoo.entry import path_slug
+
+    return write_card(user_data_card(model), Path(out_dir) / path_slug(model.zoo.name))
