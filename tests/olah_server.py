@@ -42,19 +42,22 @@ class OlahServer:
     mirrors: Path
     startup_s: float
 
-    def repo_path(self, repo_id: str) -> Path:
+    def repo_path(self, repo_id: str, repo_type: str = "model") -> Path:
+        if repo_type not in ("model", "dataset"):
+            raise ValueError(f"repo_type is 'model' or 'dataset', not {repo_type!r}")
         org, name = repo_id.split("/")
-        return self.mirrors / "models" / org / name
+        return self.mirrors / f"{repo_type}s" / org / name
 
     def add_repo(self, repo_id: str, files: Mapping[str, bytes | Path], branch: str = "main",
-                 tag: str | None = None, lfs: Collection[str] = ()) -> str:
+                 tag: str | None = None, lfs: Collection[str] = (), repo_type: str = "model") -> str:
         """Commit exactly `files` (repo path -> bytes or a file to copy) on `branch`; returns the commit id.
 
         Creates the repo on first use; a later call adds a commit (a new revision), creating `branch`
         from the current HEAD when it does not exist yet. `tag` tags the new commit. Paths in `lfs`
         are stored as Git LFS pointers with their object under `.git/lfs/objects/`, as on the Hub.
+        `repo_type` "dataset" makes a data set repo (datasets' `load_dataset` reads one that has a README.md).
         """
-        repo = self.repo_path(repo_id)
+        repo = self.repo_path(repo_id, repo_type)
         if not (repo / ".git").is_dir():
             repo.mkdir(parents=True)
             _git(repo, "init", "-q", "-b", branch)

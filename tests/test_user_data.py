@@ -7,6 +7,7 @@ one epoch (tiny_zoo.SHORT)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,6 +253,33 @@ def test_gradual_pruning_on_a_csv_data_set_through_the_cli(sentences: Path, text
     assert report.metrics["accuracy"] == pytest.approx(accuracy, abs=1e-6)
     card = (cards / name / "README.md").read_text()
     assert str(sentences / "val.csv") in card and "text column `sentence`" in card and "12 examples" in card
+
+
+def test_a_hub_data_set_served_by_olah_fine_tunes_and_measures_through_the_cli(
+        sentences: Path, text_store, olah_hub, tmp_path: Path) -> None:
+    """`--train-data hf-hub:org/name --train-split train --eval-split validation`: datasets' `load_dataset`
+    reads the data set repo from the Hub endpoint (olah on loopback), as a user's `zoo compress` would."""
+    import subprocess
+    import sys
+
+    olah_hub.add_repo("acme/sentences", {"README.md": b"---\nlicense: mit\n---\n# Weather and food\n",
+                                          "train.csv": sentences / "train.csv",
+                                          "validation.csv": sentences / "val.csv"}, repo_type="dataset")
+    env = {**os.environ, **store_env(text_store), "HF_ENDPOINT": olah_hub.endpoint, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_XET": "1"}
+    args = ["compress", CLASSIFIER, "--sparsity", "0.5", "--train-data", "hf-hub:acme/sentences", "--train-split",
+            "train", "--eval-data", "hf-hub:acme/sentences", "--eval-split", "validation", "--text-column", "sentence",
+            "--label-column", "topic", "--cards", str(tmp_path / "cards")]
+    done = subprocess.run([sys.executable, "-m", "zoo.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name = done.stdout.splitlines()[0].split(":")[0]
+    assert name.startswith(f"{CLASSIFIER}_gmp50_d")
+    (folder,) = text_store.cached_entries(name)
+    report = VariantReport.load(folder / REPORT_FILE)
+    assert report.dataset == "acme/sentences" and report.split == "validation" and report.user_data["examples"] == 12
+    card = (tmp_path / "cards" / name / "README.md").read_text()
+    assert "acme/sentences" in card and "12 examples" in card
 
 
 # Bad input -------------------------------------------------------------------------------------------
