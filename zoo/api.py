@@ -44,6 +44,7 @@ from zoo.hub_ids import entry_record, is_hub_reference
 from zoo.models import build_empty_model, build_model
 from zoo.native import train_base_model
 from zoo.options import TrainOptions
+from zoo.signing import SigningPolicy, verify_folder
 from zoo.store import REPORT_FILE, Store
 from zoo.tasks import Task, task_of
 from zoo.userdata import FineTuning, UserData
@@ -69,6 +70,7 @@ class LoadedVariant:
     path: Path
     report: VariantReport | None
     runtime: str = "torch"  # what runs it: "torch", "onnxruntime" or "openvino" (zoo.runtimes)
+    signed_by: str | None = None  # the trusted key that signed its repo (zoo.signing), when one was verified
 
 
 def load(
@@ -173,7 +175,7 @@ def _use_sparse_kernels(model: nn.Module, entry: ModelEntry) -> None:
 def _load_published(spec: VariantSpec, store: Store, revision: str) -> nn.Module | None:
     if not main_decides(lambda: store.hub.has(spec.repo_id, revision)):
         return None
-    return _from_folder(spec.base, store.hub.snapshot(spec.repo_id, revision), source="hub")
+    return _from_folder(spec.base, store.hub.snapshot(spec.repo_id, revision), source="hub", signing=store.signing)
 
 
 def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bool) -> nn.Module:
@@ -182,7 +184,7 @@ def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bo
         return model
     if source == "cache":
         return load_cached(spec, folder, progress=progress, options=store.options)
-    model = _from_folder(spec.base, folder, source=source)
+    model = _from_folder(spec.base, folder, source=source, signing=store.signing)
     if model.zoo.report is None:  # an upstream checkpoint: measured once, its report cached beside the variants
         report = _upstream_report(model, spec.base, folder, store, progress=progress)
         model.zoo = dataclasses.replace(model.zoo, report=report)
@@ -261,7 +263,7 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
         prepared = prepare(spec)
     torch.manual_seed(spec.training.seed if spec.training else 0)  # on load's fork of the generator
     if start is None:
-        start = base_model or _from_folder(spec.base, base_folder, source=base_source)
+        start = base_model or _from_folder(spec.base, base_folder, source=base_source, signing=store.signing)
         start = prepared.adapt(start) if prepared is not None else start  # a new classifier for the data's classes
     if prepared is None:
         context = _recipe_context(spec.base, progress)
@@ -457,10 +459,14 @@ def measured_on(model: nn.Module, data: UserData, options: TrainOptions | None =
     return model
 
 
-def _from_folder(entry: ModelEntry, folder: Path, *, source: str) -> nn.Module:
-    """A zoo checkpoint folder, or a plain `model.safetensors` (an upstream timm repo)."""
+def _from_folder(entry: ModelEntry, folder: Path, *, source: str, signing: SigningPolicy) -> nn.Module:
+    """A zoo checkpoint folder (a published repo: its signature verified first under `signing`), or a
+    plain `model.safetensors` (an upstream timm or transformers repo: not the zoo's to sign)."""
     if _is_zoo_checkpoint(folder):
-        return _from_checkpoint(entry, folder, source=source)
+        signed_by = verify_folder(folder, signing, what=str(folder))
+        model = _from_checkpoint(entry, folder, source=source)
+        model.zoo = dataclasses.replace(model.zoo, signed_by=signed_by)
+        return model
     return _from_plain_safetensors(entry, folder, source=source)
 
 

@@ -437,9 +437,12 @@ def card(base, out_dir, hub_root, cache_root):
 @click.option("--endpoint", default=None, help="Hub endpoint URL [default: HF_ENDPOINT or huggingface.co].")
 @click.option("--token", default=None, envvar="HF_TOKEN", help="Hub token [default: HF_TOKEN].")
 @click.option("--private", is_flag=True, help="With --to hf: create the repo private.")
+@click.option("--sign-key", type=click.Path(dir_okay=False), envvar="ZOO_SIGNING_KEY", default=None,
+              help="Sign the repo with this PEM elliptic-curve private key (model.sig; the card names the key) "
+                   "[default: ZOO_SIGNING_KEY, unsigned].")
 @_apply(store_options)
 @_one_line_errors
-def push(name, target, repo_id, endpoint, token, private, hub_root, cache_root):
+def push(name, target, repo_id, endpoint, token, private, sign_key, hub_root, cache_root):
     """Publish variant NAME (with its card, validated against its measured report, and its family's plots)
     in one commit."""
     from zoo.publish import push as push_variant
@@ -447,7 +450,7 @@ def push(name, target, repo_id, endpoint, token, private, hub_root, cache_root):
     if target == "local" and (endpoint or private):
         raise InvalidArgumentError("--endpoint and --private apply to --to hf")
     result = push_variant(name, repo_id, to="hub" if target == "hf" else "local", endpoint=endpoint,
-                          token=token if target == "hf" else None, private=private,
+                          token=token if target == "hf" else None, private=private, sign_key=sign_key,
                           store=_store(hub_root, cache_root))
     click.echo(f"pushed {result.name} to {result.repo_id} ({target}) at {result.revision}")
 

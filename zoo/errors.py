@@ -51,6 +51,11 @@ class HubError(ZooError):
     """A hub operation failed: unknown repo or revision, refused upload, unreachable endpoint."""
 
 
+class SignatureError(ZooError):
+    """A published variant's signature does not verify with any trusted key, a file changed since it was
+    signed, or it is unsigned where signatures are required (zoo.signing)."""
+
+
 class CardValidationError(ZooError, ValueError):
     """A model card is malformed or its results do not parse back to the measured numbers."""
 

@@ -29,6 +29,7 @@ from zoo.model_cards import (
     CardPlot, base_card, metric_spec, plot_accuracy_vs_flops, plot_accuracy_vs_latency, plot_metric_vs_metric,
     validate_card, variant_card, write_card,
 )
+from zoo.signing import SIGNATURE_FILE, sign_folder, signing_key_fingerprint
 from zoo.store import REPORT_FILE, Store
 
 PLOT_FILE = "accuracy_vs_flops.png"
@@ -222,21 +223,38 @@ def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards | None, f
 
 def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards | None, *, repo_id: str,
                  hub: LocalHub | None = None, endpoint: str | None = None, token: str | None = None,
-                 private: bool = False) -> str:
+                 private: bool = False, sign_key: Path | None = None) -> str:
     """Pushes one variant in one commit: to `hub` (local) or, with `hub=None`, to the Hub at `endpoint`
     (a new repo there is created `private` or public). The card is validated against the measured report
-    before anything is sent. In a distributed run rank 0 pushes; every rank returns the revision."""
+    before anything is sent. With `sign_key` (a PEM elliptic-curve private key) the card names the key and
+    the repo carries `model.sig`, its signature over every file (zoo.signing). In a distributed run rank 0
+    pushes; every rank returns the revision."""
     if model.zoo.report is None:
         raise InvalidArgumentError(f"{model.zoo.name} has no measured report; only measured variants publish")
     validate_card(card, model.zoo.report)
+    signer = signing_key_fingerprint(sign_key) if sign_key is not None else None  # a bad key: before any work
     return main_decides(lambda: _push(model, card, family, repo_id=repo_id, hub=hub, endpoint=endpoint, token=token,
-                                      private=private))
+                                      private=private, sign_key=sign_key, signer=signer))
+
+
+def signed_card(card: ModelCard, signer: str) -> ModelCard:
+    """The card with a Signature section naming the key that signs its repo (the section is signed too)."""
+    return ModelCard(str(card).rstrip("\n") + f"""
+
+## Signature
+
+Signed with OpenSSF model-signing by the elliptic-curve key `{signer}`: `{SIGNATURE_FILE}` covers every file of
+this repo, this card included. The zoo verifies it at load when that key is trusted
+(`ZOO_TRUSTED_KEYS=public_key.pem`; `ZOO_REQUIRE_SIGNATURES=1` refuses unsigned repos).
+""")
 
 
 def _push(model: nn.Module, card: ModelCard, family: FamilyCards | None, *, repo_id: str, hub: LocalHub | None,
-          endpoint: str | None, token: str | None, private: bool) -> str:
+          endpoint: str | None, token: str | None, private: bool, sign_key: Path | None, signer: str | None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        folder = repo_folder(model, card, family, Path(tmp) / "repo")
+        folder = repo_folder(model, signed_card(card, signer) if signer else card, family, Path(tmp) / "repo")
+        if sign_key is not None:
+            sign_folder(folder, sign_key)
         message = f"zoo: {model.zoo.name} ({model.zoo.recipe.describe() if model.zoo.recipe else 'base model'})"
         if hub is not None:
             return hub.push(repo_id, folder, message=message)
@@ -258,12 +276,14 @@ class PushResult:
 
 
 def push(name: str, repo_id: str | None = None, *, to: str = "local", endpoint: str | None = None,
-         token: str | None = None, private: bool = False, store: Store | None = None) -> PushResult:
+         token: str | None = None, private: bool = False, sign_key: Path | str | None = None,
+         store: Store | None = None) -> PushResult:
     """Publishes variant `name` (cached or published here already) with its card, its family's plots,
     recipe and report, in one commit: `to="local"` into the store's local hub, `to="hub"` to a Hugging Face
     Hub (`endpoint` or HF_ENDPOINT; `token` or HF_TOKEN / the stored login), as `repo_id` (default
     `zoo/<name>`; a team's org: `acme/r18-gmp90`). A variant made on the user's data (`..._d<hash>`) goes
-    with its own card, measured on that data. The card is built from the measured report of exactly
+    with its own card, measured on that data. `sign_key` (a PEM elliptic-curve private key) signs the repo
+    and the card names the key (zoo.signing). The card is built from the measured report of exactly
     these weights and validated against it before anything is sent; nothing is measured or derived
     here: a variant that was never made raises InvalidArgumentError before anything is loaded."""
     from zoo.hub.remote import hub_url
@@ -283,7 +303,8 @@ def push(name: str, repo_id: str | None = None, *, to: str = "local", endpoint: 
         model, card, family, default_repo = _made_in_family(name, store)
     target = repo_id or default_repo
     revision = push_variant(model, card, family, repo_id=target, hub=store.hub if to == "local" else None,
-                            endpoint=endpoint, token=token, private=private)
+                            endpoint=endpoint, token=token, private=private,
+                            sign_key=Path(sign_key) if sign_key is not None else None)
     return PushResult(model.zoo.name, target, revision, str(store.hub.root) if to == "local" else hub_url(endpoint))
 
 

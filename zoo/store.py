@@ -14,6 +14,7 @@ from pathlib import Path
 from zoo.entry import path_slug
 from zoo.hub.local import LocalHub
 from zoo.options import TrainOptions
+from zoo.signing import SigningPolicy
 
 REPORT_FILE = "report.json"
 
@@ -24,12 +25,14 @@ def default_cache_root() -> Path:
 
 @dataclass
 class Store:
-    """The local hub and the variant cache a `zoo.load` call reads and writes, and the training options
-    of what it derives there."""
+    """The local hub and the variant cache a `zoo.load` call reads and writes, the training options of what
+    it derives there, and which signatures a published repo it loads must carry (zoo.signing; default: the
+    environment's `ZOO_TRUSTED_KEYS` / `ZOO_REQUIRE_SIGNATURES`, none)."""
 
     hub: LocalHub = field(default_factory=LocalHub)
     cache_root: Path = field(default_factory=default_cache_root)
     options: TrainOptions = field(default_factory=TrainOptions.from_env)
+    signing: SigningPolicy = field(default_factory=SigningPolicy.from_env)
 
     def cache_dir(self, name: str, key: str) -> Path:
         """`cache_root/<name>/<key>`, the name as one folder (`zoo.entry.path_slug`: `hf-hub:` names)."""
