@@ -260,8 +260,7 @@ def local_hub_with_v1(place: Path) -> tuple[LocalHub, str, dict[str, bytes]]:
 def assert_hub_kept(hub: LocalHub, v1: str, files: dict[str, bytes]) -> None:
     assert hub.revisions(REPO) == [v1]
     snapshot = hub.snapshot(REPO)
-    assert {rel: path.read_bytes() for rel, path in folder_files(snapshot, links_within=snapshot.parent.parent).items()} \
-        == files
+    assert {rel: path.read_bytes() for rel, path in folder_files(snapshot).items()} == files
     assert not list(hub.root.rglob(".zoo-push-*"))
 
 
@@ -371,15 +370,18 @@ def test_push_follows_a_link_to_a_file_inside(tmp_path: Path) -> None:
         .is_relative_to(folder)
 
 
-def test_a_snapshot_is_listed_with_its_repo_folder_as_the_bound(tmp_path: Path, secret: Path) -> None:
-    """read_repo lists a Hub-cache snapshot, whose files link into ../../blobs: allowed by `links_within`,
-    while a link leaving the repo folder is still refused."""
+def test_a_snapshot_may_link_into_its_own_blobs_only(tmp_path: Path, secret: Path) -> None:
+    """A Hub-cache snapshot's files link into ../../blobs (the layout's own): followed; any other link
+    leaving the snapshot, even into another repo's blobs, is refused."""
     hub = LocalHub(tmp_path / "hub")
     hub.push(REPO, folder_with(tmp_path, lambda f: None))
+    hub.push("acme/other", folder_with(tmp_path / "o", lambda f: (f / "o.txt").write_text("o")))
     snapshot = hub.snapshot(REPO)
+    assert set(folder_files(snapshot)) == {"config.json"}
+    (snapshot / "other.txt").symlink_to(hub.file("acme/other", "o.txt").resolve())
     with pytest.raises(InvalidArgumentError, match="outside"):
         folder_files(snapshot)
-    assert set(folder_files(snapshot, links_within=snapshot.parent.parent)) == {"config.json"}
+    (snapshot / "other.txt").unlink()
     (snapshot / "leak.txt").symlink_to(secret)
     with pytest.raises(InvalidArgumentError, match="outside"):
-        folder_files(snapshot, links_within=snapshot.parent.parent)
+        folder_files(snapshot)

@@ -113,8 +113,7 @@ def read_repo(repo_id: str, revision: str = "main", *, store: Store | None = Non
         raise UnsupportedModelError(f"{repo_id}@{revision}: its {CONFIG_FILE} is not valid JSON ({err})") from None
     if not isinstance(config, dict):
         raise UnsupportedModelError(f"{repo_id}@{revision}: its {CONFIG_FILE} is not a JSON object")
-    files = folder_files(folder, links_within=folder.parent.parent)  # a snapshot's files link into ../../blobs
-    return folder, RepoSnapshot(repo_id, folder.name, config, tuple(files))
+    return folder, RepoSnapshot(repo_id, folder.name, config, tuple(folder_files(folder)))
 
 
 def hub_entry(repo_id: str, revision: str = "main", *, store: Store | None = None,
