@@ -54,7 +54,8 @@ class ServedFile:
         size = len(self.content) if self.declared_size is None else self.declared_size
         entry = {"type": "file", "path": self.path, "size": size, "oid": git_blob_id(self.content)}
         if self.lfs:
-            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(self.content).hexdigest()}\nsize {size}\n"
+            oid = hashlib.sha256(self.content).hexdigest()
+            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
             entry["oid"] = git_blob_id(pointer.encode())
             entry["lfs"] = {"oid": hashlib.sha256(self.content).hexdigest(), "size": size,
                             "pointerSize": len(pointer)}
