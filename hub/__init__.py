@@ -5,6 +5,8 @@
 """
 from zoo.hub.errors import (
     HubConnectionError,
+    InvalidResponseError,
+    OversizedFileError,
     RepoFileNotFoundError,
     RepoNotFoundError,
     RevisionNotFoundError,
@@ -15,7 +17,9 @@ from zoo.hub.remote import download, pull, upload
 
 __all__ = [
     "HubConnectionError",
+    "InvalidResponseError",
     "LocalHub",
+    "OversizedFileError",
     "RepoFileNotFoundError",
     "RepoNotFoundError",
     "RevisionNotFoundError",

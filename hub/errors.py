@@ -30,3 +30,14 @@ class RepoFileNotFoundError(UnknownNameError, HubError):
 
 class HubConnectionError(HubError, ConnectionError):
     """The endpoint cannot be reached (refused, timed out, or offline mode is on)."""
+
+
+class InvalidResponseError(HubError, ValueError):
+    """A Hub endpoint answered something the zoo refuses to write with: a commit id that is not 40 hex
+    digits, a file path that is absolute or leaves the repo, a listing that contradicts itself, or a file
+    whose bytes are not the ones its listing declares (size or hash). Raised before anything is written
+    outside a temporary file of the download."""
+
+
+class OversizedFileError(InvalidResponseError):
+    """A file is larger than its listing declares, or the listing declares it larger than the limit."""

@@ -74,19 +74,33 @@ def validate_repo_id(repo_id: object) -> str:
 
 
 def folder_files(folder: Path | str) -> dict[str, Path]:
-    """Map repo path -> file for every file under `folder`, sorted, symlinks followed.
+    """Map repo path -> file for every file under `folder`, sorted.
 
-    Skips `.git/` and `.cache/huggingface/` exactly as huggingface_hub's uploads do. Raises
-    InvalidArgumentError for a missing or empty folder, or an entry that is not a file (dangling link).
+    A symlink to a file is followed only when its target (the whole chain) lies inside `folder`, so a link
+    to /etc/passwd is never pushed or uploaded as part of it; in a Hub-cache snapshot folder
+    (`<repo>/snapshots/<revision>`, the local hub's and huggingface_hub's), links into that repo's
+    `blobs/` are the layout's own and followed too. A symlink to a folder is never followed (which also
+    rules out link cycles): it is refused. Skips `.git/` and `.cache/huggingface/` exactly as
+    huggingface_hub's uploads do. Raises InvalidArgumentError for a missing or empty folder, a link
+    leaving it or to a folder, or an entry that is not a regular file (a dangling link, a FIFO).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InvalidArgumentError(f"{folder} is not a folder")
+    real = folder.resolve()
+    roots = [real] + ([real.parent.parent / "blobs"] if real.parent.name == "snapshots" else [])
     found: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder):  # does not descend into links to folders
         dirnames[:] = sorted(name for name in dirnames if name != ".git")
+        for name in dirnames:
+            if Path(dirpath, name).is_symlink():
+                raise InvalidArgumentError(f"{Path(dirpath, name)} is a link to a folder; links to folders are "
+                                           "not followed: copy the folder in instead")
         for name in filenames:
             path = Path(dirpath, name)
+            if path.is_symlink() and not any(path.resolve().is_relative_to(root) for root in roots):
+                raise InvalidArgumentError(f"{path} is a link to {path.resolve()}, outside {folder}; "
+                                           "only links to files inside it are followed")
             if not path.is_file():
                 raise InvalidArgumentError(f"{path} is not a regular file (a dangling link?)")
             found[path.relative_to(folder).as_posix()] = path
