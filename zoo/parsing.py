@@ -96,11 +96,13 @@ def load_yaml(data: str | bytes, *, what: str, error: type[ZooError], max_depth:
     depth = nesting_depth(text, _YAML_SCALAR)
     if depth > max_depth:  # flow collections ([[[...]]]): refused before PyYAML's recursive composer sees them
         raise error(f"{what} nests {depth} levels deep, more than the {max_depth} a zoo file may")
-    loader = _NoAliasLoader(text)
-    loader.max_depth = max_depth
+    loader = None
     try:
+        loader = _NoAliasLoader(text)  # its reader refuses control characters here (a YAMLError)
+        loader.max_depth = max_depth
         return loader.get_single_data()
     except (yaml.YAMLError, ValueError, OverflowError) as err:  # ValueError: a date like 2020-13-01
-        raise error(f"{what} is not valid YAML for the zoo: {' '.join(str(err).split())}") from None
+        raise error(f"{what} is not valid YAML for the zoo: {' '.join(str(err).split())}"[:400]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
