@@ -165,6 +165,9 @@ def check_config(config: Any, where: str) -> None:
         raise CheckpointError(f"{path} must hold a JSON object, got {type(config).__name__}")
     if config.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format')!r}; supported: {FORMAT_NAME!r}")
+    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; a zoo checkpoint config has {', '.join(REQUIRED_CONFIG_KEYS)}")
     if type(config.get("format_version")) is not int or config["format_version"] not in SUPPORTED_VERSIONS:
         raise CheckpointError(
             f"{path}: {FORMAT_NAME} version {config.get('format_version')!r} is not supported; "
@@ -180,9 +183,6 @@ def check_config(config: Any, where: str) -> None:
             raise CheckpointError(f"{path}: entry of {fname!r} must be {{'sha256': str, 'bytes': int}}, got {entry!r}"[:300])
     if REPORT_KEY in config and not _is_file_entry(config[REPORT_KEY]):
         raise CheckpointError(f"{path}: {REPORT_KEY!r} must be {{'sha256': str, 'bytes': int}}, got {config[REPORT_KEY]!r}"[:300])
-    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; a zoo checkpoint config has {', '.join(REQUIRED_CONFIG_KEYS)}")
     checks = {
         "name": lambda v: isinstance(v, str) and bool(v),
         "base_model": lambda v: v is None or isinstance(v, str),
@@ -224,8 +224,7 @@ def write_report(folder: str | os.PathLike[str], data: dict[str, Any]) -> Path:
 
 def read_report(folder: str | os.PathLike[str], config: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The checkpoint's report.json as a dict, checked against the SHA-256 config.json records for it
-    (ChecksumError if it differs, CheckpointError if the recorded report is missing); None when there is
-    no report.json, or, with a warning, when config.json records none (written before the zoo covered the
+    (ChecksumError if it differs); None when there is no report.json (not measured), or, with a warning, when config.json records none (written before the zoo covered the
     report by its checksum: unverified, so not shown as measured). The caller validates its fields
     (`zoo.evaluate.VariantReport.from_dict`)."""
     folder = Path(folder)
@@ -238,8 +237,8 @@ def read_report(folder: str | os.PathLike[str], config: dict[str, Any] | None = 
                           "its numbers are unverified and not used; the variant counts as not measured",
                           UserWarning, stacklevel=2)
         return None
-    if not path.is_file():
-        raise CheckpointError(f"{path}: recorded in {CONFIG_FILE} but missing")
+    if not path.is_file():  # deleted, or its measurement interrupted: not measured (nothing false is shown)
+        return None
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ChecksumError(f"{path}: {path.stat().st_size} bytes, {entry['bytes']} recorded in {CONFIG_FILE}: altered")
     raw = path.read_bytes()

@@ -181,8 +181,7 @@ def test_report_is_covered_by_the_config_checksum(saved: Path) -> None:
     with pytest.raises(ChecksumError, match="report.json"):
         read_report(saved)
     (saved / "report.json").unlink()
-    with pytest.raises(CheckpointError, match="recorded .* but missing"):
-        read_report(saved)
+    assert read_report(saved) is None  # not measured: nothing false is shown
     load_checkpoint(saved)  # the weights still load: only the report is refused
 
 
@@ -264,3 +263,17 @@ def test_hub_repo_config_that_is_not_utf8_is_typed(tmp_path: Path, monkeypatch: 
         hub_ids.read_repo("org/x", "a" * 40, store=zoo.store.Store(hub=zoo.hub.LocalHub(tmp_path / "hub")))
     check_config(json.loads(json.dumps({**CONFIG, "format": "zoo-compressed", "format_version": 1,
                                          "files": {"model.safetensors": {"sha256": "0", "bytes": 1}}})), "x")
+
+
+def test_an_edited_report_is_never_shown_as_measured(tmp_path: Path) -> None:
+    from zoo.api import _from_checkpoint
+
+    entry = get_entry(ENTRY)
+    config = {"name": ENTRY, "base_model": ENTRY, "arch": "test_resnet", "model_kwargs": {}, "recipe": None}
+    folder = save_checkpoint(tmp_path / "ck", build_model(entry).state_dict(), config=config)
+    write_report(folder, {**REPORT, "name": ENTRY, "base_model": ENTRY})
+    assert _from_checkpoint(entry, folder, source="hub").zoo.report.metrics == {"top1": 0.9}
+    (folder / "report.json").write_text(json.dumps({**REPORT, "metrics": {"top1": 1.0}}))
+    for source in ("hub", "cache"):  # never shown as measured; the cache measures it again (test_load)
+        with pytest.warns(UserWarning, match="report.json: SHA-256 .* not measured"):
+            assert _from_checkpoint(entry, folder, source=source).zoo.report is None

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,7 @@ from zoo.compress.structured import rebuild_architecture, structured_architectur
 from zoo.data import Batches
 from zoo.distributed import main_decides, main_only
 from zoo.entry import DataSpec, ModelEntry, is_hub_name
-from zoo.errors import CheckpointError, HubError, InvalidArgumentError, ZooError
+from zoo.errors import CheckpointError, ChecksumError, HubError, InvalidArgumentError, ZooError
 from zoo.evaluate import VariantReport
 from zoo.evaluation import has_eval_data, measure_variant
 from zoo.hub import download
@@ -426,7 +427,9 @@ def _check_dtypes(entry: ModelEntry, model: nn.Module, state_dict: dict[str, tor
 def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str, name: str | None = None) -> nn.Module:
     """The model in zoo checkpoint `folder`, of `entry` (and named `name`, when the caller knows the
     variant's name): the config must say so (its base, arch, name), the report is read only when its
-    checksum matches (`read_report`) and validated, and what does not fit the entry is a CheckpointError."""
+    checksum matches (`read_report`) and validated, and what does not fit the entry is a CheckpointError.
+    A report that does not match its checksum is refused with a warning: the model comes without a report
+    (not measured; `load_cached` measures a cached variant again, `zoo push` refuses an unmeasured one)."""
     state_dict, config = load_checkpoint(folder)
     if config["base_model"] != entry.name and not _is_own_repo(entry, config):
         raise CheckpointError(f"{folder} holds a variant of {config['base_model']}, not of {entry.name}")
@@ -444,7 +447,14 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str, name: str 
         recipe = Recipe.from_list(config["recipe"]) if config.get("recipe") else None
     except ZooError as err:  # RecipeError, an unknown step type: the file's recipe, not the caller's
         raise CheckpointError(f"{folder}: its recipe does not read: {err}") from None
-    data = read_report(folder, config)
+    try:
+        data = read_report(folder, config)
+    except ChecksumError as err:
+        # an edited report (or a kill between writing it and recording its hash): its numbers are refused,
+        # the weights (verified by their own hash) load as not measured; a cached variant is measured again
+        warnings.warn(f"{err}; its numbers are not used: the variant counts as not measured", UserWarning,
+                      stacklevel=2)
+        data = None
     report = VariantReport.from_dict(data, str(folder / REPORT_FILE)) if data is not None else None
     if _is_own_repo(entry, config):
         # An `hf-hub:` entry's own model: named and reported as that entry, the base of what derives from it
