@@ -5,7 +5,9 @@
                           under the header metadata key "zoo.tensor_metas"
       config.json         {"format": "zoo-compressed", "format_version": 1 to 4, "name", "base_model",
                           "arch", "model_kwargs", "recipe", <caller's extra keys>,
-                          "files": {"model.safetensors": {"sha256", "bytes"}}}
+                          "files": {"model.safetensors": {"sha256", "bytes"}},
+                          "report": {"sha256", "bytes"} (once report.json is written)}
+      report.json         the evaluator's measurements, written by `write_report`
 
 Version 2 added the entropy-coded (zstd) tensor encodings, version 3 the N:M ones (and the "nm" key of
 their tensor metas), version 4 the packed low-bit ones (4- and 2-bit codes, `int4`, `uint2`, ...); a
@@ -15,14 +17,23 @@ by the older readers, and every checkpoint of versions 1 to 3 loads unchanged. A
 Saving is atomic: the folder is written beside the target and renamed into place, so an interrupted
 save leaves the previous checkpoint intact and never a partial one. Loading checks the format name and
 version and every file's SHA-256 before decoding. Only safetensors and JSON are read: never pickle.
+
+Everything read is validated before use: config.json against its schema (`check_config`: the types of
+its keys, a sparsity in [0, 1], JSON within `zoo.parsing`'s size and depth bounds), the tensor metas
+and the decoded size (`zoo.compress.formats`), and report.json against its checksum in config.json and
+its schema (`read_report`). A report.json that config.json does not record (checkpoints written before
+the zoo recorded it) is not trusted: `read_report` warns and returns None, so the variant counts as not
+measured (a cached one is measured again and its report recorded).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,17 +52,21 @@ from zoo.compress.formats import (
     unshared,
 )
 
-from zoo.atomic import atomic_path, atomic_write_json, fsync_path
+from zoo.atomic import atomic_path, atomic_write_json, atomic_write_text, fsync_path
 from zoo.errors import CheckpointError, ChecksumError, InvalidArgumentError
+from zoo.parsing import load_json
 
 FORMAT_NAME = "zoo-compressed"
 FORMAT_VERSION = 4  # the newest this code writes; see the module docstring
 SUPPORTED_VERSIONS = (1, 2, 3, 4)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+REPORT_FILE = "report.json"  # zoo.store.REPORT_FILE
+REPORT_KEY = "report"  # config.json's record of report.json: {"sha256", "bytes"}
 METAS_KEY = "zoo.tensor_metas"
 REQUIRED_CONFIG_KEYS = ("name", "base_model", "arch", "model_kwargs", "recipe")
-RESERVED_CONFIG_KEYS = ("format", "format_version", "files")
+RESERVED_CONFIG_KEYS = ("format", "format_version", "files", REPORT_KEY)
+MAX_CONFIG_BYTES = 4 << 20  # a config is a few KB (the recipe, the entry record)
 QUANT_BUFFER_SUFFIXES = QUANT_BUFFERS  # the quantized layers' buffers a dense export leaves out
 _CHUNK = 1 << 20
 
@@ -134,14 +149,25 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: {folder} is not a zoo checkpoint")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    config = load_json(path.read_bytes(), what=str(path), error=CheckpointError, max_bytes=MAX_CONFIG_BYTES)
+    check_config(config, str(path))
+    return config
+
+
+def check_config(config: Any, where: str) -> None:
+    """Refuses (CheckpointError naming `where`) a checkpoint config that is not a JSON object of the
+    zoo's format and a supported version, with `files` (and `report`) entries of {sha256, bytes}, the
+    keys save_checkpoint requires of their types (name and arch non-empty strings, base_model a string
+    or None, model_kwargs an object, recipe a list of objects or None) and, where present, `sparsity`
+    a number in [0, 1], `quant` a string or None, `architecture` an object or None."""
+    path = where
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(config).__name__}")
     if config.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format')!r}; supported: {FORMAT_NAME!r}")
+    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; a zoo checkpoint config has {', '.join(REQUIRED_CONFIG_KEYS)}")
     if type(config.get("format_version")) is not int or config["format_version"] not in SUPPORTED_VERSIONS:
         raise CheckpointError(
             f"{path}: {FORMAT_NAME} version {config.get('format_version')!r} is not supported; "
@@ -153,9 +179,74 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     for fname, entry in files.items():
         if not isinstance(fname, str) or fname != Path(fname).name or fname in ("", ".", ".."):
             raise CheckpointError(f"{path}: file name {fname!r} must be a plain name inside the checkpoint folder")
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int):
-            raise CheckpointError(f"{path}: entry of {fname!r} must be {{'sha256': str, 'bytes': int}}, got {entry!r}")
-    return config
+        if not _is_file_entry(entry):
+            raise CheckpointError(f"{path}: entry of {fname!r} must be {{'sha256': str, 'bytes': int}}, got {entry!r}"[:300])
+    if REPORT_KEY in config and not _is_file_entry(config[REPORT_KEY]):
+        raise CheckpointError(f"{path}: {REPORT_KEY!r} must be {{'sha256': str, 'bytes': int}}, got {config[REPORT_KEY]!r}"[:300])
+    checks = {
+        "name": lambda v: isinstance(v, str) and bool(v),
+        "base_model": lambda v: v is None or isinstance(v, str),
+        "arch": lambda v: isinstance(v, str) and bool(v),
+        "model_kwargs": lambda v: isinstance(v, dict),
+        "recipe": lambda v: v is None or (isinstance(v, list) and all(isinstance(s, dict) for s in v)),
+        "sparsity": lambda v: type(v) in (int, float) and math.isfinite(v) and 0 <= v <= 1,
+        "quant": lambda v: v is None or isinstance(v, str),
+        "architecture": lambda v: v is None or isinstance(v, dict),
+    }
+    bad = [f"{key}={config[key]!r}"[:60] for key, ok in checks.items() if key in config and not ok(config[key])]
+    if bad:
+        raise CheckpointError(
+            f"{path}: invalid {', '.join(bad)} (name and arch are non-empty strings, base_model a string or null, "
+            "model_kwargs an object, recipe a list of objects or null, sparsity a number in [0, 1], quant a string "
+            "or null, architecture an object or null)"
+        )
+
+
+def _is_file_entry(entry: Any) -> bool:
+    return (isinstance(entry, dict) and set(entry) == {"sha256", "bytes"} and isinstance(entry["sha256"], str)
+            and type(entry["bytes"]) is int and entry["bytes"] >= 0)
+
+
+def write_report(folder: str | os.PathLike[str], data: dict[str, Any]) -> Path:
+    """Writes `data` (a VariantReport's dict) as the checkpoint's report.json and records its SHA-256 and
+    size in config.json (under "report"), so that an edited report is refused by `read_report`. The
+    report is written first, then the config, each atomically; a kill between the two leaves a report
+    that the config does not match, refused as altered (ChecksumError) until it is measured again."""
+    folder = Path(folder)
+    config = read_config(folder)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    raw = text.encode("utf-8")
+    atomic_write_text(folder / REPORT_FILE, text)
+    atomic_write_json(folder / CONFIG_FILE, {**config, REPORT_KEY: {"sha256": hashlib.sha256(raw).hexdigest(),
+                                                                    "bytes": len(raw)}})
+    return folder / REPORT_FILE
+
+
+def read_report(folder: str | os.PathLike[str], config: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The checkpoint's report.json as a dict, checked against the SHA-256 config.json records for it
+    (ChecksumError if it differs); None when there is no report.json (not measured), or, with a warning, when config.json records none (written before the zoo covered the
+    report by its checksum: unverified, so not shown as measured). The caller validates its fields
+    (`zoo.evaluate.VariantReport.from_dict`)."""
+    folder = Path(folder)
+    config = read_config(folder) if config is None else config
+    path = folder / REPORT_FILE
+    entry = config.get(REPORT_KEY)
+    if entry is None:
+        if path.is_file():
+            warnings.warn(f"{path} is not covered by a checksum in {CONFIG_FILE} (written by an older zoo): "
+                          "its numbers are unverified and not used; the variant counts as not measured",
+                          UserWarning, stacklevel=2)
+        return None
+    if not path.is_file():  # deleted, or its measurement interrupted: not measured (nothing false is shown)
+        return None
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ChecksumError(f"{path}: {path.stat().st_size} bytes, {entry['bytes']} recorded in {CONFIG_FILE}: altered")
+    raw = path.read_bytes()
+    _check_digest(path, hashlib.sha256(raw).hexdigest(), entry)
+    data = load_json(raw, what=str(path), error=CheckpointError)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def export_dense(
@@ -192,8 +283,8 @@ def declared_format(folder: str | os.PathLike[str]) -> object:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = load_json(path.read_bytes(), what=str(path), error=CheckpointError, max_bytes=MAX_CONFIG_BYTES)
+    except CheckpointError:
         return None
     return data.get("format") if isinstance(data, dict) else None
 

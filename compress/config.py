@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any, ClassVar, TypeVar
 
-from zoo.errors import InvalidArgumentError, RecipeError
+from zoo.errors import InvalidArgumentError, RecipeError, ZooError
 from zoo.registry import Registry
 
 CONFIG_TYPES: Registry[type["CompressionConfig"]] = Registry("recipe config type")
@@ -33,7 +33,11 @@ class CompressionConfig:
     @staticmethod
     def from_dict(data: dict[str, Any]) -> CompressionConfig:
         if not isinstance(data, dict) or not {"type", "version", "config"} <= data.keys():
-            raise RecipeError(f"a recipe step needs 'type', 'version' and 'config', got {data!r}")
+            raise RecipeError(f"a recipe step needs 'type', 'version' and 'config', got {data!r}"[:300])
+        if not isinstance(data["type"], str):
+            raise RecipeError(f"a recipe step's 'type' is the name of a config type, got {data['type']!r}"[:300])
+        if type(data["version"]) is not int:
+            raise RecipeError(f"{data['type']}: 'version' must be an integer, got {data['version']!r}"[:300])
         cls = CONFIG_TYPES.get(data["type"])
         if data["version"] != cls.VERSION and data["version"] not in cls.UPGRADES:
             readable = ", ".join(str(v) for v in sorted({*cls.UPGRADES, cls.VERSION}))
@@ -50,7 +54,9 @@ class CompressionConfig:
         values = {**implied, **{k: _from_json(v) for k, v in data["config"].items()}}
         try:
             return cls(**values)
-        except TypeError as err:
+        except ZooError:
+            raise
+        except (TypeError, ValueError, OverflowError) as err:  # a field of the wrong kind its checks did not name
             raise RecipeError(f"{data['type']}: {err}") from None
 
 

@@ -78,6 +78,7 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ import torch
 from zoo.compress import entropy
 
 from zoo.errors import CheckpointError
+from zoo.parsing import load_json
 from zoo.registry import Registry
 
 VALUES_SUFFIX = ".values"
@@ -121,6 +123,15 @@ NM_MAX_M = 256  # in-group positions fit a byte
 # per element, and a kept weight that is exactly zero (an int8 index rounded to 0) would otherwise
 # flip the tensor to the bitmask, which N:M kernels cannot read directly.
 NM_PREFERENCE = 0.02
+
+# Decoding allocates what the metas declare: at most this many bytes for one state dict (the sum of every
+# tensor's numel x item size), checked before anything is allocated, so that a small hostile file (a huge
+# all-zero bitmask, a zstd frame of zeros, a shape of 2**70) cannot ask for more. 4 GiB holds every zoo
+# entry (a float32 ResNet-50 is 0.1 GiB); $ZOO_MAX_DECODED_BYTES raises it for larger models.
+MAX_DECODED_BYTES = 4 << 30
+MAX_DIMS = 32  # torch's own limit on a tensor's dimensions is 64; no weight has more than 5
+# the floating dtypes a quantization scale may have (float8 has no arithmetic on CPU)
+SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # dtypes a checkpoint may hold, by the name written in TensorMeta.dtype (the torch name less "torch.").
 _DTYPE_NAMES = (
@@ -281,11 +292,13 @@ class TensorMeta:
             raise CheckpointError(f"tensor {name!r}: meta must have encoding, shape and dtype (and nm), got {data!r}")
         encoding = ENCODINGS.get(str(data["encoding"])).encoding
         shape = data["shape"]
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise CheckpointError(f"tensor {name!r}: shape must be a list of sizes, got {shape!r}")
-        if data["dtype"] not in DTYPES:
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) or len(shape) > MAX_DIMS:
+            raise CheckpointError(f"tensor {name!r}: shape must be a list of at most {MAX_DIMS} sizes, got {shape!r}")
+        if not isinstance(data["dtype"], str) or data["dtype"] not in DTYPES:
             raise CheckpointError(f"tensor {name!r}: unsupported dtype {data['dtype']!r}; supported: {sorted(DTYPES)}")
         nm = data.get("nm")
+        if nm is not None and not isinstance(nm, list):
+            raise CheckpointError(f"tensor {name!r}: nm must be a list [N, M], got {nm!r}")
         try:
             return cls(encoding, tuple(shape), data["dtype"], tuple(nm) if isinstance(nm, list) else nm)
         except CheckpointError as err:
@@ -313,11 +326,9 @@ def metas_to_json(metas: Mapping[str, TensorMeta]) -> str:
     return json.dumps({name: meta.to_json() for name, meta in metas.items()}, separators=(",", ":"))
 
 
-def metas_from_json(text: str) -> dict[str, TensorMeta]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"tensor metas are not valid JSON: {err}") from None
+def metas_from_json(text: str | bytes) -> dict[str, TensorMeta]:
+    """The tensor metas of a weight file's header (JSON within `zoo.parsing`'s size and depth bounds)."""
+    data = load_json(text, what="the tensor metas", error=CheckpointError, max_bytes=64 << 20)
     if not isinstance(data, dict):
         raise CheckpointError("tensor metas must be a JSON object mapping names to metas")
     return {name: TensorMeta.from_json(name, meta) for name, meta in data.items()}
@@ -494,9 +505,7 @@ def quantize_exact(name: str, weight: torch.Tensor, scale: torch.Tensor) -> torc
         )
     if not scale.is_floating_point():
         raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be floating, got {scale.dtype}")
-    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
-        # a negative scale would decode the zeros of q as -0.0: scales are absmax / 127 >= 0
-        raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be finite and >= 0")
+    check_scale(name, scale)
     scale_b = _broadcast_scale(name, scale, tuple(weight.shape))
     q = torch.where(scale_b == 0, 0.0, torch.round(weight.to(scale.dtype) / scale_b))
     if not bool(torch.isfinite(q).all()) or bool((q.abs() > INT8_MAX).any()):
@@ -557,8 +566,7 @@ def _check_low_bit_grid(name: str, shape: tuple[int, ...], scale: torch.Tensor, 
     """Checks a low-bit weight's scale and zero point (see `quantize_lowbit_exact`); returns its rows."""
     if not scale.is_floating_point():
         raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be floating, got {scale.dtype}")
-    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
-        raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be finite and >= 0")
+    check_scale(name, scale)
     rows = grid_rows(name, tuple(scale.shape), shape)
     if zero_point is not None:
         if zero_point.is_floating_point() or zero_point.is_complex() or zero_point.dtype == torch.bool:
@@ -832,15 +840,42 @@ def unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # Decompression -----------------------------------------------------------------------------------
 
+def max_decoded_bytes() -> int:
+    """The most bytes one state dict may decode to: $ZOO_MAX_DECODED_BYTES, else MAX_DECODED_BYTES."""
+    text = os.environ.get("ZOO_MAX_DECODED_BYTES")
+    if text is None:
+        return MAX_DECODED_BYTES
+    if not text.isdigit() or int(text) < 1:
+        raise CheckpointError(f"ZOO_MAX_DECODED_BYTES must be a positive number of bytes, got {text!r}")
+    return int(text)
+
+
+def check_decoded_size(metas: Mapping[str, TensorMeta], limit: int | None = None) -> int:
+    """The bytes `metas` decode to, checked against `limit` (default `max_decoded_bytes()`)."""
+    limit = max_decoded_bytes() if limit is None else limit
+    total = 0
+    for name, meta in metas.items():
+        total += meta.numel * meta.torch_dtype.itemsize
+        if total > limit:
+            raise CheckpointError(
+                f"the tensors decode to more than {limit} bytes (at {name!r}, shape {list(meta.shape)[:8]}, "
+                f"{meta.dtype}): refused before allocating; set ZOO_MAX_DECODED_BYTES to allow larger models"
+            )
+    return total
+
+
 def decompress_state_dict(
     tensors: Mapping[str, torch.Tensor], metas: Mapping[str, TensorMeta], *, threads: int | None = None,
+    max_bytes: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Restores the original state dict (same names, order, dtypes, shapes and bits; -0.0 -> +0.0).
 
-    Tensors of at least PARALLEL_MIN_NUMEL elements are decoded on `threads` threads (default: torch's
-    intra-op thread count), the others on the calling thread meanwhile; the first error in the metas'
-    order is raised.
+    The metas' decoded size is checked first (`check_decoded_size`: at most `max_bytes`, default
+    `max_decoded_bytes()`). Tensors of at least PARALLEL_MIN_NUMEL elements are decoded on `threads`
+    threads (default: torch's intra-op thread count), the others on the calling thread meanwhile; the
+    first error in the metas' order is raised.
     """
+    check_decoded_size(metas, max_bytes)
     used: set[str] = set()  # set.add is atomic: the pool's threads share it
     decoded: dict[str, torch.Tensor] = {}
     quantized = {name: meta for name, meta in metas.items() if meta.codec.quantized}
@@ -924,10 +959,19 @@ def _stored_grid(name: str, meta: TensorMeta, decoded: Mapping[str, torch.Tensor
 
 def _stored_scale(name: str, meta: TensorMeta, scale: torch.Tensor) -> torch.Tensor:
     """The decoded `*_scale` of an int8 weight, checked like at compression."""
-    if not scale.is_floating_point() or not bool((scale >= 0).all()):
-        raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be floating and >= 0")
+    check_scale(name, scale)
     _broadcast_scale(name, scale, meta.shape)  # checks the shape
     return scale
+
+
+def check_scale(name: str, scale: torch.Tensor) -> None:
+    """A weight's `*_scale`: of a dtype in SCALE_DTYPES, finite and >= 0 (a negative scale would decode
+    the zeros of q as -0.0: scales are absmax / 127 >= 0; an infinite one makes NaN weights)."""
+    if scale.dtype not in SCALE_DTYPES:
+        raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be one of "
+                              f"{', '.join(dtype_name(d) for d in SCALE_DTYPES)}, got {scale.dtype}")
+    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+        raise CheckpointError(f"{name + SCALE_SUFFIX!r} must be finite and >= 0")
 
 
 def _decode(
@@ -946,9 +990,13 @@ def _decode(
     _check_dtype(values_key, values, torch.uint8 if codec.entropy else item)
     if codec.entropy and values.dim() != 1:
         raise CheckpointError(f"{values_key!r} must be a 1-D zstd frame, has shape {list(values.shape)}")
+    if codec.quantized and not codec.entropy:
+        _check_int8_codes(values_key, values.numpy())
     if not codec.sparse:
         if codec.entropy:
             bits = entropy.decode(values_key, values.numpy(), meta.numel, _np_bits(item))
+            if codec.quantized:
+                _check_int8_codes(values_key, bits)
             values = torch.from_numpy(_writable(bits)).view(item).view(meta.shape)
         elif tuple(values.shape) != meta.shape:
             raise CheckpointError(f"{values_key!r} has shape {list(values.shape)}, meta says {list(meta.shape)}")
@@ -961,6 +1009,8 @@ def _decode(
         index, marker = _unpack_bitmask(name, meta, tensors, used), "bitmask marks {} non-zeros"
     if codec.entropy:
         bits = entropy.decode(values_key, values.numpy(), index.size, _np_bits(item))
+        if codec.quantized:
+            _check_int8_codes(values_key, bits)
         values = torch.from_numpy(_writable(bits)).view(item)
     elif values.dim() != 1 or values.numel() != index.size:
         raise CheckpointError(
@@ -1008,6 +1058,8 @@ def _decode_packed(
                               f"{count} codes")
     else:
         raw = packed.numpy()
+    if meta.numel == 0:  # its parts checked above; nothing to unpack
+        return torch.zeros(meta.shape, dtype=meta.torch_dtype)
     rows = grid.rows
     per_byte, row_size = 8 // codec.bits, meta.numel // max(rows, 1)
     if index is None and rows and row_size % per_byte == 0 and row_size >= 256 * per_byte:
@@ -1107,6 +1159,12 @@ def _unpack_nm(name: str, meta: TensorMeta, tensors: Mapping[str, torch.Tensor],
         return np.flatnonzero(np.unpackbits(packed_mask, count=meta.numel, bitorder="little").view(np.bool_))
     offsets = np.arange(0, groups * m, m, dtype=np.int64)
     return (positions + offsets[:, None]).reshape(-1)
+
+
+def _check_int8_codes(key: str, codes: np.ndarray) -> None:
+    """int8 grid indices lie in [-127, 127]: the grid is symmetric, -128 is no code of it."""
+    if codes.size and int(codes.view(np.int8).min()) < -INT8_MAX:
+        raise CheckpointError(f"stored tensor {key!r}: an int8 code is -128, outside the symmetric grid [-127, 127]")
 
 
 def _np_bits(dtype: torch.dtype) -> np.dtype:

@@ -17,6 +17,7 @@ from torch import nn
 
 from zoo.compress.config import CompressionConfig
 from zoo.errors import RecipeError
+from zoo.parsing import load_json, load_yaml
 from zoo.registry import Registry
 
 RECIPE_FORMAT_VERSION = 1
@@ -94,29 +95,24 @@ class Recipe:
         return json.dumps({"recipe_version": RECIPE_FORMAT_VERSION, "steps": self.to_list()}, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> Recipe:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RecipeError(f"recipe is not valid JSON: {err}") from None
-        return cls._from_document(data)
+    def from_json(cls, text: str | bytes) -> Recipe:
+        """A recipe document in JSON (text or UTF-8 bytes, within `zoo.parsing`'s size and depth bounds)."""
+        return cls._from_document(load_json(text, what="recipe", error=RecipeError))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump({"recipe_version": RECIPE_FORMAT_VERSION, "steps": self.to_list()}, sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> Recipe:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise RecipeError(f"recipe is not valid YAML: {err}") from None
-        return cls._from_document(data)
+    def from_yaml(cls, text: str | bytes) -> Recipe:
+        """A recipe document in YAML (text or UTF-8 bytes), read by the safe loader within `zoo.parsing`'s
+        size and depth bounds; anchors and aliases are refused (RecipeError), never expanded."""
+        return cls._from_document(load_yaml(text, what="recipe", error=RecipeError))
 
     @classmethod
     def _from_document(cls, data: Any) -> Recipe:
         if not isinstance(data, dict) or "steps" not in data:
             raise RecipeError("a recipe document is a mapping with 'recipe_version' and 'steps'")
-        if data.get("recipe_version") != RECIPE_FORMAT_VERSION:
+        if type(data.get("recipe_version")) is not int or data["recipe_version"] != RECIPE_FORMAT_VERSION:
             raise RecipeError(
                 f"recipe_version {data.get('recipe_version')!r} is not supported (this zoo reads {RECIPE_FORMAT_VERSION})"
             )

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from zoo.compress.checkpoint import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, load_checkpoint, read_config, save_checkpoint
+from zoo.compress.checkpoint import (
+    FORMAT_NAME,
+    WEIGHTS_FILE,
+    declared_format,
+    load_checkpoint,
+    read_config,
+    read_report,
+    save_checkpoint,
+    write_report,
+)
 from zoo.compress.lowbit import qat_layer_names, swap_to_qat_modules
 from zoo.compress.quantization import quantized_layer_names, swap_to_quant_modules
 from zoo.compress import Recipe, RecipeContext
@@ -36,7 +46,7 @@ from zoo.compress.structured import rebuild_architecture, structured_architectur
 from zoo.data import Batches
 from zoo.distributed import main_decides, main_only
 from zoo.entry import DataSpec, ModelEntry, is_hub_name
-from zoo.errors import CheckpointError, HubError, InvalidArgumentError
+from zoo.errors import CheckpointError, ChecksumError, HubError, InvalidArgumentError, ZooError
 from zoo.evaluate import VariantReport
 from zoo.evaluation import has_eval_data, measure_variant
 from zoo.hub import download
@@ -110,6 +120,7 @@ def load(
     """
     from zoo.runtimes.session import check_runtime
 
+    _check_load_arguments(name, sparsity=sparsity, quant=quant, method=method, recipe=recipe, revision=revision)
     check_runtime(runtime)
     if kernels not in ("dense", "sparse"):
         raise InvalidArgumentError(f"kernels must be 'dense' or 'sparse', got {kernels!r}")
@@ -139,6 +150,23 @@ def load(
     from zoo.runtimes.load import with_runtime
 
     return with_runtime(model, runtime, store.cache_root)
+
+
+def _check_load_arguments(name: object, *, sparsity: object, quant: object, method: object, recipe: object,
+                          revision: object) -> None:
+    """`zoo.load`'s arguments of the wrong type refused (InvalidArgumentError) before anything is looked up."""
+    if not isinstance(name, (str, VariantSpec)) or (isinstance(name, str) and not name.strip()):
+        raise InvalidArgumentError(f"zoo.load takes a model name (str) or a VariantSpec, got {name!r}"[:200])
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise InvalidArgumentError(f"sparsity must be a number in [0, 1), got {sparsity!r}"[:200])
+    for label, value in (("quant", quant), ("method", method)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidArgumentError(f"{label} must be a string or None, got {value!r}"[:200])
+    if recipe is not None and not isinstance(recipe, Recipe):
+        raise InvalidArgumentError(f"recipe must be a zoo.compress.Recipe or None, got {type(recipe).__name__} "
+                                   f"{recipe!r} (read a file with Recipe.from_yaml / Recipe.from_json)"[:240])
+    if not isinstance(revision, str) or not revision:
+        raise InvalidArgumentError(f"revision must be a non-empty string, got {revision!r}"[:200])
 
 
 def _user_data(train_data, eval_data, finetuning) -> dict[str, Any]:
@@ -175,7 +203,8 @@ def _use_sparse_kernels(model: nn.Module, entry: ModelEntry) -> None:
 def _load_published(spec: VariantSpec, store: Store, revision: str) -> nn.Module | None:
     if not main_decides(lambda: store.hub.has(spec.repo_id, revision)):
         return None
-    return _from_folder(spec.base, store.hub.snapshot(spec.repo_id, revision), source="hub", signing=store.signing)
+    return _from_folder(spec.base, store.hub.snapshot(spec.repo_id, revision), source="hub", signing=store.signing,
+                        name=spec.name)
 
 
 def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bool) -> nn.Module:
@@ -327,7 +356,7 @@ def _save_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options
     the report: on rank 0, while the other ranks of a distributed run wait and then load what it wrote."""
     saved = main_only(lambda: _write_and_measure(model, spec, folder, options, recipe=recipe, source=source,
                                                  progress=progress, extra=extra, prepared=prepared))
-    return saved if saved is not None else _from_checkpoint(spec.base, folder, source=source)
+    return saved if saved is not None else _from_checkpoint(spec.base, folder, source=source, name=spec.name)
 
 
 def _write_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, options: TrainOptions, *,
@@ -349,7 +378,7 @@ def _write_and_measure(model: nn.Module, spec: VariantSpec, folder: Path, option
                              latency_seconds=options.latency_seconds, export_root=_exports(folder),
                              graph_runtimes=options.measured_runtimes,
                              eval_data=prepared.evaluation if prepared is not None else None)
-    report.save(folder / REPORT_FILE)
+    write_report(folder, report.to_dict())
     model.zoo = LoadedVariant(spec.name, spec.base.name, spec.sparsity, spec.quant, recipe, source, folder, report)
     return model
 
@@ -363,11 +392,16 @@ def instantiate(entry: ModelEntry, state_dict: dict[str, torch.Tensor],
     saved it) by its family's hook, low-bit (QAT / PTQ) layers restored where the state dict has an
     `act_bits`, int8 PTQ layers where it has scales without one, weights assigned."""
     model = build_empty_model(entry)
-    if architecture is not None:
-        model = rebuild_architecture(model, architecture)
-    qat = qat_layer_names(state_dict)
-    swap_to_qat_modules(model, state_dict, qat)
-    swap_to_quant_modules(model, sorted(set(quantized_layer_names(state_dict)) - set(qat)))
+    try:  # the architecture and the layers' kinds come from the file: what does not fit is the file's fault
+        if architecture is not None:
+            model = rebuild_architecture(model, architecture)
+        qat = qat_layer_names(state_dict)
+        swap_to_qat_modules(model, state_dict, qat)
+        swap_to_quant_modules(model, sorted(set(quantized_layer_names(state_dict)) - set(qat)))
+    except (TypeError, KeyError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(f"the checkpoint's architecture or quantized layers do not fit {entry.name}: "
+                              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]) from None
+    _check_dtypes(entry, model, state_dict)
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as err:
@@ -378,19 +412,53 @@ def instantiate(entry: ModelEntry, state_dict: dict[str, torch.Tensor],
     return model.eval()
 
 
-def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str) -> nn.Module:
+def _check_dtypes(entry: ModelEntry, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Each floating weight of the dtype the model's tensor of that name has (a float64 or float16 weight
+    in a float32 model would fail at the first forward pass), each other tensor not floating where the
+    model's is not (an integer buffer)."""
+    expected = {name: t.dtype for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{entry.name}: {name!r} is a {type(tensor).__name__}, not a tensor")
+        want = expected.get(name)
+        if want is None:
+            continue  # an unexpected key: load_state_dict names it
+        if (want.is_floating_point or tensor.dtype.is_floating_point) and tensor.dtype != want:
+            raise CheckpointError(f"{entry.name}: {name!r} is {tensor.dtype}, the model takes {want}")
+
+
+def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str, name: str | None = None) -> nn.Module:
+    """The model in zoo checkpoint `folder`, of `entry` (and named `name`, when the caller knows the
+    variant's name): the config must say so (its base, arch, name), the report is read only when its
+    checksum matches (`read_report`) and validated, and what does not fit the entry is a CheckpointError.
+    A report that does not match its checksum is refused with a warning: the model comes without a report
+    (not measured; `load_cached` measures a cached variant again, `zoo push` refuses an unmeasured one)."""
     state_dict, config = load_checkpoint(folder)
     if config["base_model"] != entry.name and not _is_own_repo(entry, config):
         raise CheckpointError(f"{folder} holds a variant of {config['base_model']}, not of {entry.name}")
+    if config["arch"] != entry.arch:
+        raise CheckpointError(f"{folder} holds a {config['arch']!r} model, but {entry.name} is a {entry.arch!r}")
+    if name is not None and config["name"] != name and not _is_own_repo(entry, config):
+        raise CheckpointError(f"{folder} holds {config['name']!r}, not {name!r}")
     built = entry
     if USER_DATA_KEY in config:  # made on user data: its classifier may have the data's classes
         from zoo.userdata.run import entry_for_config
 
         built = entry_for_config(entry, config)
     model = instantiate(built, state_dict, config.get("architecture"))
-    recipe = Recipe.from_list(config["recipe"]) if config.get("recipe") else None
-    report_path = folder / REPORT_FILE
-    report = VariantReport.load(report_path) if report_path.is_file() else None
+    try:
+        recipe = Recipe.from_list(config["recipe"]) if config.get("recipe") else None
+    except ZooError as err:  # RecipeError, an unknown step type: the file's recipe, not the caller's
+        raise CheckpointError(f"{folder}: its recipe does not read: {err}") from None
+    try:
+        data = read_report(folder, config)
+    except ChecksumError as err:
+        # an edited report (or a kill between writing it and recording its hash): its numbers are refused,
+        # the weights (verified by their own hash) load as not measured; a cached variant is measured again
+        warnings.warn(f"{err}; its numbers are not used: the variant counts as not measured", UserWarning,
+                      stacklevel=2)
+        data = None
+    report = VariantReport.from_dict(data, str(folder / REPORT_FILE)) if data is not None else None
     if _is_own_repo(entry, config):
         # An `hf-hub:` entry's own model: named and reported as that entry, the base of what derives from it
         # (its report without a recipe, as a base's; `model.zoo.recipe` keeps the one that made it).
@@ -415,7 +483,7 @@ def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
     """A cached variant. It is measured now when its measurement was interrupted (no report yet), made by
     an older evaluator, made without evaluation data that is here now, or lacks a runtime `options`
     asks latency for (latency for `options.latency_seconds`)."""
-    model = _from_checkpoint(spec.base, folder, source="cache")
+    model = _from_checkpoint(spec.base, folder, source="cache", name=spec.name)
     report, options = model.zoo.report, options or TrainOptions()
     entry = spec.base
     if spec.has_user_data:  # measured (again) as it was made: with its classes, on the user's evaluation data
@@ -434,7 +502,7 @@ def load_cached(spec: VariantSpec, folder: Path, *, progress: bool = False,
                                        progress=progress, latency_seconds=options.latency_seconds,
                                        export_root=_exports(folder), graph_runtimes=options.measured_runtimes,
                                        eval_data=evaluation)
-            measured.save(folder / REPORT_FILE)
+            write_report(folder, measured.to_dict())
             return measured
 
         model.zoo = dataclasses.replace(model.zoo, report=main_decides(measure))  # rank 0 measures and writes
@@ -459,12 +527,14 @@ def measured_on(model: nn.Module, data: UserData, options: TrainOptions | None =
     return model
 
 
-def _from_folder(entry: ModelEntry, folder: Path, *, source: str, signing: SigningPolicy) -> nn.Module:
-    """A zoo checkpoint folder (a published repo: its signature verified first under `signing`), or a
-    plain `model.safetensors` (an upstream timm or transformers repo: not the zoo's to sign)."""
+def _from_folder(entry: ModelEntry, folder: Path, *, source: str, signing: SigningPolicy,
+                 name: str | None = None) -> nn.Module:
+    """A zoo checkpoint folder (of the variant `name`, when given; a published repo: its signature verified
+    first under `signing`), or a plain `model.safetensors` (an upstream timm or transformers repo: not the
+    zoo's to sign)."""
     if _is_zoo_checkpoint(folder):
         signed_by = verify_folder(folder, signing, what=str(folder))
-        model = _from_checkpoint(entry, folder, source=source)
+        model = _from_checkpoint(entry, folder, source=source, name=name)
         model.zoo = dataclasses.replace(model.zoo, signed_by=signed_by)
         return model
     return _from_plain_safetensors(entry, folder, source=source)
@@ -487,13 +557,8 @@ def _cached(folder: Path) -> bool:
 
 
 def _is_zoo_checkpoint(folder: Path) -> bool:
-    config = folder / CONFIG_FILE
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("format") == FORMAT_NAME
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{config} is not valid JSON") from None
+    """Whether `folder` holds a config.json declaring the zoo's format (its schema is checked at load)."""
+    return declared_format(folder) == FORMAT_NAME
 
 
 def base_fingerprint(folder: Path) -> str:
@@ -502,8 +567,11 @@ def base_fingerprint(folder: Path) -> str:
     folder of an upstream download."""
     if not _is_zoo_checkpoint(folder):
         return str(folder.resolve())
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    return config.get("base_fingerprint") or config["files"][WEIGHTS_FILE]["sha256"]
+    config = read_config(folder)
+    recorded = config.get("base_fingerprint")
+    if recorded is not None and not isinstance(recorded, str):
+        raise CheckpointError(f"{folder}: base_fingerprint must be a string, got {recorded!r}"[:200])
+    return recorded or config["files"][WEIGHTS_FILE]["sha256"]
 
 
 def entry_fingerprint(entry: ModelEntry, folder: Path) -> str:
@@ -511,7 +579,7 @@ def entry_fingerprint(entry: ModelEntry, folder: Path) -> str:
     except for the zoo checkpoint an `hf-hub:` entry was read from, whose config names the base *it* was
     made from: there the SHA-256 of its own weights."""
     if is_hub_name(entry.name) and _is_zoo_checkpoint(folder):
-        config = json.loads((folder / CONFIG_FILE).read_text())
+        config = read_config(folder)
         if _is_own_repo(entry, config):
             return config["files"][WEIGHTS_FILE]["sha256"]
     return base_fingerprint(folder)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from zoo.errors import InvalidArgumentError, ZooError
+from zoo.errors import InvalidArgumentError, RecipeError, ZooError
 from zoo.variants import DISTRIBUTIONS, METHODS
 
 # torch logs a CUDA_HOME warning when some dependency imports its C++ extension helper: noise on a CLI.
@@ -122,9 +122,14 @@ def _read_recipe(path: str | None):
     if path is None:
         return None
     from zoo.compress import Recipe
+    from zoo.parsing import MAX_BYTES
 
-    text = Path(path).read_text()
-    return Recipe.from_yaml(text) if path.endswith((".yaml", ".yml")) else Recipe.from_json(text)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # the parser refuses what is longer, without reading it all
+    except OSError as err:
+        raise RecipeError(f"cannot read the recipe file {path}: {err.strerror or err}") from None
+    return Recipe.from_yaml(raw) if path.endswith((".yaml", ".yml")) else Recipe.from_json(raw)
 
 
 def _load(name, variant: dict, hub_root, cache_root, progress=True, user: dict | None = None):

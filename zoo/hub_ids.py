@@ -106,11 +106,11 @@ def read_repo(repo_id: str, revision: str = "main", *, store: Store | None = Non
             folder = download(repo_id, revision=revision, endpoint=endpoint)
     else:
         folder = download(repo_id, revision=revision, endpoint=endpoint)
+    from zoo.parsing import load_json
+
     config_path = folder / CONFIG_FILE
-    try:
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    except json.JSONDecodeError as err:
-        raise UnsupportedModelError(f"{repo_id}@{revision}: its {CONFIG_FILE} is not valid JSON ({err})") from None
+    config = load_json(config_path.read_bytes(), what=f"{repo_id}@{revision}: its {CONFIG_FILE}",
+                       error=UnsupportedModelError) if config_path.is_file() else {}
     if not isinstance(config, dict):
         raise UnsupportedModelError(f"{repo_id}@{revision}: its {CONFIG_FILE} is not a JSON object")
     return folder, RepoSnapshot(repo_id, folder.name, config, tuple(folder_files(folder)))
@@ -172,8 +172,8 @@ def entry_fields_from_record(record: Any, where: str) -> dict[str, Any]:
         if record["train"] is not None:
             train = dict(record["train"])
             fields["train"] = TrainSpec(**{**train, "data": DataSpec(**train["data"])})
-    except (TypeError, KeyError, UnknownNameError) as err:
-        raise CheckpointError(f"{where}: its recorded entry does not rebuild: {err}") from None
+    except (TypeError, KeyError, ValueError, AttributeError, UnknownNameError) as err:
+        raise CheckpointError(f"{where}: its recorded entry does not rebuild: {err}"[:300]) from None
     return fields
 
 
@@ -195,15 +195,13 @@ def read_zoo_repo(repo: RepoSnapshot) -> ModelEntry | None:
     """A repo in the zoo's checkpoint format (pushed by `zoo push` or pulled from a team Hub): an entry
     `hf-hub:org/name` whose weights are the repo's, with its base's family, task, input and training data
     (so it can be derived from again, fine-tuning where the base could)."""
-    from zoo.compress.checkpoint import FORMAT_NAME, REQUIRED_CONFIG_KEYS
+    from zoo.compress.checkpoint import FORMAT_NAME, check_config
 
     config = dict(repo.config)
     if config.get("format") != FORMAT_NAME:
         return None
     where = f"{repo.repo_id}@{repo.commit[:12]}"
-    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
-    if missing:
-        raise CheckpointError(f"{where}: its {CONFIG_FILE} lacks {', '.join(missing)}")
+    check_config(config, f"{where}: its {CONFIG_FILE}")  # the schema: types, required keys, ranges
     fields = _base_fields(config, where)
     train = fields.get("train")
     if train is not None and train.init_from is not None:  # the weights are here: nothing to start from
