@@ -25,6 +25,7 @@ from zoo.errors import InvalidArgumentError
 from zoo.evaluate import VariantReport, pareto_front
 from zoo.tasks import MetricPlot, MetricSpec, task_named, task_of
 from zoo.hub import LocalHub, upload
+from zoo.locks import scratch_folder
 from zoo.model_cards import (
     CardPlot, base_card, metric_spec, plot_accuracy_vs_flops, plot_accuracy_vs_latency, plot_metric_vs_metric,
     validate_card, variant_card, write_card,
@@ -222,21 +223,27 @@ def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards | None, f
 
 def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards | None, *, repo_id: str,
                  hub: LocalHub | None = None, endpoint: str | None = None, token: str | None = None,
-                 private: bool = False) -> str:
+                 private: bool = False, staging: LocalHub | None = None) -> str:
     """Pushes one variant in one commit: to `hub` (local) or, with `hub=None`, to the Hub at `endpoint`
     (a new repo there is created `private` or public). The card is validated against the measured report
-    before anything is sent. In a distributed run rank 0 pushes; every rank returns the revision."""
+    before anything is sent. The repo is assembled in a scratch folder under the local hub `staging`
+    (default: `hub`, else the default local hub) that the next push sweeps should this one be killed.
+    In a distributed run rank 0 pushes; every rank returns the revision."""
     if model.zoo.report is None:
         raise InvalidArgumentError(f"{model.zoo.name} has no measured report; only measured variants publish")
     validate_card(card, model.zoo.report)
+    scratch = (staging or hub or LocalHub()).staging_root
     return main_decides(lambda: _push(model, card, family, repo_id=repo_id, hub=hub, endpoint=endpoint, token=token,
-                                      private=private))
+                                      private=private, scratch=scratch))
+
+
+STAGING_PREFIX = "push-"
 
 
 def _push(model: nn.Module, card: ModelCard, family: FamilyCards | None, *, repo_id: str, hub: LocalHub | None,
-          endpoint: str | None, token: str | None, private: bool) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = repo_folder(model, card, family, Path(tmp) / "repo")
+          endpoint: str | None, token: str | None, private: bool, scratch: Path) -> str:
+    with scratch_folder(scratch, STAGING_PREFIX) as tmp:
+        folder = repo_folder(model, card, family, tmp / "repo")
         message = f"zoo: {model.zoo.name} ({model.zoo.recipe.describe() if model.zoo.recipe else 'base model'})"
         if hub is not None:
             return hub.push(repo_id, folder, message=message)
@@ -283,7 +290,7 @@ def push(name: str, repo_id: str | None = None, *, to: str = "local", endpoint: 
         model, card, family, default_repo = _made_in_family(name, store)
     target = repo_id or default_repo
     revision = push_variant(model, card, family, repo_id=target, hub=store.hub if to == "local" else None,
-                            endpoint=endpoint, token=token, private=private)
+                            endpoint=endpoint, token=token, private=private, staging=store.hub)
     return PushResult(model.zoo.name, target, revision, str(store.hub.root) if to == "local" else hub_url(endpoint))
 
 
