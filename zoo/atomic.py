@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from zoo.locks import LOCK_SUFFIX, folder_lock
+from zoo.locks import LOCK_SUFFIX, folder_lock, try_acquire
 
 TMP_SUFFIX = ".tmp"
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{12}")
@@ -131,7 +131,9 @@ def recover_folder(folder: str | os.PathLike[str], *, complete: str, blocking: b
     folder = Path(folder)
     if folder.parent.is_dir() and (_leftovers(folder, "old") or _leftovers(folder, "tmp")):
         lock = folder_lock(folder)
-        if lock.acquire(blocking=blocking):
+        if blocking:
+            lock.acquire()
+        if blocking or try_acquire(lock):
             try:
                 tidy_locked(folder, complete=complete)
             finally:

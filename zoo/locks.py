@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 LOCK_SUFFIX = ".lock"
 
@@ -33,6 +33,15 @@ def lock_for(path: Path) -> FileLock:
     waiting for each other)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path), is_singleton=True)
+
+
+def try_acquire(lock: FileLock) -> bool:
+    """Takes `lock` if no other process (or thread) holds it, without waiting; whether it did."""
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        return False
+    return True
 
 
 def folder_lock_path(folder: Path) -> Path:
@@ -81,7 +90,7 @@ def sweep_scratch(root: Path, prefix: str) -> list[Path]:
         if not folder.is_dir():
             continue
         lock = lock_for(folder.with_name(folder.name + LOCK_SUFFIX))
-        if not lock.acquire(blocking=False):
+        if not try_acquire(lock):
             continue  # a live push or write is using it
         try:
             if lock.lock_counter > 1:  # this very process holds it: its own folder, in use
