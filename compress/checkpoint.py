@@ -14,9 +14,15 @@ their tensor metas), version 4 the packed low-bit ones (4- and 2-bit codes, `int
 checkpoint records the lowest version that holds all its encodings, so one without them stays readable
 by the older readers, and every checkpoint of versions 1 to 3 loads unchanged. A file that names an encoding newer than its recorded version is refused.
 
-Saving is atomic: the folder is written beside the target and renamed into place, so an interrupted
-save leaves the previous checkpoint intact and never a partial one. Loading checks the format name and
-version and every file's SHA-256 before decoding. Only safetensors and JSON are read: never pickle.
+Saving is atomic: the folder is written beside the target (`.<name>.tmp-<random>`) and renamed into
+place, so an interrupted save never leaves a partial checkpoint. Replacing an existing checkpoint takes
+two renames (the old folder aside to `.<name>.old-<random>`, the new one in); a kill between them leaves
+no folder at the path for an instant, and the next read or write of the path (`load_checkpoint`,
+`read_config`, `save_checkpoint`, `recover_checkpoint`) moves the previous checkpoint back first. Saves
+and that recovery hold the folder's lock (`zoo.locks.folder_lock`, the file `.<name>.lock` beside it),
+and each save sweeps the `.tmp-`/`.old-` leftovers of killed saves; `zoo.atomic.is_leftover` tells them
+apart from checkpoints. Loading checks the format name and version and every file's SHA-256 before decoding. Only
+safetensors and JSON are read: never pickle.
 
 Everything read is validated before use: config.json against its schema (`check_config`: the types of
 its keys, a sparsity in [0, 1], JSON within `zoo.parsing`'s size and depth bounds), the tensor metas
@@ -32,7 +38,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +57,12 @@ from zoo.compress.formats import (
     unshared,
 )
 
-from zoo.atomic import atomic_path, atomic_write_json, atomic_write_text, fsync_path
+from zoo.atomic import (
+    atomic_path, atomic_write_json, atomic_write_text, fsync_path, recover_folder, staging_folder, swap_in,
+    tidy_locked,
+)
 from zoo.errors import CheckpointError, ChecksumError, InvalidArgumentError
+from zoo.locks import folder_lock
 from zoo.parsing import load_json
 
 FORMAT_NAME = "zoo-compressed"
@@ -84,24 +93,32 @@ def save_checkpoint(
     folder = Path(folder)
     body = _checked_config(config)
     stored, metas = compress_state_dict(state_dict, entropy_coding=entropy_coding, nm_coding=nm_coding)
-    _check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
-        weights = tmp / WEIGHTS_FILE
-        save_file(stored, str(weights), metadata={"format": "pt", METAS_KEY: metas_to_json(metas)})
-        fsync_path(weights)
-        files = {WEIGHTS_FILE: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
-        version = max((meta.codec.since for meta in metas.values()), default=1)
-        header = {"format": FORMAT_NAME, "format_version": version, **body, "files": files}
-        atomic_write_json(tmp / CONFIG_FILE, header)
-        _swap_in(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_path(folder.parent)
+    with folder_lock(folder):
+        tidy_locked(folder, complete=CONFIG_FILE)
+        _check_replaceable(folder)
+        tmp = staging_folder(folder)
+        try:
+            weights = tmp / WEIGHTS_FILE
+            save_file(stored, str(weights), metadata={"format": "pt", METAS_KEY: metas_to_json(metas)})
+            fsync_path(weights)
+            files = {WEIGHTS_FILE: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
+            version = max((meta.codec.since for meta in metas.values()), default=1)
+            header = {"format": FORMAT_NAME, "format_version": version, **body, "files": files}
+            atomic_write_json(tmp / CONFIG_FILE, header)
+            swap_in(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_path(folder.parent)
     return folder
+
+
+def recover_checkpoint(folder: str | os.PathLike[str], *, blocking: bool = True) -> bool:
+    """Puts back the previous checkpoint at `folder` when a save was killed between its two renames and
+    sweeps the leftovers of killed saves (`zoo.atomic.recover_folder`; with `blocking=False`, nothing
+    while a save of it is in flight). Returns whether `folder` now holds a config.json."""
+    return recover_folder(folder, complete=CONFIG_FILE, blocking=blocking)
 
 
 def load_checkpoint(
@@ -115,7 +132,7 @@ def load_checkpoint(
     otherwise add to (hashlib releases the GIL): zoo.load pays for the check about once, not twice.
     """
     folder = Path(folder)
-    config = read_config(folder)
+    config = read_config(folder)  # puts back a checkpoint a killed save moved aside
     for fname, entry in config["files"].items():
         path = folder / fname
         if not path.is_file():
@@ -145,8 +162,11 @@ def _check_digest(path: Path, actual: str, entry: dict[str, Any]) -> None:
 
 
 def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """config.json of a checkpoint, checked: format name and version known, files listed."""
+    """config.json of a checkpoint, checked: format name and version known, files listed (a checkpoint that
+    a killed save moved aside is put back first: `recover_checkpoint`)."""
     path = Path(folder) / CONFIG_FILE
+    if not path.is_file() and not Path(folder).exists():
+        recover_checkpoint(folder)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: {folder} is not a zoo checkpoint")
     config = load_json(path.read_bytes(), what=str(path), error=CheckpointError, max_bytes=MAX_CONFIG_BYTES)
@@ -356,21 +376,6 @@ def _check_replaceable(folder: Path) -> None:
         raise InvalidArgumentError(f"{folder} exists and is not a folder")
     if any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file():
         raise InvalidArgumentError(f"{folder} is a non-empty folder without {CONFIG_FILE}; refusing to replace it")
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """Renames `tmp` to `folder`; an existing `folder` is moved aside first and restored on failure."""
-    if not folder.exists():
-        os.replace(tmp, folder)
-        return
-    old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:12]}"
-    os.replace(folder, old)
-    try:
-        os.replace(tmp, folder)
-    except BaseException:
-        os.replace(old, folder)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_weights(path: Path, version: int) -> tuple[dict[str, torch.Tensor], dict[str, TensorMeta]]:

@@ -15,13 +15,18 @@ An unmodified huggingface_hub reads it offline, with the hub's root as its cache
                                      snapshot_download uses it to check a snapshot is complete
         zoo-commits/<revision>.json  the zoo's log: parent, message, time and files of each revision
         .zoo-push-<random>/          work folder of a push in flight; the next push of the repo sweeps it
+    root/.locks/zoo/<repo folder>.lock   a repo's push lock
+    root/.locks/zoo-staging/push-<random>/   where `zoo push` assembles a repo before pushing it (here or to
+                                     a Hub); one a killed push left is swept by the next (zoo.locks.scratch_folder)
 
 A revision is a 40-hex id (the sha1 of its commit record), shaped like a Hub commit id; it is not a
 git commit. Crash safety: a push copies and hashes every file into its work folder, then moves blobs,
 records and the finished snapshot folder into place with `os.replace`/`os.rename`, and moves
 `refs/main` last, again by `os.replace`. Until that last step the new revision is invisible to
 `revisions`/`snapshot`, and `main` keeps pointing at a complete snapshot, so an exception or a kill at
-any point leaves the previous revision intact. Pushes to one repo are serialized by a file lock under
+any point leaves the previous revision intact. Durability: every blob, record and snapshot link, and
+the folders that name them, are fsynced before `refs/main` moves (and the ref after), so a power cut
+cannot leave `main` naming a revision whose files were never written. Pushes to one repo are serialized by a file lock under
 `root/.locks/` (a folder HF's cache scanner skips).
 """
 from __future__ import annotations
@@ -173,6 +178,11 @@ class LocalHub:
     def __repr__(self) -> str:
         return f"LocalHub({str(self.root)!r})"
 
+    @property
+    def staging_root(self) -> Path:
+        """Where repos are assembled before a push (under `.locks/`, which HF's cache scanner skips)."""
+        return self.root / ".locks" / "zoo-staging"
+
     # ---- reading -------------------------------------------------------------------------------
     def list_repos(self) -> list[str]:
         """Ids of the repos that have at least one revision, sorted."""
@@ -274,9 +284,13 @@ class LocalHub:
                 fsync_path(staged / str(i))
                 os.replace(staged / str(i), target)
         fsync_path(blobs_dir)
+        for folder in sorted({link.parent for link in snapshot.rglob("*")} | {snapshot}, reverse=True):
+            fsync_path(folder)  # the snapshot's links (the records were fsynced by atomic_write_json)
         os.replace(work / "tree.json", repo_dir / "trees" / f"{revision}.json")
         os.replace(work / "commit.json", repo_dir / _COMMITS / f"{revision}.json")
         os.rename(snapshot, repo_dir / "snapshots" / revision)
+        for name in ("trees", _COMMITS, "snapshots"):
+            fsync_path(repo_dir / name)  # the renames above, durable before main names the revision
         _publish_ref(work / "ref", repo_dir / "refs" / _MAIN)
         return revision
 

@@ -332,7 +332,7 @@ def test_interrupted_first_save_leaves_nothing(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(ckpt, "save_file", failing_save_file)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path / "ck", {"w": torch.randn(3)}, config=CONFIG)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".ck.lock"]  # its lock (zoo.locks), not a checkpoint
 
 
 def test_save_replaces_a_previous_checkpoint(saved) -> None:
@@ -342,7 +342,7 @@ def test_save_replaces_a_previous_checkpoint(saved) -> None:
     restored, config = load_checkpoint(folder)
     assert_bit_equal(restored, new)
     assert config["name"] == "v2"
-    assert sorted(p.name for p in folder.parent.iterdir()) == ["ck"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == [".ck.lock", "ck"]
 
 
 def test_save_refuses_to_replace_unrelated_folder(tmp_path: Path) -> None:

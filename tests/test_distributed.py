@@ -157,7 +157,8 @@ def test_cli_under_torchrun_derives_one_variant_written_once(tmp_path_factory: p
     result = _torchrun(["-m", "zoo.cli", "compress", BASE, "--sparsity", "0.9"], env=store_env(store))
     name = f"{BASE}_gmp90"
     folders = store.cached_entries(name)
-    assert len(folders) == 1 and sorted(p.name for p in (store.cache_root / name).iterdir()) == [folders[0].name]
+    beside = sorted(p.name for p in (store.cache_root / name).iterdir())
+    assert len(folders) == 1 and beside == [f".{folders[0].name}.lock", folders[0].name]  # the key and its lock
     assert sorted(p.name for p in folders[0].iterdir()) == ["config.json", "model.safetensors", "report.json"]
     lines = [line for line in result.stdout.splitlines() if line.startswith(f"{name}: ")]
     assert lines == [f"{name}: derived at {folders[0]}"] * 2  # both ranks: the one folder rank 0 wrote

@@ -12,6 +12,10 @@ loaded as it is, it is the repo's own model (`source="hf-hub"`), and compressed,
 
 Under torchrun (zoo.distributed) every rank trains, rank 0 alone decides what is cached or published,
 writes and measures; the other ranks wait for it and load what it wrote.
+
+Across processes, one trains a base or derives a variant while the others wait for its lock
+(`zoo.locks.derivation_lock`, per cache key) and then load what it cached: N processes loading one
+missing variant derive it once and return the same weights.
 """
 from __future__ import annotations
 
@@ -30,12 +34,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from zoo.compress.checkpoint import (
+    CONFIG_FILE,
     FORMAT_NAME,
     WEIGHTS_FILE,
     declared_format,
     load_checkpoint,
     read_config,
     read_report,
+    recover_checkpoint,
     save_checkpoint,
     write_report,
 )
@@ -51,6 +57,7 @@ from zoo.evaluate import VariantReport
 from zoo.evaluation import has_eval_data, measure_variant
 from zoo.hub import download
 from zoo.hub_ids import entry_record, is_hub_reference
+from zoo.locks import derivation_lock
 from zoo.models import build_empty_model, build_model
 from zoo.native import train_base_model
 from zoo.options import TrainOptions
@@ -212,7 +219,8 @@ def _base(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bo
     if model is not None:
         return model
     if source == "cache":
-        return load_cached(spec, folder, progress=progress, options=store.options)
+        with derivation_lock(folder):  # a report measured by one process, not by all at once
+            return load_cached(spec, folder, progress=progress, options=store.options)
     model = _from_folder(spec.base, folder, source=source, signing=store.signing)
     if model.zoo.report is None:  # an upstream checkpoint: measured once, its report cached beside the variants
         report = _upstream_report(model, spec.base, folder, store, progress=progress)
@@ -264,11 +272,12 @@ def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,
         init = load(entry.train.init_from, store=store, endpoint=endpoint, progress=progress)
         identity += base_fingerprint(init.zoo.path)
     folder = store.cache_dir(entry.name, "trained-" + _digest(identity))
-    if _cached(folder):
-        return folder, "cache", None
-    model = train_base_model(entry, progress=progress, init=init, options=store.options)
-    return folder, "trained", _save_and_measure(model, VariantSpec(entry), folder, store.options, recipe=None,
-                                                source="trained", progress=progress)
+    with derivation_lock(folder):  # one training per base: other processes wait here, then find it cached
+        if _cached(folder):
+            return folder, "cache", None
+        model = train_base_model(entry, progress=progress, init=init, options=store.options)
+        return folder, "trained", _save_and_measure(model, VariantSpec(entry), folder, store.options, recipe=None,
+                                                    source="trained", progress=progress)
 
 
 def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress: bool) -> nn.Module:
@@ -276,10 +285,18 @@ def _derived(spec: VariantSpec, store: Store, *, endpoint: str | None, progress:
     cache key is the recipe and the base weights' identity, found without loading any weights."""
     base_folder, base_source, base_model = _base_folder(spec.base, store, endpoint=endpoint, progress=progress)
     fingerprint = entry_fingerprint(spec.base, base_folder)
-    recipe = spec.recipe(store.options)
     folder = variant_cache_folder(spec, store, fingerprint)
-    if _cached(folder):
-        return load_cached(spec, folder, progress=progress, options=store.options)
+    with derivation_lock(folder):  # one derivation per cache key: other processes wait, then load it
+        if _cached(folder):
+            return load_cached(spec, folder, progress=progress, options=store.options)
+        return _derive(spec, store, folder, fingerprint, base_folder, base_source, base_model,
+                       endpoint=endpoint, progress=progress)
+
+
+def _derive(spec: VariantSpec, store: Store, folder: Path, fingerprint: str, base_folder: Path, base_source: str,
+            base_model: nn.Module | None, *, endpoint: str | None, progress: bool) -> nn.Module:
+    """`_derived`'s work once the cache lacks `spec` (the caller holds its folder's lock)."""
+    recipe = spec.recipe(store.options)
     start, done = None, 0
     if spec.sparse_parent is not None:
         parent = load(spec.sparse_parent, store=store, endpoint=endpoint, progress=progress)
@@ -557,7 +574,10 @@ def _cached(folder: Path) -> bool:
 
 
 def _is_zoo_checkpoint(folder: Path) -> bool:
-    """Whether `folder` holds a config.json declaring the zoo's format (its schema is checked at load)."""
+    """Whether `folder` holds a config.json declaring the zoo's format (its schema is checked at load);
+    a save killed mid-swap has its previous checkpoint put back first."""
+    if not (folder / CONFIG_FILE).is_file() and not recover_checkpoint(folder):
+        return False
     return declared_format(folder) == FORMAT_NAME
 
 

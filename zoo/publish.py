@@ -25,6 +25,7 @@ from zoo.errors import InvalidArgumentError
 from zoo.evaluate import VariantReport, pareto_front
 from zoo.tasks import MetricPlot, MetricSpec, task_named, task_of
 from zoo.hub import LocalHub, upload
+from zoo.locks import scratch_folder
 from zoo.model_cards import (
     CardPlot, base_card, metric_spec, plot_accuracy_vs_flops, plot_accuracy_vs_latency, plot_metric_vs_metric,
     validate_card, variant_card, write_card,
@@ -223,18 +224,21 @@ def repo_folder(model: nn.Module, card: ModelCard, family: FamilyCards | None, f
 
 def push_variant(model: nn.Module, card: ModelCard, family: FamilyCards | None, *, repo_id: str,
                  hub: LocalHub | None = None, endpoint: str | None = None, token: str | None = None,
-                 private: bool = False, sign_key: Path | None = None) -> str:
+                 private: bool = False, sign_key: Path | None = None, staging: LocalHub | None = None) -> str:
     """Pushes one variant in one commit: to `hub` (local) or, with `hub=None`, to the Hub at `endpoint`
     (a new repo there is created `private` or public). The card is validated against the measured report
     before anything is sent. With `sign_key` (a PEM elliptic-curve private key) the card names the key and
-    the repo carries `model.sig`, its signature over every file (zoo.signing). In a distributed run rank 0
-    pushes; every rank returns the revision."""
+    the repo carries `model.sig`, its signature over every file (zoo.signing). The repo is assembled in a
+    scratch folder under the local hub `staging` (default: `hub`, else the default local hub) that the next
+    push sweeps should this one be killed. In a distributed run rank 0 pushes; every rank returns the
+    revision."""
     if model.zoo.report is None:
         raise InvalidArgumentError(f"{model.zoo.name} has no measured report; only measured variants publish")
     validate_card(card, model.zoo.report)
     signer = signing_key_fingerprint(sign_key) if sign_key is not None else None  # a bad key: before any work
+    scratch = (staging or hub or LocalHub()).staging_root
     return main_decides(lambda: _push(model, card, family, repo_id=repo_id, hub=hub, endpoint=endpoint, token=token,
-                                      private=private, sign_key=sign_key, signer=signer))
+                                      private=private, sign_key=sign_key, signer=signer, scratch=scratch))
 
 
 def signed_card(card: ModelCard, signer: str) -> ModelCard:
@@ -249,10 +253,14 @@ this repo, this card included. The zoo verifies it at load when that key is trus
 """)
 
 
+STAGING_PREFIX = "push-"
+
+
 def _push(model: nn.Module, card: ModelCard, family: FamilyCards | None, *, repo_id: str, hub: LocalHub | None,
-          endpoint: str | None, token: str | None, private: bool, sign_key: Path | None, signer: str | None) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = repo_folder(model, signed_card(card, signer) if signer else card, family, Path(tmp) / "repo")
+          endpoint: str | None, token: str | None, private: bool, sign_key: Path | None, signer: str | None,
+          scratch: Path) -> str:
+    with scratch_folder(scratch, STAGING_PREFIX) as tmp:
+        folder = repo_folder(model, signed_card(card, signer) if signer else card, family, tmp / "repo")
         if sign_key is not None:
             sign_folder(folder, sign_key)
         message = f"zoo: {model.zoo.name} ({model.zoo.recipe.describe() if model.zoo.recipe else 'base model'})"
@@ -303,7 +311,7 @@ def push(name: str, repo_id: str | None = None, *, to: str = "local", endpoint: 
         model, card, family, default_repo = _made_in_family(name, store)
     target = repo_id or default_repo
     revision = push_variant(model, card, family, repo_id=target, hub=store.hub if to == "local" else None,
-                            endpoint=endpoint, token=token, private=private,
+                            endpoint=endpoint, token=token, private=private, staging=store.hub,
                             sign_key=Path(sign_key) if sign_key is not None else None)
     return PushResult(model.zoo.name, target, revision, str(store.hub.root) if to == "local" else hub_url(endpoint))
 

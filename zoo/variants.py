@@ -3,7 +3,9 @@
 A variant's name is its base's `arch.tag` with the compression appended to the tag:
 `resnet18.zoo_digits_gmp90` (gradual magnitude pruning to 90%, fine-tuned), `..._os90` (one-shot
 magnitude pruning, no fine-tuning), `..._int8` (post-training int8), `..._gmp90_int8` (both), and
-`..._r<hash>` for a custom recipe. Sparsities that are not whole percents use `p`: `_gmp97p5`.
+`..._r<hash>` for a custom recipe. Sparsities that are not whole percents use `p`: `_gmp97p5`; a name holds
+at most 4 decimal places of a percent (`_os12p3456`), so a variant's sparsity is a multiple of 1e-6 and any
+other is refused (`named_sparsity`): one name, one recipe, and `resolve(spec.name)` gives `spec` back.
 Structured pruning, fine-tuned: `..._ch50` (50 % of every layer's channels removed), `..._hd50` (50 %
 of the attention heads and FFN neurons removed); the number is then the fraction of structures removed.
 Sparse training from scratch (`zoo.compress.sparse_training`): `..._rigl90`, `..._set90`, `..._static90`
@@ -73,10 +75,28 @@ SNAP_ORDERS = (1, 2)  # zoo.compress.snap's (a test checks they agree)
 QAT_LR_FACTOR = 0.1  # QAT fine-tunes a trained base at a tenth of its peak learning rate
 
 
+SPARSITY_DECIMALS = 6  # a variant's sparsity: a multiple of 1e-6, 4 decimal places of a percent in its name
+_FLOAT_NOISE = 1e-12  # what a float computed as (say) 1 - 0.1 may be off its decimal value by
+
+
 def check_sparsity(sparsity: float) -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
         raise InvalidArgumentError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
     return float(sparsity)
+
+
+def named_sparsity(sparsity: float) -> float:
+    """The sparsity a variant's name can hold: `sparsity` (checked) as the float nearest its value rounded
+    to `SPARSITY_DECIMALS` places (12.3456 % is `_os12p3456`), so that the name parses back to this very
+    float. InvalidArgumentError for one that does not round to itself (0.1234561: two recipes would share
+    one name), which includes every non-zero sparsity under 1e-6 (it would be named as the base)."""
+    sparsity = check_sparsity(sparsity)
+    named = round(sparsity, SPARSITY_DECIMALS)
+    if abs(named - sparsity) > _FLOAT_NOISE:
+        raise InvalidArgumentError(
+            f"sparsity {sparsity!r} cannot be named: a variant's sparsity is a multiple of 1e-6 "
+            f"(at most 4 decimal places of a percent); give {named!r} or use a custom recipe")
+    return named
 
 
 def check_quant(quant: str | None) -> str | None:
@@ -85,7 +105,10 @@ def check_quant(quant: str | None) -> str | None:
 
 
 def _percent(sparsity: float) -> str:
-    text = f"{sparsity * 100:.4f}".rstrip("0").rstrip(".")
+    """`named_sparsity`'s value as a percent, `p` for the decimal point: 0.975 -> `97p5`, 0.123456 -> `12p3456`."""
+    from decimal import Decimal
+
+    text = format(Decimal(f"{sparsity:.{SPARSITY_DECIMALS}f}").scaleb(2).normalize(), "f")
     return text.replace(".", "p")
 
 
@@ -117,8 +140,9 @@ class VariantSpec:
     def __post_init__(self) -> None:
         self._check_user_data()
         if self.nm is not None:
-            self._check_nm()
-        check_sparsity(self.sparsity)
+            self._check_nm()  # its sparsity, 1 - n/m, is named by `nm<n><m>`, not as a percent
+        else:
+            object.__setattr__(self, "sparsity", named_sparsity(self.sparsity))
         object.__setattr__(self, "quant", check_quant(self.quant))
         self._check_quant_and_distill()
         if self.method not in METHODS:
@@ -230,7 +254,8 @@ class VariantSpec:
         implied = 1.0 - nm[0] / nm[1]
         if self.sparsity == 0.0:
             object.__setattr__(self, "sparsity", implied)
-        elif abs(self.sparsity - implied) > 1e-12:
+        elif isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
+                or abs(self.sparsity - implied) > _FLOAT_NOISE:
             raise InvalidArgumentError(f"{nm[0]}:{nm[1]} is {implied:.4g} sparse, not {self.sparsity}")
 
     @property
