@@ -326,6 +326,8 @@ def _write_to_cache(repo_id: str, revision: str, listing: _Listing, cache_dir: P
     if revision != listing.commit:
         atomic_write_text(storage / "refs" / revision, listing.commit)
     return snapshot
+
+
 def _check_revision(revision: object) -> str:
     if not isinstance(revision, str):
         raise InvalidArgumentError(f"revision must be a string, got {type(revision).__name__}")
