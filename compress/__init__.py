@@ -67,12 +67,18 @@ _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_WHERE)
 
 
+def register_all() -> None:
+    """Imports every step module, which registers its config type (the deserialization allowlist) and
+    its handler: what reading a recipe needs first."""
+    for each in _MODULES:
+        importlib.import_module(each)
+
+
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'zoo.compress' has no attribute {name!r}")
-    for each in _MODULES:  # registers every config type and handler
-        importlib.import_module(each)
+    register_all()
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

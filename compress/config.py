@@ -38,6 +38,10 @@ class CompressionConfig:
             raise RecipeError(f"a recipe step's 'type' is the name of a config type, got {data['type']!r}"[:300])
         if type(data["version"]) is not int:
             raise RecipeError(f"{data['type']}: 'version' must be an integer, got {data['version']!r}"[:300])
+        if data["type"] not in CONFIG_TYPES:  # a step module not imported yet: every one registers its type
+            from zoo.compress import register_all
+
+            register_all()
         cls = CONFIG_TYPES.get(data["type"])
         if data["version"] != cls.VERSION and data["version"] not in cls.UPGRADES:
             readable = ", ".join(str(v) for v in sorted({*cls.UPGRADES, cls.VERSION}))

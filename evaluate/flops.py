@@ -95,22 +95,23 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     formulas = _dense_formulas()
     dense_failures: Counter[str] = Counter()
     sparse_failures: Counter[str] = Counter()
-    dense_mapping = _guarded(formulas, dense_failures)
-    sparse_mapping = {**_guarded(formulas, sparse_failures),
-                      **_guarded(_sparse_mapping(_weight_storages(model), formulas), sparse_failures)}
+    running = _RunningModules(model)
+    dense_mapping = _guarded(formulas, dense_failures, running.counter("dense"))
+    sparse_mapping = {**_guarded(formulas, sparse_failures, running.counter("sparse")),
+                      **_guarded(_sparse_mapping(_weight_storages(model), formulas), sparse_failures,
+                                 running.counter("sparse"))}
     was_training = model.training
     model.eval()
     try:
         # The op recorder is entered first so that it sees the ops the counters run, after they decomposed
         # those they have no formula for.
-        with torch.no_grad(), _OpRecorder() as ran, \
+        with torch.no_grad(), running, _OpRecorder() as ran, \
                 FlopCounterMode(display=False, custom_mapping=dense_mapping) as dense, \
                 FlopCounterMode(display=False, custom_mapping=sparse_mapping) as sparse:
             model(*inputs)
     finally:
         model.train(was_training)
-    dense_counts, sparse_counts = dense.get_flop_counts(), sparse.get_flop_counts()
-    layers = _own_layers(model, dense_counts, sparse_counts)
+    layers = running.layers()
     without_formula = Counter({_op_name(op): calls for op, calls in ran.calls.items()
                                if op not in formulas and _does_products(op)})
     uncounted = without_formula + (dense_failures | sparse_failures)
@@ -151,17 +152,21 @@ def _dense_formulas() -> dict[Any, Callable[..., int]]:
     return {**flop_registry, **{packet: _attention_flops for packet in _SDPA_OPS}}
 
 
-def _guarded(mapping: Mapping[Any, Callable[..., int]], failures: Counter[str]) -> dict[Any, Callable[..., int]]:
+def _guarded(mapping: Mapping[Any, Callable[..., int]], failures: Counter[str],
+             on_count: Callable[[Any, int], None] | None = None) -> dict[Any, Callable[..., int]]:
     """custom_mapping entries for FlopCounterMode: `mapping`'s raw formulas, each counting 0 and adding
-    its op to `failures` where it raises."""
+    its op to `failures` where it raises; `on_count(op, flops)` is told every count."""
 
     def guard(op: Any, formula: Callable[..., int]) -> Callable[..., int]:
         def counted(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
             try:
-                return formula(*args, out_val=out_val, **kwargs)
+                flops = formula(*args, out_val=out_val, **kwargs)
             except Exception:  # any error of a formula on these arguments: the op is reported uncounted
                 failures[_op_name(op)] += 1
                 return 0
+            if on_count is not None:
+                on_count(op, flops)
+            return flops
 
         counted._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode passes raw tensors
         return counted
@@ -281,40 +286,50 @@ def _attention_macs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_weight
     return scores + q.shape[-2] * value_entries
 
 
-def _own_layers(model: nn.Module, dense: Mapping[str, Mapping[Any, int]],
-                sparse: Mapping[str, Mapping[Any, int]]) -> list[LayerFlops]:
-    """Per (module, op) FLOPs done by the module itself, not by modules inside it, in `named_modules`
-    order. FlopCounterMode credits an op to every module running at the time, under names prefixed
-    with the root's class name (the root's count, "Global", is the total). A module's own count is its
-    count less those of the outermost modules inside it that counted the op: not necessarily its
-    children, since containers such as a ModuleList never run themselves."""
-    prefix = type(model).__name__ + "."
-    names = {"": "Global", **{key[len(prefix):]: key for key in dense if key.startswith(prefix)}}
+class _RunningModules:
+    """Which of the model's modules runs each counted op: the innermost one running at the time (global
+    forward hooks keep the stack of running modules), so each op's FLOPs count once, for the module that
+    ran it. A module shared under two names counts under the first `named_modules` gives; an op no module
+    of the model runs inside (a function called on the root's behalf) counts for the root, ""."""
 
-    def outer(name: str, op: Any) -> str | None:
-        """The nearest enclosing module of `name` that counted `op` ("" is the root)."""
-        while name:
-            name = name.rpartition(".")[0]
-            if op in dense.get(names.get(name, ""), {}) or name == "":
-                return name
-        return None
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {id(module): name for name, module in model.named_modules()}
+        self.order = list(self.names.values())
+        self.stack: list[str] = []
+        self.counts: dict[str, dict[tuple[str, Any], int]] = {"dense": Counter(), "sparse": Counter()}
+        self._handles: list[Any] = []
 
-    inner_dense: dict[tuple[str, Any], int] = {}
-    inner_sparse: dict[tuple[str, Any], int] = {}
-    for name, key in names.items():
-        for op, count in dense.get(key, {}).items():
-            parent = outer(name, op)
-            if parent is not None:
-                inner_dense[parent, op] = inner_dense.get((parent, op), 0) + count
-                inner_sparse[parent, op] = inner_sparse.get((parent, op), 0) + sparse.get(key, {}).get(op, 0)
-    order = [name for name, _ in model.named_modules()]
-    order += sorted(set(names) - set(order))  # a module shared under two names counts under one of them
-    layers = []
-    for name in order:
-        key = names.get(name)
-        for op, count in (dense.get(key, {}) if key else {}).items():
-            own_dense = count - inner_dense.get((name, op), 0)
-            own_sparse = sparse.get(key, {}).get(op, 0) - inner_sparse.get((name, op), 0)
-            if own_dense or own_sparse:
-                layers.append(LayerFlops(name=name, op=str(op), dense=own_dense, sparse=own_sparse))
-    return layers
+    def counter(self, kind: str) -> Callable[[Any, int], None]:
+        counts = self.counts[kind]
+
+        def count(op: Any, flops: int) -> None:
+            counts[self.stack[-1] if self.stack else "", op] += flops
+
+        return count
+
+    def __enter__(self) -> _RunningModules:
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        def enter(module: nn.Module, args: Any) -> None:
+            if id(module) in self.names:
+                self.stack.append(self.names[id(module)])
+
+        def leave(module: nn.Module, args: Any, output: Any) -> None:
+            if id(module) in self.names and self.stack:
+                self.stack.pop()
+
+        self._handles = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.stack.clear()
+
+    def layers(self) -> list[LayerFlops]:
+        """Per (module, op) FLOPs the module ran itself, in `named_modules` order."""
+        dense, sparse = self.counts["dense"], self.counts["sparse"]
+        rank = {name: i for i, name in enumerate(self.order)}
+        keys = sorted(set(dense) | set(sparse), key=lambda key: (rank.get(key[0], len(rank)), str(key[1])))
+        return [LayerFlops(name=name, op=str(op), dense=dense.get((name, op), 0), sparse=sparse.get((name, op), 0))
+                for name, op in keys if dense.get((name, op), 0) or sparse.get((name, op), 0)]

@@ -152,6 +152,22 @@ def test_a_pushed_repo_config_is_validated_before_use(saved: Path) -> None:
         read_zoo_repo(RepoSnapshot("org/x", "a" * 40, config, ("config.json",)))
     with pytest.raises(CheckpointError, match="sparsity"):
         read_zoo_repo(RepoSnapshot("org/x", "a" * 40, {**config, "base_model": "b", "sparsity": "lots"}, ()))
+    bare = {key: value for key, value in config.items() if key != "entry"}
+    with pytest.raises(CheckpointError, match="names no base model"):  # found by benchmarks/fuzz.py at 10^5 inputs
+        read_zoo_repo(RepoSnapshot("org/x", "a" * 40, {**bare, "base_model": None}, ("config.json",)))
+
+
+def test_a_recipe_reads_in_a_fresh_interpreter_that_imported_no_step_module() -> None:
+    """Found by benchmarks/fuzz.py: `zoo.compress.recipe.Recipe.from_json` before any step module was imported
+    knew no config type; reading a recipe now registers them all first."""
+    import subprocess
+    import sys
+
+    code = ("import json; from zoo.compress.recipe import Recipe; print(Recipe.from_json(json.dumps("
+            "{'recipe_version': 1, 'steps': [{'type': 'MagnitudePruningConfig', 'version': 1, "
+            "'config': {'sparsity': 0.5}}]})).steps[0].sparsity)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "0.5", done.stderr[-500:]
 
 
 def test_a_variant_whose_name_or_arch_is_not_the_entrys_is_refused(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ from zoo.compress.structured import rebuild_architecture, structured_architectur
 from zoo.data import Batches
 from zoo.distributed import main_decides, main_only
 from zoo.entry import DataSpec, ModelEntry, is_hub_name
-from zoo.errors import CheckpointError, ChecksumError, HubError, InvalidArgumentError, ZooError
+from zoo.errors import CheckpointError, HubError, InvalidArgumentError, ZooError
 from zoo.evaluate import VariantReport
 from zoo.evaluation import has_eval_data, measure_variant
 from zoo.hub import download
@@ -469,13 +469,14 @@ def _from_checkpoint(entry: ModelEntry, folder: Path, *, source: str, name: str 
         raise CheckpointError(f"{folder}: its recipe does not read: {err}") from None
     try:
         data = read_report(folder, config)
-    except ChecksumError as err:
-        # an edited report (or a kill between writing it and recording its hash): its numbers are refused,
-        # the weights (verified by their own hash) load as not measured; a cached variant is measured again
+        report = VariantReport.from_dict(data, str(folder / REPORT_FILE)) if data is not None else None
+    except CheckpointError as err:
+        # an edited report (or a kill between writing it and recording its hash), or one out of its schema's
+        # ranges (an older evaluator's): its numbers are refused, the weights (verified by their own hash)
+        # load as not measured; a cached variant is measured again
         warnings.warn(f"{err}; its numbers are not used: the variant counts as not measured", UserWarning,
                       stacklevel=2)
-        data = None
-    report = VariantReport.from_dict(data, str(folder / REPORT_FILE)) if data is not None else None
+        report = None
     if _is_own_repo(entry, config):
         # An `hf-hub:` entry's own model: named and reported as that entry, the base of what derives from it
         # (its report without a recipe, as a base's; `model.zoo.recipe` keeps the one that made it).

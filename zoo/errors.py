@@ -15,7 +15,7 @@ class UnknownNameError(ZooError, LookupError):
     def __init__(self, kind: str, name: str, known: Iterable[str]):
         self.kind, self.name = kind, name
         self.known = sorted(known)
-        self.suggestions = difflib.get_close_matches(name, self.known, n=5, cutoff=0.5)
+        self.suggestions = difflib.get_close_matches(name, self.known, n=5, cutoff=0.5) if isinstance(name, str) else []
         hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
         listing = "" if self.suggestions or len(self.known) > 12 else f" (known: {', '.join(self.known)})"
         super().__init__(f"unknown {kind} {name!r}{hint}{listing}")

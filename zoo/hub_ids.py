@@ -182,6 +182,9 @@ def _base_fields(config: dict[str, Any], where: str) -> dict[str, Any]:
     before the zoo recorded it) its base's registry or catalog entry."""
     if config.get("entry") is not None:
         return entry_fields_from_record(config["entry"], where)
+    if not isinstance(config.get("base_model"), str):
+        raise CheckpointError(f"{where}: its config names no base model (base_model={config.get('base_model')!r}) "
+                              "and records no entry, so nothing says what it holds")
     try:
         base = get_entry(config["base_model"])
     except UnknownNameError:
