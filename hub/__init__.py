@@ -13,7 +13,7 @@ from zoo.hub.errors import (
     UnknownRepoError,
 )
 from zoo.hub.local import LocalHub, default_hub_root, folder_files, validate_repo_id
-from zoo.hub.remote import download, pull, upload
+from zoo.hub.remote import cached_or_download, download, pull, upload
 
 __all__ = [
     "HubConnectionError",
@@ -24,6 +24,7 @@ __all__ = [
     "RepoNotFoundError",
     "RevisionNotFoundError",
     "UnknownRepoError",
+    "cached_or_download",
     "default_hub_root",
     "download",
     "folder_files",

@@ -55,7 +55,7 @@ _MAIN = "main"
 _REPO_PREFIX = "models--"
 _COMMITS = "zoo-commits"
 _WORK_PREFIX = ".zoo-push-"
-_COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # a commit id (the Hub's, and the local hub's revision ids)
 _LFS_MIN_SIZE = 10 * 1024 * 1024  # the Hub refuses plain-git files from 10 MiB on
 _BINARY_PROBE = 8000  # git's binary heuristic: a NUL byte in the first 8000 bytes
 _CHUNK = 1 << 20
@@ -304,7 +304,7 @@ class LocalHub:
         if not ref.is_file():
             return None
         revision = ref.read_text(encoding="utf-8")
-        if not _COMMIT_ID.fullmatch(revision):
+        if not COMMIT_ID.fullmatch(revision):
             raise HubError(f"{ref} is corrupted: {revision[:60]!r} is not a revision id")
         return revision
 
@@ -331,7 +331,7 @@ class LocalHub:
             raise InvalidArgumentError(f"revision must be a string, got {type(revision).__name__}")
         if revision == _MAIN:
             resolved = head
-        elif _COMMIT_ID.fullmatch(revision) and revision in self.revisions(repo_id):
+        elif COMMIT_ID.fullmatch(revision) and revision in self.revisions(repo_id):
             resolved = revision
         else:
             raise RevisionNotFoundError(

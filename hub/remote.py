@@ -45,7 +45,7 @@ from zoo.hub.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
-from zoo.hub.local import LocalHub, folder_files, validate_repo_id
+from zoo.hub.local import COMMIT_ID, LocalHub, folder_files, validate_repo_id
 
 _MAIN = "main"
 
@@ -107,7 +107,6 @@ MAX_FILE_BYTES = constants.MAX_HTTP_DOWNLOAD_SIZE  # 50 GB: the most the Hub ser
 MAX_FILES = 100_000  # files in one revision's listing
 MAX_PATH_CHARS = 1024  # a repo path, all segments
 MAX_SEGMENT_BYTES = 255  # one segment, UTF-8: the usual file-name limit
-COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -370,6 +369,15 @@ def download(repo_id: str, *, revision: str = _MAIN, endpoint: str | None = None
             except hf_errors.LocalEntryNotFoundError:
                 raise error from None
         return _write_to_cache(repo_id, revision, listing, cache_dir, endpoint=endpoint, token=token)
+
+
+def cached_or_download(repo_id: str, *, revision: str = _MAIN, endpoint: str | None = None) -> Path:
+    """The snapshot folder of `revision` from the Hugging Face cache when it holds it (no network), else
+    downloaded (`download`): for a revision that cannot change under it, a commit id."""
+    try:
+        return download(repo_id, revision=revision, local_files_only=True)
+    except HubError:
+        return download(repo_id, revision=revision, endpoint=endpoint)
 
 
 def pull(repo_id: str, local_hub: LocalHub, *, revision: str = _MAIN, endpoint: str | None = None,

@@ -52,10 +52,10 @@ from zoo.compress.structured import rebuild_architecture, structured_architectur
 from zoo.data import Batches
 from zoo.distributed import main_decides, main_only
 from zoo.entry import DataSpec, ModelEntry, is_hub_name
-from zoo.errors import CheckpointError, HubError, InvalidArgumentError, ZooError
+from zoo.errors import CheckpointError, InvalidArgumentError, ZooError
 from zoo.evaluate import VariantReport
 from zoo.evaluation import has_eval_data, measure_variant
-from zoo.hub import download
+from zoo.hub import cached_or_download
 from zoo.hub_ids import entry_record, is_hub_reference
 from zoo.locks import derivation_lock
 from zoo.models import build_empty_model, build_model
@@ -64,14 +64,11 @@ from zoo.options import TrainOptions
 from zoo.signing import SigningPolicy, verify_folder
 from zoo.store import REPORT_FILE, Store
 from zoo.tasks import Task, task_of
-from zoo.userdata import FineTuning, UserData
+from zoo.userdata import CONFIG_KEY as USER_DATA_KEY, FineTuning, UserData
 from zoo.variants import VariantSpec, default_method, info, resolve  # noqa: F401  (zoo.api's public names)
 
 if TYPE_CHECKING:
     from zoo.userdata.run import Prepared as PreparedUserData
-
-
-USER_DATA_KEY = "user_data"  # zoo.userdata.run.CONFIG_KEY: what a checkpoint config records of the user's data
 
 
 @dataclass(frozen=True)
@@ -262,10 +259,7 @@ def _base_folder(entry: ModelEntry, store: Store, *, endpoint: str | None,
     if main_decides(lambda: store.hub.has(entry.repo_id, entry.revision)):
         return store.hub.snapshot(entry.repo_id, entry.revision), "hub", None
     if entry.source == "upstream":
-        try:
-            return download(entry.repo_id, revision=entry.revision, local_files_only=True), "upstream", None
-        except HubError:
-            return download(entry.repo_id, revision=entry.revision, endpoint=endpoint), "upstream", None
+        return cached_or_download(entry.repo_id, revision=entry.revision, endpoint=endpoint), "upstream", None
     init = None
     identity = json.dumps(entry.training_identity(), sort_keys=True, default=str) + store.options.cache_key()
     if entry.train is not None and entry.train.init_from is not None:  # starts from another entry's weights

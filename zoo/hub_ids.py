@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.entry import HUB_PREFIX, INPUT_TYPES, DataSpec, ModelEntry, TrainSpec, is_hub_name
-from zoo.errors import CheckpointError, HubError, InvalidArgumentError, UnknownNameError, UnsupportedModelError
+from zoo.errors import CheckpointError, InvalidArgumentError, UnknownNameError, UnsupportedModelError
 from zoo.models import get_entry, remember_entry
 from zoo.registry import class_key
 from zoo.repo_readers import REPO_READERS, RepoSnapshot
@@ -83,9 +83,6 @@ def variant_repo_name(name: str) -> str:
 
 # Reading a repo ---------------------------------------------------------------------------------------
 
-COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # a revision that names one commit, forever
-
-
 def read_repo(repo_id: str, revision: str = "main", *, store: Store | None = None,
               endpoint: str | None = None) -> tuple[Path, RepoSnapshot]:
     """The snapshot folder of `repo_id` at `revision` and what readers see of it: from the local hub if
@@ -93,17 +90,15 @@ def read_repo(repo_id: str, revision: str = "main", *, store: Store | None = Non
     changes), a branch or tag as the endpoint says it is now (huggingface_hub falls back to the cached
     copy when the endpoint cannot be reached or HF_HUB_OFFLINE is set, as `from_pretrained` does), so a
     new commit on `main` is seen (HubErrors as zoo.hub raises)."""
-    from zoo.hub import download, folder_files
+    from zoo.hub import cached_or_download, download, folder_files
+    from zoo.hub.local import COMMIT_ID
     from zoo.store import Store
 
     store = store or Store()
     if store.hub.has(repo_id, revision):
         folder = store.hub.snapshot(repo_id, revision)
-    elif COMMIT_ID.fullmatch(revision):
-        try:
-            folder = download(repo_id, revision=revision, local_files_only=True)
-        except HubError:
-            folder = download(repo_id, revision=revision, endpoint=endpoint)
+    elif COMMIT_ID.fullmatch(revision):  # a commit never changes: the cache's copy is it
+        folder = cached_or_download(repo_id, revision=revision, endpoint=endpoint)
     else:
         folder = download(repo_id, revision=revision, endpoint=endpoint)
     from zoo.parsing import load_json

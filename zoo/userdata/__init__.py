@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.entry import DataSpec, ModelEntry, TrainSpec
+from zoo.entry import HUB_PREFIX, DataSpec, ModelEntry, TrainSpec
 from zoo.errors import InvalidArgumentError
 from zoo.registry import Registry
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
 FORMATS = ("folder", "csv", "json", "parquet", "imagefolder", "hub")
-HUB_PREFIX = "hf-hub:"
+CONFIG_KEY = "user_data"  # where a checkpoint's config records the user data it was made / measured with
 TABULAR_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_SPLIT = "train"  # what datasets calls the one split of local files

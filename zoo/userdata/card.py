@@ -16,7 +16,7 @@ from zoo.model_cards import base_card, validate_card, variant_card, write_card
 from zoo.model_cards.card import is_base
 from zoo.models import get_entry
 from zoo.tasks import task_of
-from zoo.userdata.run import CONFIG_KEY
+from zoo.userdata import CONFIG_KEY
 
 
 def _line(role: str, about: dict[str, Any]) -> str:

@@ -18,14 +18,12 @@ from torch import nn
 from zoo.data import Batches
 from zoo.entry import ModelEntry
 from zoo.tasks import task_of
-from zoo.userdata import USER_DATA_ADAPTERS, UserData, UserDataAdapter, UserDataError, check_takes_user_data, label_names
+from zoo.userdata import CONFIG_KEY, USER_DATA_ADAPTERS, UserData, UserDataAdapter, UserDataError, check_takes_user_data, label_names
 from zoo.userdata.classes import ClassPlan, index_labels, plan_classes
 from zoo.userdata.read import read_rows
 
 if TYPE_CHECKING:
     from zoo.variants import VariantSpec
-
-CONFIG_KEY = "user_data"  # where a checkpoint's config records the user data it was made / measured with
 
 
 def adapter_for(entry: ModelEntry) -> UserDataAdapter:
