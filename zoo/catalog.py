@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zoo.entry import ModelEntry, name_from_path_slug
-from zoo.errors import HubError, InvalidArgumentError, UnknownNameError
+from zoo.errors import CheckpointError, HubError, InvalidArgumentError, UnknownNameError
 from zoo.models import CATALOGS, MODELS, list_entries
 from zoo.quant_schemes import canonical_quant
 from zoo.store import Store
@@ -53,9 +53,11 @@ def _variant_names(store: Store) -> dict[str, str]:
 
 
 def _config_name(folder: Path) -> str:
-    import json
+    from zoo.parsing import load_json
+    from zoo.store import CHECKPOINT_CONFIG
 
-    return json.loads((folder / "config.json").read_text())["name"]
+    path = folder / CHECKPOINT_CONFIG
+    return load_json(path.read_bytes(), what=str(path), error=CheckpointError)["name"]
 
 
 def _spec_or_none(name: str, store: Store) -> VariantSpec | None:

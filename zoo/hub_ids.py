@@ -20,20 +20,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zoo.entry import HUB_PREFIX, INPUT_TYPES, DataSpec, ModelEntry, TrainSpec, is_hub_name
 from zoo.errors import CheckpointError, InvalidArgumentError, UnknownNameError, UnsupportedModelError
 from zoo.models import get_entry, remember_entry
 from zoo.registry import class_key
 from zoo.repo_readers import REPO_READERS, RepoSnapshot
-
-if TYPE_CHECKING:
-    from zoo.store import Store
+from zoo.store import CHECKPOINT_CONFIG as CONFIG_FILE
+from zoo.store import Store
 
 _REFERENCE_RE = re.compile(r"(?:hf-hub:)?(?P<repo_id>[^/@+:\s]+/[^/@+:\s]+)(?:@(?P<revision>[^+\s]+))?"
                            r"(?:\+(?P<suffix>\S+))?")
-CONFIG_FILE = "config.json"
 ZOO_READER = "zoo"
 _RECORDED = ("family", "task", "input", "eval_data", "num_classes", "label_set", "keep_dense", "prune_block",
              "structured", "train", "description", "license")
@@ -92,7 +90,6 @@ def read_repo(repo_id: str, revision: str = "main", *, store: Store | None = Non
     new commit on `main` is seen (HubErrors as zoo.hub raises)."""
     from zoo.hub import cached_or_download, download, folder_files
     from zoo.hub.local import COMMIT_ID
-    from zoo.store import Store
 
     store = store or Store()
     if store.hub.has(repo_id, revision):
