@@ -92,7 +92,8 @@ def test_a_tampered_file_or_an_added_one_is_refused(made: Store, tmp_path: Path)
     with pytest.raises(SignatureError, match="extra.py"):
         zoo.load("acme/r18-signed", store=trusting, progress=False)
     extra.unlink()
-    assert zoo.load("acme/r18-signed", store=trusting, progress=False).zoo.signed_by == key_fingerprint(public.read_bytes())
+    restored = zoo.load("acme/r18-signed", store=trusting, progress=False)
+    assert restored.zoo.signed_by == key_fingerprint(public.read_bytes())
 
 
 def test_unsigned_repos_load_unless_signatures_are_required(made: Store, tmp_path: Path) -> None:
