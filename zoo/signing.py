@@ -72,7 +72,13 @@ def key_fingerprint(pem: bytes) -> str:
             key = serialization.load_pem_private_key(pem, password=None).public_key()
         except (ValueError, TypeError) as err:
             raise InvalidArgumentError(f"not a PEM key (or an encrypted one): {err}") from None
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return _fingerprint(key)
+
+
+def _fingerprint(public_key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "SHA256:" + hashlib.sha256(der).hexdigest()
 
 
@@ -99,7 +105,7 @@ def signing_key_fingerprint(private_key: Path) -> str:
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in SIGNING_CURVES:
         raise InvalidArgumentError(f"{private_key} is not an elliptic-curve key on {', '.join(SIGNING_CURVES)} "
                                    "(what model-signing signs with)")
-    return key_fingerprint(private_key.read_bytes())
+    return _fingerprint(key.public_key())
 
 
 def sign_folder(folder: Path, private_key: Path) -> str:
