@@ -303,6 +303,9 @@ def test_bad_user_data_gives_typed_one_line_errors(digits: Path, sentences: Path
     write_csv(tmp_path / "ints.csv", [("the rain and the sun", "7")], header="text,label")
     assert "labels [7] the model cannot take" in one_line_error(
         ["evaluate", CLASSIFIER, "--eval-data", str(tmp_path / "ints.csv")], text_store)
+    write_csv(tmp_path / "numbers.csv", [("12", "weather"), ("34", "food")], header="text,label")
+    assert "a text column holds strings, not int (12)" in one_line_error(  # datasets reads the column as int64
+        ["evaluate", CLASSIFIER, "--eval-data", str(tmp_path / "numbers.csv")], text_store)
     other_task = one_line_error(["compress", "test_bert.zoo_pydoc", "--sparsity", "0.5",
                                  "--train-data", str(sentences / "train.csv")], store)
     assert "task (fill-mask) takes no user data; the tasks that do: image-classification, text-classification" in other_task

@@ -38,7 +38,7 @@ def read_rows(data: UserData, column: str) -> Rows:
             raise UserDataError(f"{data.source} is an ImageNet-style folder of images; this task reads {column}")
         return _folder_rows(Path(data.source))
     name = data.image_column if column == "image" else data.text_column
-    return _dataset_rows(data, name or column)
+    return _dataset_rows(data, name or column, texts=column == "text")
 
 
 def _folder_rows(root: Path) -> Rows:
@@ -69,7 +69,8 @@ class _Column(Sequence):
         return self.dataset[int(index)][self.column]
 
 
-def _dataset_rows(data: UserData, column: str) -> Rows:
+def _dataset_rows(data: UserData, column: str, *, texts: bool) -> Rows:
+    """The rows of a datasets data set; with `texts`, its `column` must hold strings (sentences)."""
     dataset = load(data)
     if len(dataset) == 0:
         raise UserDataError(f"{data.describe()} has no examples")
@@ -77,6 +78,10 @@ def _dataset_rows(data: UserData, column: str) -> Rows:
         if needed not in dataset.column_names:
             raise UserDataError(f"{data.source} has no column {needed!r} (its columns: "
                                 f"{', '.join(dataset.column_names)}); name it with the column options")
+    if texts:
+        bad = next((t for t in dataset[column] if not isinstance(t, str)), None)
+        if bad is not None:
+            raise UserDataError(f"a text column holds strings, not {type(bad).__name__} ({bad!r})")
     return Rows(_Column(dataset, column), _labels(dataset, data))
 
 

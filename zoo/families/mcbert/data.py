@@ -219,13 +219,8 @@ def sentence_ids(texts: tuple[str, ...], max_length: int, vocab_size: int) -> to
 
 def user_sentences(entry: ModelEntry, texts, labels: list[int]) -> Dataset:
     """The user's sentences (zoo.userdata) as `(input_ids, label)` rows, tokenized by the entry's tokenizer
-    as the registered classification data is."""
-    from zoo.userdata import UserDataError
-
+    as the registered classification data is (`zoo.userdata.read` checked they are strings)."""
     texts = tuple(texts)
-    bad = next((t for t in texts if not isinstance(t, str)), None)
-    if bad is not None:
-        raise UserDataError(f"a text column holds strings, not {type(bad).__name__} ({bad!r})")
     spec = _text_input(entry)
     return TensorDataset(sentence_ids(texts, spec.max_length, spec.vocab_size), torch.tensor(labels, dtype=torch.long))
 

@@ -15,18 +15,15 @@ from torch.utils.data import Dataset, TensorDataset
 
 from zoo.entry import ModelEntry
 from zoo.families.mcbert.task import TEXT_CLASSIFICATION  # noqa: F401  (registers the task)
-from zoo.userdata import USER_DATA_ADAPTERS, UserDataAdapter, UserDataError
+from zoo.userdata import USER_DATA_ADAPTERS, UserDataAdapter
 
 
 def _sentences(entry: ModelEntry, texts: Sequence[Any], labels: list[int], training: bool) -> Dataset:
-    """`(input_ids, label)` rows, the texts tokenized by the repo's tokenizer as its calibration text is."""
+    """`(input_ids, label)` rows, the texts (strings: `zoo.userdata.read` checked) tokenized by the repo's
+    tokenizer as its calibration text is."""
     from zoo.families.transformers.data import encode
 
-    texts = list(texts)
-    bad = next((t for t in texts if not isinstance(t, str)), None)
-    if bad is not None:
-        raise UserDataError(f"a text column holds strings, not {type(bad).__name__} ({bad!r})")
-    return TensorDataset(encode(entry, texts), torch.tensor(labels, dtype=torch.long))
+    return TensorDataset(encode(entry, list(texts)), torch.tensor(labels, dtype=torch.long))
 
 
 def _with_classes(entry: ModelEntry, num_classes: int) -> ModelEntry:
