@@ -242,6 +242,11 @@ def test_a_timm_repo_in_the_catalog_is_the_catalog_entry_pinned_and_keyed_by_com
     for model in (base, sparse):
         validate_card(family.cards[model.zoo.name], model.zoo.report)
     assert family.cards[sparse.zoo.name].data.base_model == f"timm/{TIMM_NAME}"
+    (measured,) = (store.cache_root / TIMM_NAME).glob("measured-*")  # the upstream base's report, kept once
+    (measured / "report.json").write_text("{")  # damaged: measured again, not an error
+    with pytest.warns(UserWarning, match="measured again"):
+        again = zoo.load(f"hf-hub:timm/{TIMM_NAME}@{first}", store=store, endpoint=OFFLINE, progress=False)
+    assert again.zoo.report is not None and again.zoo.report.metrics == base.zoo.report.metrics
 
     files, _ = timm_export(tmp_path, 1)
     second = olah_hub.add_repo(f"timm/{TIMM_NAME}", files, lfs=["model.safetensors"])

@@ -230,15 +230,19 @@ def _upstream_report(model: nn.Module, entry: ModelEntry, folder: Path, store: S
     """The report of an upstream checkpoint (plain weights, no report of its own: a timm or transformers
     repo), measured on first load and kept in the variant cache under the weights' identity (the repo's
     commit) and the store's options, so its family can be carded; measured again when it is stale (an
-    older evaluator, or evaluation data that was missing then and is here now). Graph exports go beside
-    it, never into the Hugging Face cache."""
+    older evaluator, evaluation data that was missing then and is here now, or a file that no longer
+    reads as a report, as a cached variant's). Graph exports go beside it, never into the Hugging Face cache."""
     measured = store.cache_dir(entry.name, "measured-" + _digest(entry_fingerprint(entry, folder)
                                                                  + store.options.cache_key()))
     path = measured / REPORT_FILE
     if main_decides(path.is_file):
-        report = VariantReport.load(path)
-        if report.is_current and not (report.eval_data_missing and has_eval_data(entry)):
-            return report
+        try:
+            report = VariantReport.load(path)
+        except CheckpointError as err:
+            warnings.warn(f"{err}; measured again", UserWarning, stacklevel=2)
+        else:
+            if report.is_current and not (report.eval_data_missing and has_eval_data(entry)):
+                return report
 
     def measure() -> VariantReport:
         report = measure_variant(model, entry, name=entry.name, checkpoint_dir=folder, sparsity=0.0, quant=None,
