@@ -12,7 +12,7 @@ timm's tiny test models: real, fast, used by the tests.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -55,29 +55,11 @@ LABEL_SETS = {1000: "imagenet-1k", 11821: "imagenet-12k", 21841: "imagenet-22k",
 CHANNEL_PRUNED_ARCHS = re.compile(r"resnet\d+|mobilenetv2_\d+|efficientnet_b\d|test_resnet|test_efficientnet")
 
 
-class _TimmFamilies:
-    """The `ModelEntry.family` names the vision family's builder serves: resnet, mobilenet, efficientnet,
-    and the family of every entry made from timm's catalog or a timm repo so far (timm's module name for
-    the architecture, `timm_family`). An entry of such a family exists only once the catalog made it, so
-    `zoo.families`' lazy lookup finds its builder here without importing timm first."""
-
-    def __init__(self, names: tuple[str, ...]):
-        self._names = dict.fromkeys(names)
-
-    def add(self, name: str) -> None:
-        self._names[name] = None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._names))
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-MODEL_FAMILIES = _TimmFamilies(("resnet", "mobilenet", "efficientnet"))
+# The `ModelEntry.family` names the vision family's builder serves, in order (a dict as an ordered set):
+# resnet, mobilenet, efficientnet, and the family of every entry made from timm's catalog or a timm repo so
+# far (timm's module name for the architecture, `timm_family`). An entry of such a family exists only once
+# the catalog made it, so `zoo.families`' lazy lookup finds its builder here without importing timm first.
+MODEL_FAMILIES: dict[str, None] = dict.fromkeys(("resnet", "mobilenet", "efficientnet"))
 
 
 def timm_family(arch: str) -> str:
@@ -86,7 +68,7 @@ def timm_family(arch: str) -> str:
     from timm.models import model_entrypoint
 
     family = "mobilenet" if arch.startswith("mobilenet") else model_entrypoint(arch).__module__.rpartition(".")[2]
-    MODEL_FAMILIES.add(family)
+    MODEL_FAMILIES[family] = None
     return family
 
 
